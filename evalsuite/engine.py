@@ -1,0 +1,295 @@
+"""Evaluates cases inside one worker process.
+
+The engine owns what a worker loads once and reuses: model adapters (one per
+model id), dataset samples, and the uncompressed reference pass of each
+model x dataset, which every method of that pair is compared with. It knows
+nothing of pytest: the plugin hands it :class:`~evalsuite.matrix.CaseSpec`
+objects and receives :class:`~evalsuite.results.CaseResult` objects.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.datasets import DATASETS
+from .data.sample import Sample, SampleError
+from .matrix import CaseSpec, DatasetSpec, ModelSpec
+from .methods import build
+from .metrics import flops, similarity
+from .models import MODELS
+from .models.base import EncoderOutput, ModelAdapter
+from .patch.runner import StepTimer
+from .results import CaseResult, SampleRecord
+
+OOM_RETRIES = 3
+
+
+@dataclass
+class EngineSettings:
+    data_root: Path | None = None
+    seed: int = 0
+    batch_size: int = 8
+    timing_batch: int = 1
+    timing_repeats: int = 10
+    timing_warmup: int = 2
+    ocr_engine: str | None = "rapidocr"  # None: no OCR KPIs
+    ocr_workers: int = 0  # 0: one per available core
+    export_dir: Path | None = None  # per-case .npz of what the model still sees
+    worker_index: int = 0  # pytest-xdist worker number, picks the GPU
+
+
+@dataclass
+class Reference:
+    """The uncompressed pass of one model x dataset, shared by every method."""
+
+    samples: list[Sample]  # loadable samples, in batch order
+    errors: list[SampleRecord]  # samples that failed to load, with the reason
+    batches: list[torch.Tensor]  # preprocessed pixels per batch
+    outputs: list[EncoderOutput]  # unpatched model output per batch (on CPU)
+    encoder_seconds: list[float]  # timed forwards of the unpatched model (timing batch)
+
+
+@dataclass
+class Timings:
+    encoder: list[float] = field(default_factory=list)
+    compression: list[float] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings):
+        self.settings = settings
+        self._models: dict[str, ModelAdapter] = {}
+        self._datasets: dict[str, list[Sample]] = {}
+        self._references: dict[tuple[str, str], Reference] = {}
+        self._ocr = None
+        self.stage_seconds: dict[str, float] = {}
+
+    # -- things loaded once per worker ---------------------------------------------
+    def device_for(self, spec: ModelSpec) -> torch.device:
+        """``auto``/``cuda``: this worker's GPU (worker index modulo device count); else CPU."""
+        if spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"model {spec.id} asks for device {spec.device!r} but CUDA is not available")
+        if spec.device.startswith("cuda:"):
+            return torch.device(spec.device)
+        return torch.device("cuda", self.settings.worker_index % torch.cuda.device_count())
+
+    def model(self, spec: ModelSpec) -> ModelAdapter:
+        if spec.id not in self._models:
+            with self._stage("model_load"):
+                factory = MODELS.get(spec.factory)
+                adapter = factory(spec.id, image_size=spec.image_size, **spec.params)
+                self._models[spec.id] = adapter.to(self.device_for(spec), getattr(torch, spec.dtype))
+        return self._models[spec.id]
+
+    def samples(self, spec: DatasetSpec) -> list[Sample]:
+        """Raises ``DatasetUnavailable`` when the dataset's store is missing."""
+        if spec.id not in self._datasets:
+            loader = DATASETS.get(spec.loader)
+            self._datasets[spec.id] = loader(self.settings.data_root, **spec.params)
+        return self._datasets[spec.id]
+
+    def reference(self, model_spec: ModelSpec, dataset_spec: DatasetSpec) -> Reference:
+        key = (model_spec.id, dataset_spec.id)
+        if key not in self._references:
+            adapter = self.model(model_spec)
+            samples = self.samples(dataset_spec)
+            with self._stage("uncompressed_pass"):
+                self._references[key] = self._reference_pass(adapter, samples)
+        return self._references[key]
+
+    def _reference_pass(self, adapter: ModelAdapter, samples: list[Sample]) -> Reference:
+        loaded, errors, images = [], [], []
+        for sample in samples:
+            try:
+                images.append(sample.load())
+                loaded.append(sample)
+            except SampleError as exc:
+                errors.append(SampleRecord(sample.sample_id, sample.doc_type, error=str(exc)))
+        size = self.settings.batch_size
+        batches = [adapter.preprocess(images[i:i + size]) for i in range(0, len(images), size)]
+        outputs = [_to_cpu(adapter.reference(px)) for px in batches]
+        timing = self._time(lambda px: adapter.reference(px), batches, timer=None)
+        return Reference(loaded, errors, batches, outputs, timing.encoder)
+
+    # -- one case ---------------------------------------------------------------------
+    def evaluate(self, case: CaseSpec) -> CaseResult:
+        started = dict(self.stage_seconds)
+        adapter = self.model(case.model)
+        ref = self.reference(case.model, case.dataset)
+        compressor = build(case.method, case.params, adapter.num_layers, seed=self.settings.seed)
+        result = CaseResult(case.id, case.model.id, case.method, dict(case.params), case.dataset.id,
+                            labels=list(adapter.labels))
+        result.samples.extend(ref.errors)
+
+        with self._stage("compressed_pass"):
+            outputs = ref.outputs if case.method == "none" else [
+                _to_cpu(self._with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case))
+                for px in ref.batches
+            ]
+        records = self._sample_kpis(ref, outputs)
+        with self._stage("compressed_timing"):
+            timing = self._case_timing(adapter, compressor, ref, case)
+        if self.settings.ocr_engine:
+            with self._stage("ocr"):
+                self._ocr_stage().measure(ref.samples, outputs, records)
+        if self.settings.export_dir is not None:
+            with self._stage("export"):
+                self._export(case, ref, outputs)
+        result.samples.extend(records)
+        result.kpis = self._case_kpis(adapter, compressor, records, timing, ref)
+        result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in self.stage_seconds.items()
+                                if v - started.get(k, 0.0) > 0}
+        result.env = {
+            "device": str(adapter.device), "dtype": str(adapter.dtype).removeprefix("torch."),
+            "image_size": str(adapter.image_size), "timing_batch": str(self.settings.timing_batch),
+            "timing_repeats": str(self.settings.timing_repeats), "seed": str(self.settings.seed),
+            **(self._ocr_stage().version_info() if self.settings.ocr_engine else {}),
+        }
+        return result
+
+    def _sample_kpis(self, ref: Reference, outputs: list[EncoderOutput]) -> list[SampleRecord]:
+        records, index = [], 0
+        for ref_out, out in zip(ref.outputs, outputs):
+            cosines = similarity.pooled_cosine(out.pooled, ref_out.pooled)
+            for b in range(out.tokens.shape[0]):
+                sample = ref.samples[index]
+                plan = out.plans[b]
+                identical = plan.is_identity and torch.equal(out.tokens[b], ref_out.tokens[b])
+                emd = 0.0 if identical else similarity.token_emd(
+                    ref_out.patch_tokens[b], out.patch_tokens[b], out.patch_sizes[b])
+                records.append(SampleRecord(sample.sample_id, sample.doc_type, kpis={
+                    "tokens_before": float(plan.num_patches),
+                    "tokens_after": float(plan.num_tokens),
+                    "feature_cosine": float(cosines[b]),
+                    "emd": emd,
+                }))
+                index += 1
+        return records
+
+    def _case_timing(self, adapter, compressor, ref: Reference, case: CaseSpec) -> Timings:
+        if case.method == "none":
+            return Timings(encoder=ref.encoder_seconds, compression=[0.0] * len(ref.encoder_seconds))
+        batches = ref.batches
+        timing = self._time(lambda px: adapter.compressed(px, compressor), batches, timer=None)
+        timing.compression = self._time(
+            lambda px: adapter.compressed(px, compressor, timer=StepTimer(enabled=True)), batches,
+            timer="compression").compression
+        return timing
+
+    def _time(self, forward, batches: list[torch.Tensor], timer: str | None) -> Timings:
+        """Synchronised timing of ``forward`` on the timing batch, warm-up excluded."""
+        timings = Timings()
+        if not batches:
+            return timings
+        pixels = batches[0][: self.settings.timing_batch]
+        for _ in range(self.settings.timing_warmup):
+            forward(pixels)
+        for _ in range(self.settings.timing_repeats):
+            _sync(pixels.device)
+            start = time.perf_counter()
+            out = forward(pixels)
+            _sync(pixels.device)
+            timings.encoder.append(time.perf_counter() - start)
+            if timer == "compression":
+                timings.compression.append(out.compression_seconds)
+        return timings
+
+    def _case_kpis(self, adapter, compressor, records, timing: Timings, ref: Reference) -> dict[str, float]:
+        ok = [r for r in records if r.error is None]
+
+        def mean(key):
+            values = [r.kpis[key] for r in ok if key in r.kpis and not math.isnan(r.kpis[key])]
+            return float(np.mean(values)) if values else float("nan")
+
+        before, after = mean("tokens_before"), mean("tokens_after")
+        cosines = [r.kpis["feature_cosine"] for r in ok]
+        ms = lambda xs, q: similarity.percentile([x * 1e3 for x in xs], q)  # noqa: E731
+        none_ms = similarity.percentile(ref.encoder_seconds, 50)
+        kpis = {
+            "tokens_before": before,
+            "tokens_after": after,
+            "tokens_reduction_pct": 100.0 * (1.0 - after / before) if before else float("nan"),
+            "feature_cosine_mean": mean("feature_cosine"),
+            "feature_cosine_p5": similarity.percentile(cosines, 5),
+            "emd": mean("emd"),
+            "compression_latency_ms_p50": ms(timing.compression, 50),
+            "compression_latency_ms_p95": ms(timing.compression, 95),
+            "encoder_ms_p50": ms(timing.encoder, 50),
+            "encoder_ms_p95": ms(timing.encoder, 95),
+            "throughput_speedup": none_ms / similarity.percentile(timing.encoder, 50),
+            "ideal_speedup": flops.ideal_speedup(
+                compressor.schedule(adapter.num_patches, adapter.num_prefix), adapter.num_patches,
+                adapter.num_prefix, adapter.embed_dim),
+        }
+        for key in ("ocr_wer", "ocr_cer", "ocr_wer_original", "ocr_cer_original", "ocr_wer_drift",
+                    "ocr_cer_drift", "sroie_fields_found"):
+            value = mean(key)
+            if not math.isnan(value):
+                kpis[key] = value
+        return kpis
+
+    # -- helpers ------------------------------------------------------------------------
+    def _ocr_stage(self):
+        if self._ocr is None:
+            from .ocr.stage import OcrStage
+
+            self._ocr = OcrStage(self.settings.ocr_engine, self.settings.ocr_workers)
+        return self._ocr
+
+    def _export(self, case: CaseSpec, ref: Reference, outputs: list[EncoderOutput]) -> None:
+        from .export import export_case
+
+        export_case(self.settings.export_dir / f"{case.id}.npz", ref.samples, outputs,
+                    image_size=self.model(case.model).image_size)
+
+    def _with_oom_retry(self, forward, pixels: torch.Tensor, case: CaseSpec) -> EncoderOutput:
+        """Run ``forward``; on CUDA out-of-memory, retry in halves before giving up with a clear error."""
+        chunk = pixels.shape[0]
+        for _ in range(OOM_RETRIES + 1):
+            try:
+                parts = [forward(pixels[i:i + chunk]) for i in range(0, pixels.shape[0], chunk)]
+                return parts[0] if len(parts) == 1 else _concat(parts)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if chunk == 1:
+                    break
+                chunk = max(1, chunk // 2)
+        raise RuntimeError(f"case {case.id}: CUDA out of memory even at batch {chunk} "
+                           f"(image size {case.model.image_size}); lower batch_size or image_size")
+
+    @contextmanager
+    def _stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def close(self) -> None:
+        if self._ocr is not None:
+            self._ocr.close()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _to_cpu(out: EncoderOutput) -> EncoderOutput:
+    return EncoderOutput(out.tokens.float().cpu(), out.sizes.float().cpu(), out.pooled.float().cpu(),
+                         out.plans, out.num_prefix, out.compression_seconds)
+
+
+def _concat(parts: list[EncoderOutput]) -> EncoderOutput:
+    return EncoderOutput(torch.cat([p.tokens for p in parts]), torch.cat([p.sizes for p in parts]),
+                         torch.cat([p.pooled for p in parts]), [pl for p in parts for pl in p.plans],
+                         parts[0].num_prefix, sum(p.compression_seconds for p in parts))

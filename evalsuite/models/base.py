@@ -1,0 +1,136 @@
+"""The model-adapter contract: what the harness needs from an encoder family.
+
+An adapter wraps one loaded encoder and exposes two passes over the same
+preprocessed pixels: :meth:`reference` runs the unpatched model (the ground
+truth every method is compared with) and :meth:`compressed` runs the family's
+patched forward with a :class:`~evalsuite.methods.base.Compressor`.
+To add a family (open_clip CLIP, HF CLIP/SigLIP, a VLM's vision tower):
+
+1. write ``evalsuite/patch/<family>.py`` with ``check_supported(model)`` and
+   ``forward_tokens(model, pixels, run) -> tokens [B, N_out, C]`` that calls
+   ``run.prepare/begin/attend/after_attention/after_block`` (copy the family's
+   block code, fence the changes);
+2. subclass :class:`ModelAdapter` here: set the attributes, implement
+   ``_reference_tokens`` and ``_pool``;
+3. register a factory in ``evalsuite/models/__init__.py`` and add the family
+   to the parity test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..methods.base import Compressor
+from ..patch.runner import CompressedForward, StepTimer
+from ..plan import TokenPlan
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class EncoderOutput:
+    """Encoder output for a batch.
+
+    ``tokens`` [B, N, C] final-normed (prefix tokens first), ``sizes`` [B, N]
+    input patches per token, ``pooled`` [B, C] the image embedding, ``plans``
+    one :class:`TokenPlan` per image, ``compression_seconds`` the timed
+    compression work of this forward (0 unless a timer was enabled).
+    """
+
+    tokens: torch.Tensor
+    sizes: torch.Tensor
+    pooled: torch.Tensor
+    plans: list[TokenPlan]
+    num_prefix: int
+    compression_seconds: float = 0.0
+
+    @property
+    def patch_tokens(self) -> torch.Tensor:
+        return self.tokens[:, self.num_prefix:]
+
+    @property
+    def patch_sizes(self) -> torch.Tensor:
+        return self.sizes[:, self.num_prefix:]
+
+
+class ModelAdapter:
+    """One loaded encoder. Subclasses set the attributes and two methods."""
+
+    family: str  # name of the module in evalsuite.patch
+    patch: ModuleType  # that module
+    labels: tuple[str, ...] = ()  # e.g. ("random-weights",): shown with every figure
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __init__(self, name: str, model: torch.nn.Module, image_size: int, patch_size: int,
+                 num_prefix: int, num_layers: int, embed_dim: int):
+        self.name, self.model = name, model.eval()
+        self.image_size, self.patch_size = image_size, patch_size
+        self.num_prefix, self.num_layers, self.embed_dim = num_prefix, num_layers, embed_dim
+        self.patch.check_supported(model)
+        if image_size % patch_size:
+            raise ValueError(f"model {name}: image_size {image_size} is not a multiple of patch size {patch_size}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "ModelAdapter":
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    # -- input ------------------------------------------------------------------
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """RGB images -> normalised pixels [B, 3, S, S] (whole image resized, aspect not kept)."""
+        size = (self.image_size, self.image_size)
+        arrays = [np.asarray(img.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) for img in images]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return ((pixels - mean) / std).to(self.device, self.dtype)
+
+    # -- passes -------------------------------------------------------------------
+    @torch.inference_mode()
+    def reference(self, pixels: torch.Tensor) -> EncoderOutput:
+        """The unpatched model's own forward."""
+        tokens = self._reference_tokens(pixels)
+        sizes = torch.ones(tokens.shape[:2], device=tokens.device, dtype=tokens.dtype)
+        grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
+        plans = [TokenPlan.identity(grid)] * pixels.shape[0]
+        return EncoderOutput(tokens, sizes, self._pool(tokens, sizes), plans, self.num_prefix)
+
+    @torch.inference_mode()
+    def compressed(self, pixels: torch.Tensor, compressor: Compressor, timer: StepTimer | None = None) -> EncoderOutput:
+        """The family's patched forward running ``compressor``."""
+        run = CompressedForward(compressor, self.patch_size, timer)
+        tokens = self.patch.forward_tokens(self.model, pixels, run)
+        sizes = run.token_sizes()
+        return EncoderOutput(tokens, sizes, self._pool(tokens, sizes), run.plans(), self.num_prefix,
+                             run.timer.seconds)
+
+    def _reference_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _pool(self, tokens: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """[B, N, C], [B, N] -> [B, C]: the image embedding, size-aware for merged tokens."""
+        raise NotImplementedError
+
+
+def weighted_mean(tokens: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Size-weighted mean over tokens: [B, N, C], [B, N] -> [B, C]."""
+    w = sizes[..., None].to(tokens.dtype)
+    return (tokens * w).sum(dim=1) / w.sum(dim=1)

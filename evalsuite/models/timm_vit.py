@@ -1,0 +1,76 @@
+"""Adapter for timm ``VisionTransformer`` models: any timm ViT by name.
+
+Weights come from the timm/HF hub (``pretrained=true``), from a local file
+whose sha256 is checked (``checkpoint`` + ``sha256``), or are random
+(``pretrained=false``; every figure is then labelled ``random-weights``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from ..patch import timm_vit
+from .base import ModelAdapter, weighted_mean
+
+
+class ChecksumError(ValueError):
+    pass
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class TimmViT(ModelAdapter):
+    family = "timm_vit"
+    patch = timm_vit
+
+    def __init__(self, name: str, model: torch.nn.Module, image_size: int, random_weights: bool = False):
+        if random_weights:
+            self.labels = ("random-weights",)
+        cfg = model.pretrained_cfg or {}
+        self.mean = tuple(cfg.get("mean", self.mean))
+        self.std = tuple(cfg.get("std", self.std))
+        super().__init__(name, model, image_size, model.patch_embed.patch_size[0], model.num_prefix_tokens,
+                         len(model.blocks), model.embed_dim)
+
+    def _reference_tokens(self, pixels):
+        return self.model.forward_features(pixels)
+
+    def _pool(self, tokens, sizes):
+        pool = self.model.global_pool
+        if pool == "token":
+            pooled = tokens[:, 0]
+        elif pool == "avg":
+            pooled = weighted_mean(tokens[:, self.num_prefix:], sizes[:, self.num_prefix:])
+        else:
+            raise ValueError(f"model {self.name}: global_pool {pool!r} not supported (token or avg)")
+        return self.model.fc_norm(pooled)
+
+
+def create(name: str, arch: str, image_size: int = 224, pretrained: bool = False,
+           checkpoint: str | None = None, sha256: str | None = None, seed: int = 0, **kwargs) -> TimmViT:
+    """Build timm ``arch`` at ``image_size`` with dynamic image size (needed by ``downscale``)."""
+    import timm
+
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model {name}: checkpoint {path} not found")
+        if sha256 is None:
+            raise ChecksumError(f"model {name}: checkpoint {path} given without its sha256")
+        actual = sha256_of(path)
+        if actual != sha256.lower():
+            raise ChecksumError(f"model {name}: checkpoint {path} has sha256 {actual}, expected {sha256}")
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=pretrained and checkpoint is None, num_classes=0,
+                              img_size=image_size, dynamic_img_size=True,
+                              checkpoint_path=str(checkpoint) if checkpoint else "", **kwargs)
+    return TimmViT(name, model, image_size, random_weights=not pretrained and checkpoint is None)

@@ -1,0 +1,136 @@
+"""Family-agnostic part of a compressed forward pass.
+
+A family patch (``timm_vit.py``, ``hf_dinov2.py``) walks its model's own
+modules and calls a :class:`CompressedForward` at fixed points; this class
+holds the token state, runs the method's hooks, computes attention (fused
+SDPA, with proportional attention as an additive bias), times the
+compression work and turns the final state into per-image token plans.
+The model's weights and classes are never modified.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..methods.base import Compressor
+from ..methods.state import TokenState
+from ..plan import TokenPlan
+
+RECEIVED_ATTENTION_CHUNK = 256  # queries per chunk when a model has no class token
+
+
+class StepTimer:
+    """Accumulates wall time of compression work; synchronises CUDA when enabled.
+
+    Disabled (the default) it costs nothing and adds no synchronisation, so
+    throughput runs are not perturbed; latency runs enable it.
+    """
+
+    def __init__(self, enabled: bool = False):
+        self.enabled = enabled
+        self.seconds = 0.0
+
+    @contextmanager
+    def __call__(self, device: torch.device):
+        if not self.enabled:
+            yield
+            return
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.seconds += time.perf_counter() - start
+
+
+class CompressedForward:
+    """One forward pass of one batch through a patched encoder."""
+
+    def __init__(self, compressor: Compressor, patch_size: int, timer: StepTimer | None = None):
+        self.compressor = compressor
+        self.patch_size = patch_size
+        self.timer = timer or StepTimer()
+        self.state: TokenState | None = None
+        self.full_grid: tuple[int, int] | None = None
+
+    # -- input ----------------------------------------------------------------
+    def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Apply the method's input transform (``downscale``) to pixels [B, 3, H, W]."""
+        self.full_grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
+        scale = self.compressor.input_scale
+        if scale >= 1.0:
+            return pixels
+        with self.timer(pixels.device):
+            rows, cols = self.compressor.grid_for(self.full_grid)
+            size = (rows * self.patch_size, cols * self.patch_size)
+            return F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+    def begin(self, x: torch.Tensor, num_prefix: int, grid: tuple[int, int]) -> None:
+        """Start tracking tokens ``x`` [B, num_prefix + rows*cols, C] on patch ``grid``."""
+        self.state = TokenState.start(x, num_prefix, grid)
+        self.compressor.begin(self.state)
+
+    # -- per block --------------------------------------------------------------
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """Fused attention over q, k, v [B, H, N, D] -> [B, H, N, D], plus what the method asked for."""
+        bias = self.state.attention_bias(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        request = self.compressor.attention_request(layer)
+        if request is not None:
+            with self.timer(q.device):
+                keys = k.mean(dim=1) if request.keys else None
+                importance = self._received_attention(q, k, scale, bias) if request.importance else None
+                self.compressor.observe_attention(layer, keys, importance)
+        return out
+
+    def _received_attention(self, q, k, scale, bias) -> torch.Tensor:
+        """[B, N]: class-token attention, or mean attention received, averaged over heads."""
+        if self.state.num_prefix > 0:
+            logits = (q[:, :, :1] @ k.transpose(-1, -2)) * scale  # [B, H, 1, N]
+            if bias is not None:
+                logits = logits + bias
+            return logits.float().softmax(dim=-1).mean(dim=(1, 2))
+        received = torch.zeros(q.shape[0], k.shape[2], device=q.device, dtype=torch.float32)
+        for start in range(0, q.shape[2], RECEIVED_ATTENTION_CHUNK):
+            logits = (q[:, :, start:start + RECEIVED_ATTENTION_CHUNK] @ k.transpose(-1, -2)) * scale
+            if bias is not None:
+                logits = logits + bias
+            received += logits.float().softmax(dim=-1).sum(dim=2).mean(dim=1)
+        return received / q.shape[2]
+
+    def after_attention(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        with self.timer(x.device):
+            return self.compressor.after_attention(layer, x, self.state)
+
+    def after_block(self, layer: int, x: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        with self.timer(x.device):
+            return self.compressor.after_block(layer, x, x_in, self.state)
+
+    # -- output -----------------------------------------------------------------
+    def token_sizes(self) -> torch.Tensor:
+        """[B, N_out] patches per output token (prefix tokens count 1)."""
+        return self.state.size[..., 0]
+
+    def plans(self) -> list[TokenPlan]:
+        """Per-image token plans on the full (pre-downscale) patch grid."""
+        source = self.state.source.cpu().numpy().astype(np.int32)
+        tokens = self.state.num_patch_tokens
+        if self.full_grid != self.state.grid:  # downscaled input: map full-grid patches to the small grid
+            source = source[:, _nearest_cells(self.full_grid, self.state.grid)]
+        return [
+            TokenPlan(self.full_grid, row, tokens, input_scale=self.compressor.input_scale)
+            for row in source
+        ]
+
+
+def _nearest_cells(full: tuple[int, int], small: tuple[int, int]) -> np.ndarray:
+    """[full rows*cols] index of the small-grid cell covering each full-grid patch centre."""
+    rows = ((np.arange(full[0]) + 0.5) * small[0] / full[0]).astype(int)
+    cols = ((np.arange(full[1]) + 0.5) * small[1] / full[1]).astype(int)
+    return (rows[:, None] * small[1] + cols[None, :]).reshape(-1)

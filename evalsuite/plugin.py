@@ -1,0 +1,117 @@
+"""pytest glue: every hook is a few lines that delegate to :class:`EvalSession`.
+
+Loaded through the ``pytest11`` entry point. Options live in one group with
+one prefix (``--evalsuite-*``) and have ini twins (``evalsuite_*``) so a
+project pins its defaults in ``pytest.ini``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .session import EvalSession
+
+SESSION_KEY = pytest.StashKey[EvalSession]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("evalsuite", "vision-token compression gate")
+    group.addoption("--evalsuite-matrix", action="append", default=[], metavar="TOML",
+                    help="case matrix file(s); repeatable (ini: evalsuite_matrix)")
+    group.addoption("--evalsuite-thresholds", metavar="TOML", help="KPI limits (ini: evalsuite_thresholds)")
+    group.addoption("--evalsuite-data", metavar="DIR",
+                    help="external dataset store (SROIE, photos); env EVALSUITE_DATA wins (ini: evalsuite_data)")
+    group.addoption("--evalsuite-ocr", metavar="ENGINE", help="OCR engine: rapidocr (default) or paddleocr")
+    group.addoption("--evalsuite-no-ocr", action="store_true", help="skip OCR KPIs")
+    group.addoption("--evalsuite-export", metavar="DIR", help="write per-case .npz token plans and images here")
+    group.addoption("--evalsuite-dsn", metavar="DSN",
+                    help="ClickHouse DSN; env EVALSUITE_CLICKHOUSE_DSN; default: embedded chDB")
+    group.addoption("--evalsuite-run-id", metavar="ID", help="run id recorded with every row")
+    for name, kind, default, text in [
+        ("evalsuite_matrix", "args", ["cases/default.toml"], "case matrix files"),
+        ("evalsuite_thresholds", "string", "thresholds.toml", "KPI limits file"),
+        ("evalsuite_data", "string", "", "external dataset store"),
+        ("evalsuite_ocr", "string", "rapidocr", "OCR engine"),
+        ("evalsuite_export", "string", "", "export directory"),
+        ("evalsuite_dsn", "string", "", "ClickHouse DSN"),
+        ("evalsuite_run_id", "string", "", "run id"),
+        ("evalsuite_no_ocr", "bool", False, "skip OCR KPIs"),
+    ]:
+        parser.addini(name, text, type=kind, default=default)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs CUDA; `pytest -m gpu` is the pull-request gate")
+    config.addinivalue_line("markers", "evalsuite: an evaluation case from the case matrix")
+    _refuse_gpu_without_cuda(config)
+    session = config.stash[SESSION_KEY] = EvalSession(config)
+    config.pluginmanager.register(_ReportHooks(session), "evalsuite-reports")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(), "evalsuite-xdist")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" in metafunc.fixturenames:
+        cases = metafunc.config.stash[SESSION_KEY].cases
+        marks = lambda c: [pytest.mark.evalsuite] + ([pytest.mark.gpu] if c.model.needs_gpu else [])  # noqa: E731
+        metafunc.parametrize("case", [pytest.param(c, id=c.id, marks=marks(c)) for c in cases])
+
+
+@pytest.fixture(scope="session")
+def evalsuite(request: pytest.FixtureRequest) -> EvalSession:
+    """The session object: ``evalsuite.evaluate(case, request.node)`` runs a case."""
+    return request.config.stash[SESSION_KEY]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session.config.stash[SESSION_KEY].finish()
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    from .report.terminal import write_summary
+
+    write_summary(terminalreporter, config.stash[SESSION_KEY])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if SESSION_KEY in config.stash:
+        config.stash[SESSION_KEY].close()
+
+
+class _XdistHooks:
+    """Registered only when pytest-xdist is installed."""
+
+    def pytest_configure_node(self, node) -> None:
+        node.config.stash[SESSION_KEY].configure_node(node)
+
+
+class _ReportHooks:
+    """Test reports reach the controller here (xdist ships them from the workers)."""
+
+    def __init__(self, session: EvalSession):
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.session.collect(report)
+
+
+def _refuse_gpu_without_cuda(config: pytest.Config) -> None:
+    """`pytest -m gpu` on a machine without CUDA is a usage error, not a silent all-skip."""
+    markexpr = config.getoption("markexpr", "") or ""
+    if not markexpr:
+        return
+    from _pytest.mark.expression import Expression
+
+    if Expression.compile(markexpr).evaluate(lambda name, **kw: name in ("gpu", "evalsuite")):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(
+                f"-m {markexpr!r} selects GPU cases but CUDA is not available on this machine "
+                f"(torch {torch.__version__}); run on a GPU host, or select CPU cases with -m 'not gpu'")

@@ -1,0 +1,63 @@
+"""The KPI table and the where-did-results-go lines at the end of a pytest run."""
+
+from __future__ import annotations
+
+import math
+
+from ..results import CaseResult
+
+COLUMNS = [  # (header, kpi, format)
+    ("tokens", "tokens_after", "{:.0f}"),
+    ("saved%", "tokens_reduction_pct", "{:.1f}"),
+    ("cos", "feature_cosine_mean", "{:.4f}"),
+    ("cos_p5", "feature_cosine_p5", "{:.4f}"),
+    ("emd", "emd", "{:.4f}"),
+    ("comp_p95ms", "compression_latency_ms_p95", "{:.2f}"),
+    ("enc_p50ms", "encoder_ms_p50", "{:.1f}"),
+    ("speedup", "throughput_speedup", "{:.2f}"),
+    ("ideal", "ideal_speedup", "{:.2f}"),
+    ("WER", "ocr_wer", "{:.3f}"),
+    ("WERdrift", "ocr_wer_drift", "{:+.3f}"),
+    ("CERdrift", "ocr_cer_drift", "{:+.3f}"),
+]
+
+
+def kpi_table(results: list[CaseResult]) -> list[str]:
+    """Fixed-width table, one row per case, sorted by case id."""
+    rows = [["case"] + [h for h, _, _ in COLUMNS] + ["result"]]
+    for r in sorted(results, key=lambda r: r.case_id):
+        cells = [r.case_id]
+        for _, kpi, fmt in COLUMNS:
+            value = r.kpis.get(kpi)
+            cells.append("-" if value is None or math.isnan(value) else fmt.format(value))
+        verdict = "ERROR" if r.error else ("PASS" if r.passed else f"FAIL({len(r.breaches)})")
+        cells.append(verdict + (" [" + ",".join(r.labels) + "]" if r.labels else ""))
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            for row in rows]
+
+
+def stage_breakdown(results: list[CaseResult]) -> list[str]:
+    """Seconds per stage summed over cases (and workers), slowest first."""
+    totals: dict[str, float] = {}
+    for r in results:
+        for stage, seconds in r.stage_seconds.items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+    return [f"{stage:<20} {seconds:8.1f} s" for stage, seconds in sorted(totals.items(), key=lambda kv: -kv[1])]
+
+
+def write_summary(terminalreporter, session) -> None:
+    if not session.is_controller or not session.results:
+        return
+    tr = terminalreporter
+    tr.write_sep("=", f"evalsuite KPIs (run {session.run_id})")
+    for line in kpi_table(session.results):
+        tr.write_line(line)
+    if any(r.labels for r in session.results):
+        tr.write_line("[random-weights]: figures from randomly initialised weights measure speed only")
+    tr.write_sep("-", "time per stage (all workers)")
+    for line in stage_breakdown(session.results):
+        tr.write_line(line)
+    for line in session.outcomes:
+        tr.write_line(line)

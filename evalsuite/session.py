@@ -1,0 +1,197 @@
+"""The evalsuite session: the state behind the pytest hooks.
+
+One :class:`EvalSession` lives in every pytest process. It knows whether it is
+an xdist worker or the controller (or both, without xdist):
+
+* workers own an :class:`~evalsuite.engine.Engine` (models loaded once per
+  worker, pinned to GPU ``worker index % device count``) and evaluate cases;
+  each :class:`CaseResult` travels to the controller as JSON in the test
+  report's ``user_properties``;
+* only the controller collects results, writes them to the sinks (ClickHouse
+  or the spool) and prints the KPI table. Workers never open the database.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from . import matrix, paths
+from .data.datasets import DatasetUnavailable
+from .engine import Engine, EngineSettings
+from .results import CaseResult, RunInfo
+from .thresholds import Thresholds, ThresholdsError
+
+RESULT_PROPERTY = "evalsuite_result"
+
+
+class KPIBreachError(AssertionError):
+    """A case missed one or more KPI limits; the message lists every one."""
+
+
+class EvalSession:
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.rootdir = Path(config.rootpath)
+        self.worker_id = os.environ.get("PYTEST_XDIST_WORKER")  # None on the controller
+        self.is_controller = not hasattr(config, "workerinput")
+        self.results: list[CaseResult] = []
+        self.outcomes: list[str] = []  # where results went, for the terminal summary
+        self._engine: Engine | None = None
+        workerinput = getattr(config, "workerinput", {})
+        self.run_id = workerinput.get("evalsuite_run_id") or option(config, "run_id") or _new_run_id()
+        try:
+            self.thresholds = Thresholds.load(self._path(option(config, "thresholds")))
+            self.cases = matrix.load([self._path(p) for p in option(config, "matrix")], self.defaults())
+            from .methods import METHODS
+            from .data.datasets import DATASETS
+
+            self.thresholds.validate_names({c.model.id for c in self.cases}, set(METHODS.names()),
+                                           {c.dataset.id for c in self.cases} | set(DATASETS.names()))
+        except (ThresholdsError, matrix.MatrixError) as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def _path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.rootdir / path
+
+    def defaults(self) -> dict[str, int]:
+        return {"seed": 0, "batch_size": 8, "timing_repeats": 10, "timing_warmup": 2}
+
+    # -- xdist -------------------------------------------------------------------------
+    def configure_node(self, node) -> None:
+        """Controller -> worker: share the run id so every row of a run agrees."""
+        node.workerinput["evalsuite_run_id"] = self.run_id
+
+    # -- worker side ---------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            worker = int(self.worker_id.removeprefix("gw")) if self.worker_id else 0
+            data = option(self.config, "data")
+            self._engine = Engine(EngineSettings(
+                data_root=paths.data_root(self._path(data) if data else None),
+                ocr_engine=None if option(self.config, "no_ocr") else option(self.config, "ocr"),
+                export_dir=self._export_dir(),
+                worker_index=worker,
+            ))
+        return self._engine
+
+    def _export_dir(self) -> Path | None:
+        export = option(self.config, "export")
+        if not export:
+            return None
+        path = self._path(export) / self.run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def evaluate(self, case: matrix.CaseSpec, node: pytest.Item) -> CaseResult:
+        """Run one case, attach its result to the test report, check its thresholds."""
+        engine = self.engine
+        engine.settings.seed = case.settings.get("seed", 0)
+        engine.settings.batch_size = case.settings.get("batch_size", 8)
+        engine.settings.timing_repeats = case.settings.get("timing_repeats", 10)
+        engine.settings.timing_warmup = case.settings.get("timing_warmup", 2)
+        try:
+            result = engine.evaluate(case)
+        except DatasetUnavailable as exc:
+            pytest.skip(str(exc))
+        except Exception as exc:
+            failed = CaseResult(case.id, case.model.id, case.method, dict(case.params), case.dataset.id,
+                                error=f"{type(exc).__name__}: {exc}")
+            node.user_properties.append((RESULT_PROPERTY, failed.to_json()))
+            raise
+        self.config.hook.pytest_evalsuite_result(result=result, case=case)
+        not_applicable = {k for k in ("ocr_wer", "ocr_cer", "ocr_wer_drift", "ocr_cer_drift",
+                                      "sroie_fields_found") if k not in result.kpis}
+        result.breaches = self.thresholds.check(result.kpis, case.model.id, case.method, case.dataset.id,
+                                                case.id, not_applicable)
+        node.user_properties.append((RESULT_PROPERTY, result.to_json()))
+        return result
+
+    def assert_passed(self, result: CaseResult) -> None:
+        if result.breaches:
+            lines = "\n".join(f"  - {b}" for b in result.breaches)
+            raise KPIBreachError(f"KPI breach in {result.case_id} ({len(result.breaches)}):\n{lines}")
+
+    # -- controller side -------------------------------------------------------------------
+    def collect(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == RESULT_PROPERTY and report.when == "call":
+                self.results.append(CaseResult.from_json(value))
+
+    def run_info(self) -> RunInfo:
+        return RunInfo(
+            run_id=self.run_id,
+            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            git_commit=_git_commit(self.rootdir),
+            host=socket.gethostname(),
+            gpu=_gpu_name(),
+            tenant_id=os.environ.get("EVALSUITE_TENANT", "default"),
+            versions=package_versions(),
+            seed=self.defaults()["seed"],
+        )
+
+    def finish(self) -> None:
+        """Controller only: hand every collected result to the sinks."""
+        if not self.is_controller or not self.results:
+            return
+        from .sinks import write_results
+
+        self.outcomes.extend(write_results(self.config, self.run_info(), self.results))
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+
+def option(config: pytest.Config, name: str):
+    """``--evalsuite-NAME`` if given, else the ``evalsuite_NAME`` ini value."""
+    value = config.getoption(f"evalsuite_{name}", None)
+    if value in (None, [], ""):
+        try:
+            value = config.getini(f"evalsuite_{name}")
+        except ValueError:
+            value = None
+    return value
+
+
+def _new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _gpu_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        names = {torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
+        return f"{torch.cuda.device_count()}x " + ", ".join(sorted(names))
+    return f"none (CPU: {platform.processor() or platform.machine()})"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "timm", "transformers", "open_clip_torch", "rapidocr", "onnxruntime",
+                 "paddleocr", "evalsuite"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions

@@ -1,0 +1,140 @@
+"""``thresholds.toml`` -> check objects that explain every breach.
+
+File layout (later tables override earlier ones, most specific last)::
+
+    [defaults]                        # every candidate method
+    tokens_reduction_pct = 15         # direction comes from the KPI registry:
+    compression_latency_ms_p95 = 40   #   higher-is-better -> floor, else ceiling
+
+    [reference]                       # the `none` method: its own rules
+    feature_cosine_mean = 0.9999
+
+    [model.dinov2_s14]                # per model id
+    [method.tome]                     # per method name
+    [dataset.sroie]                   # per dataset
+    [case."dinov2_s14-tome_f0.5-sroie"]   # one case
+
+A value may also be a table ``{ min = .. }`` / ``{ max = .. }`` to state the
+bound explicitly; it must agree with the KPI's direction.
+A limit set to ``false`` removes an inherited limit.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .metrics.kpis import KPIS
+from .registry import UnknownNameError
+from .results import Breach
+
+SCOPES = ("model", "method", "dataset", "case")
+
+
+class ThresholdsError(ValueError):
+    """A malformed thresholds file; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    kpi: str
+    value: float
+    op: str  # ">=" or "<="
+    source: str  # e.g. "method.tome"
+
+    def check(self, measured: float | None) -> Breach | None:
+        if measured is None or (isinstance(measured, float) and math.isnan(measured)):
+            return Breach(self.kpi, None, self.value, self.op, self.source)
+        ok = measured >= self.value if self.op == ">=" else measured <= self.value
+        return None if ok else Breach(self.kpi, measured, self.value, self.op, self.source)
+
+
+@dataclass
+class Thresholds:
+    path: Path
+    tables: dict[str, dict[str, Limit | None]]  # source name -> kpi -> limit (None = removed)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Thresholds":
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ThresholdsError(f"{path}: thresholds file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ThresholdsError(f"{path}: malformed TOML: {exc}") from None
+        tables: dict[str, dict[str, Limit | None]] = {}
+        for key, value in raw.items():
+            if key in ("defaults", "reference"):
+                tables[key] = _parse_table(path, key, value)
+            elif key in SCOPES:
+                if not isinstance(value, dict):
+                    raise ThresholdsError(f"{path}: [{key}] must hold tables like [{key}.NAME]")
+                for name, table in value.items():
+                    tables[f"{key}.{name}"] = _parse_table(path, f"{key}.{name}", table)
+            else:
+                raise ThresholdsError(
+                    f"{path}: unknown table [{key}]; expected defaults, reference, {', '.join(SCOPES)}")
+        return cls(path, tables)
+
+    def limits_for(self, model: str, method: str, dataset: str, case_id: str) -> list[Limit]:
+        """The limits in force for one case, with the table each came from."""
+        base = "reference" if method == "none" else "defaults"
+        order = [base, f"model.{model}", f"method.{method}", f"dataset.{dataset}", f"case.{case_id}"]
+        merged: dict[str, Limit | None] = {}
+        for source in order:
+            merged.update(self.tables.get(source, {}))
+        return [limit for limit in merged.values() if limit is not None]
+
+    def check(self, kpis: dict[str, float], model: str, method: str, dataset: str, case_id: str,
+              not_applicable: set[str] = frozenset()) -> list[Breach]:
+        """Every breached limit; KPIs in ``not_applicable`` (e.g. OCR on photos) are not checked."""
+        breaches = []
+        for limit in self.limits_for(model, method, dataset, case_id):
+            if limit.kpi in not_applicable:
+                continue
+            breach = limit.check(kpis.get(limit.kpi))
+            if breach is not None:
+                breaches.append(breach)
+        return breaches
+
+    def validate_names(self, models: set[str], methods: set[str], datasets: set[str]) -> None:
+        """Refuse per-scope tables naming no known model, method or dataset (typos)."""
+        known = {"model": models, "method": methods, "dataset": datasets}
+        for source in self.tables:
+            scope, _, name = source.partition(".")
+            if scope in known and name not in known[scope]:
+                hint = UnknownNameError(scope, name, sorted(known[scope])).args[0]
+                raise ThresholdsError(f"{self.path}: table [{source}]: {hint}")
+
+
+def _parse_table(path: Path, source: str, table: Any) -> dict[str, Limit | None]:
+    if not isinstance(table, dict):
+        raise ThresholdsError(f"{path}: [{source}] must be a table of KPI limits")
+    limits: dict[str, Limit | None] = {}
+    for kpi_name, value in table.items():
+        where = f"{path}: [{source}] {kpi_name}"
+        try:
+            kpi = KPIS.get(kpi_name)
+        except UnknownNameError as exc:
+            raise ThresholdsError(f"{where}: {exc}") from None
+        if kpi.higher_is_better is None:
+            raise ThresholdsError(f"{where}: KPI is informational and cannot have a limit")
+        if value is False:
+            limits[kpi_name] = None
+            continue
+        if isinstance(value, dict):
+            if set(value) not in ({"min"}, {"max"}):
+                raise ThresholdsError(f"{where}: use a number, {{ min = N }} or {{ max = N }}")
+            (bound, value), = value.items()
+            if (bound == "min") != kpi.higher_is_better:
+                raise ThresholdsError(
+                    f"{where}: {bound} contradicts the KPI's direction "
+                    f"({'higher' if kpi.higher_is_better else 'lower'} is better)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ThresholdsError(f"{where}: limit must be a number, got {value!r}")
+        limits[kpi_name] = Limit(kpi_name, float(value), kpi.op, source)
+    return limits

@@ -1,0 +1,64 @@
+"""Fixtures shared by the harness's own tests: small real models with random weights."""
+
+import pytest
+import torch
+
+ZERO_COMPRESSION = [  # every registered method at its do-nothing setting
+    ("none", {}),
+    ("tome", {"merge_factor": 0.0}),
+    ("tome", {"r": 0}),
+    ("v2drop", {"keep": 1.0}),
+    ("avit", {"sparsity": 0.0}),
+    ("random", {"keep": 1.0}),
+    ("downscale", {"keep": 1.0}),
+]
+
+COMPRESSING = [
+    ("tome", {"merge_factor": 0.5}),
+    ("tome", {"r": 3}),
+    ("v2drop", {"keep": 0.5}),
+    ("avit", {"sparsity": 0.3}),
+    ("random", {"keep": 0.7}),
+    ("downscale", {"keep": 0.5}),
+]
+
+
+def tiny_timm(**overrides):
+    """A 4-block timm ViT (real timm code, random weights) with the features that broke ToMe's patches."""
+    from evalsuite.models.timm_vit import TimmViT
+    import timm
+
+    torch.manual_seed(0)
+    kwargs = dict(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=0,
+                  dynamic_img_size=True)
+    kwargs.update(overrides)
+    model = timm.models.vision_transformer.VisionTransformer(**kwargs)
+    model.pretrained_cfg = {}
+    return TimmViT("tiny_timm", model, image_size=64, random_weights=True)
+
+
+def tiny_hf_dinov2():
+    from evalsuite.models.hf_dinov2 import create
+
+    config = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, patch_size=8, image_size=64,
+                  layerscale_value=0.5)
+    return create("tiny_dinov2", image_size=64, config=config, seed=0)
+
+
+FAMILIES = {
+    "timm_cls": lambda: tiny_timm(),
+    "timm_reg4_ls_qknorm": lambda: tiny_timm(reg_tokens=4, init_values=0.3, qk_norm=True),
+    "timm_gap_noclass": lambda: tiny_timm(class_token=False, global_pool="avg", fc_norm=False),
+    "hf_dinov2_layerscale": tiny_hf_dinov2,
+}
+
+
+@pytest.fixture(params=sorted(FAMILIES), scope="module")
+def adapter(request):
+    return FAMILIES[request.param]()
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    torch.manual_seed(1)
+    return torch.randn(3, 3, 64, 64)

@@ -1,0 +1,132 @@
+"""Behaviour of the compression methods and their token plans."""
+
+import numpy as np
+import pytest
+import torch
+
+from evalsuite.methods import METHODS, build
+from evalsuite.methods.state import TokenState
+from evalsuite.methods.tome import bipartite_soft_matching, merge_weighted
+from evalsuite.metrics.flops import ideal_speedup
+from evalsuite.registry import UnknownNameError
+
+from .conftest import COMPRESSING
+
+
+@pytest.mark.parametrize("method,params", COMPRESSING, ids=lambda v: str(v))
+def test_plan_agrees_with_token_sizes_and_schedule(adapter, pixels, method, params):
+    compressor = build(method, params, adapter.num_layers)
+    out = adapter.compressed(pixels, compressor)
+    expected_tokens = compressor.schedule(adapter.num_patches, adapter.num_prefix)[-1]
+    assert out.patch_tokens.shape[1] == expected_tokens < adapter.num_patches
+    for b, plan in enumerate(out.plans):
+        assert plan.num_tokens == expected_tokens
+        assert plan.num_patches == adapter.num_patches
+        if plan.input_scale == 1.0:  # in-encoder methods: sizes are exactly the patch counts of the plan
+            np.testing.assert_array_equal(plan.token_sizes(), out.patch_sizes[b].numpy())
+        else:  # downscale: every small-grid token covers some full-grid patches
+            assert (plan.token_sizes() > 0).all()
+
+
+def test_bipartite_matching_merges_identical_pairs():
+    # tokens 0..5; token 2 (set A) duplicates token 5 (set B), token 4 (A) duplicates token 1 (B)
+    torch.manual_seed(0)
+    metric = torch.randn(1, 6, 16)
+    metric[0, 2] = metric[0, 5]
+    metric[0, 4] = metric[0, 1]
+    unm, src, dst, old_to_new = bipartite_soft_matching(metric, r=2)
+    assert sorted(src[0].tolist()) == [1, 2]  # A-indices of tokens 2 and 4
+    merged_into = dict(zip(src[0].tolist(), dst[0].tolist()))
+    assert merged_into == {1: 2, 2: 0}  # token 2 -> B[2] (token 5), token 4 -> B[0] (token 1)
+    assert old_to_new[0].tolist() == [0, 1, 3, 2, 1, 3]
+
+
+def test_weighted_merge_is_size_weighted_average():
+    x = torch.tensor([[[1.0], [10.0], [3.0], [20.0]]])  # A = tokens 0, 2; B = tokens 1, 3
+    size = torch.tensor([[[1.0], [1.0], [3.0], [1.0]]])
+    # merge A[1] (token 2, size 3) into B[1] (token 3, size 1)
+    out, new_size = merge_weighted(x, size, torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([[1]]))
+    assert new_size[0, :, 0].tolist() == [1.0, 1.0, 4.0]
+    assert out[0, :, 0].tolist() == pytest.approx([1.0, 10.0, (3 * 3 + 20) / 4])
+
+
+def test_proportional_attention_bias_appears_only_after_merging():
+    x = torch.zeros(2, 5, 8)
+    state = TokenState.start(x, num_prefix=1, grid=(2, 2))
+    assert state.attention_bias(torch.float32) is None
+    state.size[:, 2] = 3.0
+    state.merged = True
+    bias = state.attention_bias(torch.float32)
+    assert bias.shape == (2, 1, 1, 5)
+    assert bias[0, 0, 0, 2] == pytest.approx(np.log(3.0))
+
+
+def test_v2drop_keeps_the_tokens_that_changed_most():
+    comp = build("v2drop", {"keep": 0.5, "layers": [0]}, num_layers=2)
+    x_in = torch.zeros(1, 5, 4)
+    x_out = x_in.clone()
+    x_out[0, 1:, 0] = torch.tensor([0.1, 5.0, 0.2, 3.0])  # patch tokens 1 and 3 vary most
+    state = TokenState.start(x_in, num_prefix=1, grid=(2, 2))
+    comp.begin(state)
+    out = comp.after_block(0, x_out, x_in, state)
+    assert out.shape[1] == 1 + 2
+    assert state.source[0].tolist() == [-1, 0, -1, 1]
+
+
+def test_avit_keeps_the_tokens_the_class_token_attends_to(adapter, pixels):
+    if adapter.num_prefix == 0:
+        pytest.skip("class attention needs a class token; mean received attention is used instead")
+    comp = build("avit", {"sparsity": 0.5, "layers": [0]}, adapter.num_layers)
+    out = adapter.compressed(pixels, comp)
+    # recompute block-0 class attention by hand: the kept patches must be its top half
+    assert out.patch_tokens.shape[1] == adapter.num_patches // 2
+    kept = [set(np.flatnonzero(p.patch_to_token >= 0)) for p in out.plans]
+    assert all(len(k) == adapter.num_patches // 2 for k in kept)
+
+
+def test_random_drop_is_seeded():
+    def kept(seed):
+        comp = build("random", {"keep": 0.5, "layers": [0]}, num_layers=2, seed=seed)
+        x = torch.randn(1, 17, 4)
+        state = TokenState.start(x, 1, (4, 4))
+        comp.begin(state)
+        comp.after_block(0, x, x, state)
+        return state.source[0].tolist()
+
+    assert kept(1) == kept(1)
+    assert kept(1) != kept(2)
+
+
+def test_downscale_plan_maps_full_grid_to_small_grid(adapter, pixels):
+    out = adapter.compressed(pixels, build("downscale", {"keep": 0.25}, adapter.num_layers))
+    plan = out.plans[0]
+    rows, cols = plan.grid
+    assert plan.num_tokens == (rows // 2) * (cols // 2)
+    groups = plan.group_ids
+    assert groups[0, 0] == groups[1, 1] == 0  # a 2x2 block of full-grid patches shares one token
+    assert plan.input_scale == pytest.approx(0.5)
+
+
+def test_schedule_gives_the_ideal_speedup():
+    tome = build("tome", {"merge_factor": 0.5}, num_layers=12)
+    schedule = tome.schedule(256)
+    assert schedule[0] == 256 and schedule[-1] == 256 - 12 * 10
+    assert 1.3 < ideal_speedup(schedule, 256, 1, 384) < 1.6
+
+
+@pytest.mark.parametrize("name,params,message", [
+    ("tome", {}, "exactly one of"),
+    ("tome", {"merge_factor": 1.5}, "merge_factor"),
+    ("tome", {"merge_factor": 0.5, "bogus": 1}, "unknown parameter"),
+    ("v2drop", {"keep": 0.0}, "keep fraction"),
+    ("avit", {"sparsity": 0.3, "layers": [11]}, "layers"),
+    ("downscale", {}, "keep"),
+])
+def test_bad_parameters_are_refused_with_the_reason(name, params, message):
+    with pytest.raises(ValueError, match=message):
+        build(name, params, num_layers=12)
+
+
+def test_unknown_method_suggests_the_closest_name():
+    with pytest.raises(UnknownNameError, match="did you mean 'tome'"):
+        METHODS.get("tomee")

