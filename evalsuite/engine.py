@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from .metrics import flops, similarity
 from .models import MODELS
 from .models.base import EncoderOutput, ModelAdapter
 from .patch.runner import StepTimer
+from .plan import TokenPlan
 from .results import CaseResult, SampleRecord
 
 OOM_RETRIES = 3
@@ -70,6 +71,7 @@ class Engine:
         self._references: dict[tuple[str, str], Reference] = {}
         self._ocr = None
         self.stage_seconds: dict[str, float] = {}
+        self.last_artifacts: list[tuple[Sample, TokenPlan]] = []  # (sample, plan) of the last case, for reports
 
     # -- things loaded once per worker ---------------------------------------------
     def device_for(self, spec: ModelSpec) -> torch.device:
@@ -122,6 +124,7 @@ class Engine:
 
     # -- one case ---------------------------------------------------------------------
     def evaluate(self, case: CaseSpec) -> CaseResult:
+        self.settings = replace(self.settings, **case.settings)  # the matrix file's seed, batch, timing
         started = dict(self.stage_seconds)
         adapter = self.model(case.model)
         ref = self.reference(case.model, case.dataset)
@@ -135,7 +138,7 @@ class Engine:
                 _to_cpu(self._with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case))
                 for px in ref.batches
             ]
-        records = self._sample_kpis(ref, outputs)
+        records = self._sample_kpis(ref, outputs, adapter.device)
         with self._stage("compressed_timing"):
             timing = self._case_timing(adapter, compressor, ref, case)
         if self.settings.ocr_engine:
@@ -145,6 +148,7 @@ class Engine:
             with self._stage("export"):
                 self._export(case, ref, outputs)
         result.samples.extend(records)
+        self.last_artifacts = list(zip(ref.samples, [plan for out in outputs for plan in out.plans]))
         result.kpis = self._case_kpis(adapter, compressor, records, timing, ref)
         result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in self.stage_seconds.items()
                                 if v - started.get(k, 0.0) > 0}
@@ -156,7 +160,8 @@ class Engine:
         }
         return result
 
-    def _sample_kpis(self, ref: Reference, outputs: list[EncoderOutput]) -> list[SampleRecord]:
+    def _sample_kpis(self, ref: Reference, outputs: list[EncoderOutput], device: torch.device) -> list[SampleRecord]:
+        """Per-sample tokens, cosine and EMD (Sinkhorn runs on ``device``: on CPU it dominates a GPU case)."""
         records, index = [], 0
         for ref_out, out in zip(ref.outputs, outputs):
             cosines = similarity.pooled_cosine(out.pooled, ref_out.pooled)
@@ -165,7 +170,7 @@ class Engine:
                 plan = out.plans[b]
                 identical = plan.is_identity and torch.equal(out.tokens[b], ref_out.tokens[b])
                 emd = 0.0 if identical else similarity.token_emd(
-                    ref_out.patch_tokens[b], out.patch_tokens[b], out.patch_sizes[b])
+                    ref_out.patch_tokens[b].to(device), out.patch_tokens[b].to(device), out.patch_sizes[b].to(device))
                 records.append(SampleRecord(sample.sample_id, sample.doc_type, kpis={
                     "tokens_before": float(plan.num_patches),
                     "tokens_after": float(plan.num_tokens),

@@ -108,7 +108,10 @@ def _refuse_gpu_without_cuda(config: pytest.Config) -> None:
         return
     from _pytest.mark.expression import Expression
 
-    if Expression.compile(markexpr).evaluate(lambda name, **kw: name in ("gpu", "evalsuite")):
+    expression = Expression.compile(markexpr)
+    with_gpu = expression.evaluate(lambda name, **kw: name in ("gpu", "evalsuite"))
+    without_gpu = expression.evaluate(lambda name, **kw: name == "evalsuite")
+    if with_gpu and not without_gpu:  # the expression asks for GPU cases specifically (-m gpu)
         import torch
 
         if not torch.cuda.is_available():

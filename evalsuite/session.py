@@ -58,6 +58,12 @@ class EvalSession:
         except (ThresholdsError, matrix.MatrixError) as exc:
             raise pytest.UsageError(str(exc)) from None
 
+    @property
+    def allure_dir(self) -> Path | None:
+        """Where allure-pytest writes, when it is active for this run."""
+        value = getattr(self.config.option, "allure_report_dir", None)
+        return Path(value) if value else None
+
     def _path(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.rootdir / path
@@ -94,19 +100,18 @@ class EvalSession:
 
     def evaluate(self, case: matrix.CaseSpec, node: pytest.Item) -> CaseResult:
         """Run one case, attach its result to the test report, check its thresholds."""
-        engine = self.engine
-        engine.settings.seed = case.settings.get("seed", 0)
-        engine.settings.batch_size = case.settings.get("batch_size", 8)
-        engine.settings.timing_repeats = case.settings.get("timing_repeats", 10)
-        engine.settings.timing_warmup = case.settings.get("timing_warmup", 2)
+        if case.model.needs_gpu and not _cuda_available():
+            pytest.skip(f"{case.id} needs CUDA (model {case.model.id}); run it with -m gpu on a GPU host")
         try:
-            result = engine.evaluate(case)
+            result = self.engine.evaluate(case)
         except DatasetUnavailable as exc:
+            self._annotate(_empty_result(case), [])
             pytest.skip(str(exc))
         except Exception as exc:
-            failed = CaseResult(case.id, case.model.id, case.method, dict(case.params), case.dataset.id,
-                                error=f"{type(exc).__name__}: {exc}")
+            failed = _empty_result(case)
+            failed.error = f"{type(exc).__name__}: {exc}"
             node.user_properties.append((RESULT_PROPERTY, failed.to_json()))
+            self._annotate(failed, [])
             raise
         self.config.hook.pytest_evalsuite_result(result=result, case=case)
         not_applicable = {k for k in ("ocr_wer", "ocr_cer", "ocr_wer_drift", "ocr_cer_drift",
@@ -114,7 +119,16 @@ class EvalSession:
         result.breaches = self.thresholds.check(result.kpis, case.model.id, case.method, case.dataset.id,
                                                 case.id, not_applicable)
         node.user_properties.append((RESULT_PROPERTY, result.to_json()))
+        self._annotate(result, self.engine.last_artifacts)
         return result
+
+    def _annotate(self, result: CaseResult, artifacts) -> None:
+        """Allure labels, one step per KPI and the worst samples, when allure-pytest is active."""
+        if self.allure_dir:
+            from .report import allure
+
+            limits = self.thresholds.limits_for(result.model, result.method, result.dataset, result.case_id)
+            allure.annotate(result, limits, artifacts)
 
     def assert_passed(self, result: CaseResult) -> None:
         if result.breaches:
@@ -141,15 +155,33 @@ class EvalSession:
 
     def finish(self) -> None:
         """Controller only: hand every collected result to the sinks."""
-        if not self.is_controller or not self.results:
+        if not self.is_controller:
             return
-        from .sinks import write_results
+        run = self.run_info()
+        if self.results:
+            from .sinks import write_results
 
-        self.outcomes.extend(write_results(self.config, self.run_info(), self.results))
+            self.outcomes.extend(write_results(self.config, run, self.results))
+        if self.allure_dir:
+            from .report import allure
+
+            allure.write_environment(self.allure_dir, run, self.results)
+            self.outcomes.append(f"evalsuite Allure results: {self.allure_dir} "
+                                 f"(HTML: allure generate {self.allure_dir} -o allure-report)")
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
+
+
+def _empty_result(case: matrix.CaseSpec) -> CaseResult:
+    return CaseResult(case.id, case.model.id, case.method, dict(case.params), case.dataset.id)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def option(config: pytest.Config, name: str):

@@ -38,7 +38,11 @@ def test_bipartite_matching_merges_identical_pairs():
     assert sorted(src[0].tolist()) == [1, 2]  # A-indices of tokens 2 and 4
     merged_into = dict(zip(src[0].tolist(), dst[0].tolist()))
     assert merged_into == {1: 2, 2: 0}  # token 2 -> B[2] (token 5), token 4 -> B[0] (token 1)
-    assert old_to_new[0].tolist() == [0, 1, 3, 2, 1, 3]
+    new = old_to_new[0].tolist()
+    assert new[2] == new[5] and new[4] == new[1]  # merged pairs share their output token
+    assert new[1::2] == [1, 2, 3]  # B tokens follow the one unmerged A token
+    assert new[0] == 0
+    assert len(set(new)) == 4  # 6 tokens - 2 merges
 
 
 def test_weighted_merge_is_size_weighted_average():

@@ -43,3 +43,18 @@ def test_compression_changes_the_output(adapter, pixels):
     reference = adapter.reference(pixels)
     out = adapter.compressed(pixels, build("tome", {"merge_factor": 0.5}, adapter.num_layers))
     assert out.tokens.shape[1] < reference.tokens.shape[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.float16, 1e-2)], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("method,params", ZERO_COMPRESSION, ids=lambda v: str(v))
+def test_zero_compression_matches_unpatched_model_on_cuda(adapter, pixels, method, params, dtype, atol):
+    """Same check on CUDA, where SDPA picks flash/efficient kernels for both paths."""
+    adapter.to("cuda", dtype)
+    try:
+        px = pixels.to("cuda", dtype)
+        reference = adapter.reference(px)
+        out = adapter.compressed(px, build(method, params, adapter.num_layers))
+        torch.testing.assert_close(out.tokens, reference.tokens, atol=atol, rtol=0)
+    finally:
+        adapter.to("cpu", torch.float32)

@@ -58,7 +58,7 @@ class StagedDrop(Compressor):
         return out
 
     def begin(self, state: TokenState) -> None:
-        self._targets = dict(zip(self.layers, stage_counts(state.source.shape[1], self.keep_fraction, len(self.layers))))
+        self._targets = dict(zip(self.layers, stage_counts(state.num_input_patches, self.keep_fraction, len(self.layers))))
 
     def scores(self, layer: int, x: torch.Tensor, x_in: torch.Tensor, state: TokenState) -> torch.Tensor:
         """[B, P_cur] keep scores of the current patch tokens; higher = keep."""

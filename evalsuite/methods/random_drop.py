@@ -19,7 +19,7 @@ class RandomDrop(StagedDrop):
 
     def begin(self, state):
         super().begin(state)
-        self._generator = torch.Generator(device=state.source.device).manual_seed(self.seed)
+        self._generator = torch.Generator(device=state.size.device).manual_seed(self.seed)
 
     def scores(self, layer, x, x_in, state):
         shape = (x.shape[0], state.num_patch_tokens)

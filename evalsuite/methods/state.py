@@ -11,12 +11,9 @@ dropping share one update rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 
-@dataclass
 class TokenState:
     """State of one batch during a compressed forward.
 
@@ -24,27 +21,46 @@ class TokenState:
     ``source`` [B, P] (P = input patches; value = index of the *patch* token that
     now holds the patch, -1 once dropped). Prefix tokens (CLS, registers) are
     never merged or dropped and always sit at positions ``[0, num_prefix)``.
+
+    ``source`` is bookkeeping for the token plan, not part of compressing: the
+    per-layer index maps are kept and composed only when ``source`` is read,
+    so the forward pass itself launches no kernels for it.
     """
 
-    size: torch.Tensor
-    source: torch.Tensor
-    num_prefix: int
-    grid: tuple[int, int]
-    proportional_attention: bool = True
-    merged: bool = False  # True once some token holds more than one patch
+    def __init__(self, size: torch.Tensor, num_patches: int, num_prefix: int, grid: tuple[int, int]):
+        self.size = size
+        self.num_prefix = num_prefix
+        self.num_input_patches = num_patches
+        self.grid = grid
+        self.proportional_attention = True
+        self.merged = False  # True once some token holds more than one patch
+        self._source: torch.Tensor | None = None
+        self._maps: list[torch.Tensor] = []
 
     @classmethod
     def start(cls, x: torch.Tensor, num_prefix: int, grid: tuple[int, int]) -> "TokenState":
         """State for tokens ``x`` [B, num_prefix + P, C] straight from the embedding."""
         batch, tokens, _ = x.shape
-        patches = tokens - num_prefix
-        source = torch.arange(patches, device=x.device).expand(batch, patches).clone()
         size = torch.ones(batch, tokens, 1, device=x.device, dtype=x.dtype)
-        return cls(size=size, source=source, num_prefix=num_prefix, grid=grid)
+        return cls(size, tokens - num_prefix, num_prefix, grid)
 
     @property
     def num_patch_tokens(self) -> int:
         return self.size.shape[1] - self.num_prefix
+
+    @property
+    def source(self) -> torch.Tensor:
+        """[B, P] patch token now holding each input patch (-1: dropped)."""
+        if self._source is None:
+            batch = self.size.shape[0]
+            patches = torch.arange(self.num_input_patches, device=self.size.device)
+            self._source = patches.expand(batch, -1).clone()
+        for old_to_new in self._maps:
+            held = self._source >= 0
+            moved = old_to_new.gather(1, self._source.clamp(min=0))
+            self._source = torch.where(held, moved, torch.full_like(moved, -1))
+        self._maps.clear()
+        return self._source
 
     def attention_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         """Additive log-size bias [B, 1, 1, N] for proportional attention (ToMe eq. 1).
@@ -58,9 +74,7 @@ class TokenState:
 
     def remap(self, old_to_new: torch.Tensor) -> None:
         """Follow a reduction of the patch tokens: ``old_to_new`` [B, N_old_patches], -1 = removed."""
-        held = self.source >= 0
-        moved = old_to_new.gather(1, self.source.clamp(min=0))
-        self.source = torch.where(held, moved, torch.full_like(moved, -1))
+        self._maps.append(old_to_new)
 
 
 def split_prefix(x: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,24 +34,23 @@ def bipartite_soft_matching(
     dst_idx, old_to_new)``: indices into A of the unmerged [B, Na - r] and the
     merged [B, r] tokens, the B-token each merged one joins [B, r], and the map
     [B, P] from old patch-token positions to positions in the output order
-    ``[unmerged A (in original order), B]``.
+    ``[unmerged A, B]`` (unmerged A tokens by decreasing similarity: attention
+    does not care about token order, so no re-sort is spent on it).
     """
     metric = metric / metric.norm(dim=-1, keepdim=True)
     a, b = metric[:, ::2], metric[:, 1::2]
     scores = a @ b.transpose(-1, -2)  # [B, Na, Nb]
     node_max, node_idx = scores.max(dim=-1)  # best partner in B for each A token
     edge_idx = node_max.argsort(dim=-1, descending=True)
-    src_idx = edge_idx[:, :r]
-    unm_idx = edge_idx[:, r:].sort(dim=-1).values  # keep spatial order of survivors
+    src_idx, unm_idx = edge_idx[:, :r], edge_idx[:, r:]  # token order is irrelevant to attention: no re-sort
     dst_idx = node_idx.gather(1, src_idx)
 
     batch, num_a = node_idx.shape
     num_b = b.shape[1]
     num_unm = num_a - r
-    positions = torch.arange(max(num_a, num_b), device=metric.device).expand(batch, -1)
+    positions = torch.arange(max(num_unm, num_b), device=metric.device).expand(batch, -1)
     new_a = torch.empty(batch, num_a, dtype=torch.long, device=metric.device)
-    new_a.scatter_(1, unm_idx, positions[:, :num_unm])
-    new_a.scatter_(1, src_idx, num_unm + dst_idx)
+    new_a.scatter_(1, edge_idx, torch.cat([num_unm + dst_idx, positions[:, :num_unm]], dim=1))
     old_to_new = torch.empty(batch, num_a + num_b, dtype=torch.long, device=metric.device)
     old_to_new[:, ::2] = new_a
     old_to_new[:, 1::2] = num_unm + positions[:, :num_b]
@@ -120,7 +119,7 @@ class ToMe(Compressor):
 
     def begin(self, state: TokenState) -> None:
         state.proportional_attention = self.proportional_attention
-        self._r = self.r_for(state.source.shape[1])
+        self._r = self.r_for(state.num_input_patches)
 
     def observe_attention(self, layer, keys, importance) -> None:
         self._keys = keys

@@ -122,6 +122,44 @@ class ModelAdapter:
         return EncoderOutput(tokens, sizes, self._pool(tokens, sizes), run.plans(), self.num_prefix,
                              run.timer.seconds)
 
+    @torch.inference_mode()
+    def graphed(self, compressor: Compressor, pixels: torch.Tensor):
+        """A CUDA-graph replay of the compressed forward for inputs shaped like ``pixels``.
+
+        Shapes are static for a given method, batch and image size, so the whole
+        forward (attention, matching, gathers) is captured once and replayed with
+        one launch: the per-layer launch overhead of the compression hooks is
+        gone. Returns ``forward(pixels) -> EncoderOutput`` (outputs are cloned).
+        """
+        if pixels.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA input")
+        static = pixels.clone()
+
+        def capture_body():
+            run = CompressedForward(compressor, self.patch_size)
+            tokens = self.patch.forward_tokens(self.model, static, run)
+            sizes = run.token_sizes()
+            return run, tokens, sizes, self._pool(tokens, sizes), run.state.source
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the graph (kernel selection, allocator)
+                capture_body()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run, tokens, sizes, pooled, source = capture_body()
+
+        @torch.inference_mode()
+        def forward(px: torch.Tensor) -> EncoderOutput:
+            static.copy_(px)
+            graph.replay()
+            return EncoderOutput(tokens.clone(), sizes.clone(), pooled.clone(), run.plans(source.clone()),
+                                 self.num_prefix)
+
+        return forward
+
     def _reference_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

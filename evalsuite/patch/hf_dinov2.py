@@ -1,7 +1,8 @@
 """Compressed forward for Hugging Face ``transformers`` ``Dinov2Model``.
 
 Walks the model's own modules (weights and classes untouched). The layer code
-is transformers 5's ``Dinov2Layer.forward`` / ``Dinov2Attention.forward``
+is transformers 5's ``Dinov2Layer.forward`` / ``Dinov2Attention.forward`` (and
+the older ``attention.attention.query`` layout of transformers 4.x-5.17)
 with the changes fenced by ``# evalsuite:`` comments; LayerScale
 (``layer_scale1``/``layer_scale2``) and the SwiGLU/MLP choice are kept.
 """
@@ -19,11 +20,15 @@ def check_supported(model: nn.Module) -> None:
 
     if not isinstance(model, Dinov2Model):
         raise TypeError(f"hf_dinov2 patch supports transformers.Dinov2Model, got {type(model).__name__}")
-    if not hasattr(model.encoder.layer[0].attention, "q_proj"):
-        raise TypeError("hf_dinov2 patch needs transformers >= 5 (Dinov2Attention with q_proj/k_proj/v_proj/o_proj)")
+    attn = model.encoder.layer[0].attention
+    if not (hasattr(attn, "q_proj") or hasattr(getattr(attn, "attention", None), "query")):
+        raise TypeError(f"hf_dinov2 patch: unknown attention layout {type(attn).__name__} "
+                        "(expected q_proj/k_proj/v_proj/o_proj, or attention.query/key/value + output.dense)")
 
 
 def _attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, layer: int) -> torch.Tensor:
+    if not hasattr(attn, "q_proj"):
+        return _legacy_attention(attn, x, run, layer)
     # copied from transformers 5.23 Dinov2Attention.forward
     shape = (*x.shape[:-1], -1, attn.head_dim)
     q = attn.q_proj(x).view(shape).transpose(1, 2)
@@ -31,6 +36,17 @@ def _attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, layer: 
     v = attn.v_proj(x).view(shape).transpose(1, 2)
     out = run.attend(layer, q, k, v, attn.scaling)  # evalsuite: fused SDPA + size bias + method requests
     return attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
+
+
+def _legacy_attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, layer: int) -> torch.Tensor:
+    # copied from transformers 4.x-5.17 Dinov2SelfAttention / Dinov2SelfOutput (attention.attention.query ...)
+    self_attn = attn.attention
+    shape = (*x.shape[:-1], -1, self_attn.attention_head_size)
+    q = self_attn.query(x).view(shape).transpose(1, 2)
+    k = self_attn.key(x).view(shape).transpose(1, 2)
+    v = self_attn.value(x).view(shape).transpose(1, 2)
+    out = run.attend(layer, q, k, v, self_attn.attention_head_size ** -0.5)  # evalsuite
+    return attn.output.dense(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
 
 
 def forward_tokens(model: nn.Module, pixels: torch.Tensor, run: CompressedForward) -> torch.Tensor:

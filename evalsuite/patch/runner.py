@@ -83,11 +83,19 @@ class CompressedForward:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         request = self.compressor.attention_request(layer)
         if request is not None:
-            with self.timer(q.device):
-                keys = k.mean(dim=1) if request.keys else None
-                importance = self._received_attention(q, k, scale, bias) if request.importance else None
-                self.compressor.observe_attention(layer, keys, importance)
+            self._timed(q.device, self._observe, layer, request, q, k, scale, bias)
         return out
+
+    def _observe(self, layer, request, q, k, scale, bias) -> None:
+        keys = k.mean(dim=1) if request.keys else None
+        importance = self._received_attention(q, k, scale, bias) if request.importance else None
+        self.compressor.observe_attention(layer, keys, importance)
+
+    def _timed(self, device, fn, *args):
+        if not self.timer.enabled:  # the throughput path: no context manager, no synchronisation
+            return fn(*args)
+        with self.timer(device):
+            return fn(*args)
 
     def _received_attention(self, q, k, scale, bias) -> torch.Tensor:
         """[B, N]: class-token attention, or mean attention received, averaged over heads."""
@@ -105,21 +113,19 @@ class CompressedForward:
         return received / q.shape[2]
 
     def after_attention(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        with self.timer(x.device):
-            return self.compressor.after_attention(layer, x, self.state)
+        return self._timed(x.device, self.compressor.after_attention, layer, x, self.state)
 
     def after_block(self, layer: int, x: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
-        with self.timer(x.device):
-            return self.compressor.after_block(layer, x, x_in, self.state)
+        return self._timed(x.device, self.compressor.after_block, layer, x, x_in, self.state)
 
     # -- output -----------------------------------------------------------------
     def token_sizes(self) -> torch.Tensor:
         """[B, N_out] patches per output token (prefix tokens count 1)."""
         return self.state.size[..., 0]
 
-    def plans(self) -> list[TokenPlan]:
+    def plans(self, source: torch.Tensor | None = None) -> list[TokenPlan]:
         """Per-image token plans on the full (pre-downscale) patch grid."""
-        source = self.state.source.cpu().numpy().astype(np.int32)
+        source = (self.state.source if source is None else source).cpu().numpy().astype(np.int32)
         tokens = self.state.num_patch_tokens
         if self.full_grid != self.state.grid:  # downscaled input: map full-grid patches to the small grid
             source = source[:, _nearest_cells(self.full_grid, self.state.grid)]

@@ -1,0 +1,167 @@
+"""Benchmark: compression-step latency and encoder throughput per method.
+
+Prints one table row per model x image size x batch x method: images/s,
+speedup against the unpatched model, the ideal speedup implied by the
+method's token schedule (FLOP model) and their ratio, the compression
+step's own time per forward (p50/p95, CUDA-synchronised around every hook,
+so an upper bound that includes launch latency), and on CUDA the speedup of
+a CUDA-graph replay of the compressed forward (``graphed``: launch overhead
+removed) against the eager unpatched model.
+Figures from randomly initialised models are labelled ``random-weights``.
+
+    python -m evalsuite.bench --models dinov2_s14 --sizes 224 --batches 1    # CPU
+    python -m evalsuite.bench --device cuda --dtype float16 --batches 1,64   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from .methods import build
+from .metrics.flops import ideal_speedup
+from .metrics.similarity import percentile
+from .models import MODELS
+from .patch.runner import StepTimer
+
+METHODS = [
+    ("tome", {"r": 0}),
+    ("tome", {"merge_factor": 0.5}),
+    ("tome", {"merge_factor": 0.7}),
+    ("v2drop", {"keep": 0.7}),
+    ("v2drop", {"keep": 0.5}),
+    ("avit", {"sparsity": 0.3}),
+    ("avit", {"sparsity": 0.5}),
+    ("random", {"keep": 0.7}),
+    ("downscale", {"keep": 0.7}),
+]
+
+
+def _timed(fn, pixels, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn(pixels)
+    times = []
+    for _ in range(repeats):
+        if pixels.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(pixels)
+        if pixels.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _graphed_time(adapter, comp, pixels, warmup, repeats) -> float | None:
+    """Median time of a CUDA-graph replay of the compressed forward (None on CPU or if capture fails)."""
+    if not pixels.is_cuda:
+        return None
+    try:
+        forward = adapter.graphed(comp, pixels)
+    except Exception as exc:  # e.g. a method whose RNG cannot be captured
+        print(f"  (no CUDA graph for {comp.id_part}: {type(exc).__name__}: {exc})")
+        return None
+    return percentile(_timed(forward, pixels, warmup, repeats), 50)
+
+
+def profile(model, size, batch, device, dtype, method, params) -> None:
+    """Top CUDA kernels of one compressed forward (diagnosis aid)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    adapter = MODELS.get(model)(model, image_size=size).to(device, getattr(torch, dtype))
+    comp = build(method, params, adapter.num_layers)
+    pixels = torch.randn(batch, 3, size, size, device=device, dtype=getattr(torch, dtype))
+    for _ in range(3):
+        adapter.compressed(pixels, comp)
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        adapter.compressed(pixels, comp)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+
+
+def run(models, sizes, batches, device, dtype, warmup, repeats, methods=METHODS) -> list[dict]:
+    rows = []
+    for model_name in models:
+        for size in sizes:
+            adapter = MODELS.get(model_name)(model_name, image_size=size).to(device, getattr(torch, dtype))
+            label = ",".join(adapter.labels)
+            for batch in batches:
+                torch.manual_seed(0)
+                pixels = torch.randn(batch, 3, size, size, device=device, dtype=getattr(torch, dtype))
+                base = percentile(_timed(adapter.reference, pixels, warmup, repeats), 50)
+                graphed_base = _graphed_time(adapter, build("none", {}, adapter.num_layers), pixels, warmup, repeats)
+                rows.append(dict(model=model_name, size=size, batch=batch, dtype=dtype, method="unpatched",
+                                 images_per_s=batch / base, speedup=1.0, ideal=1.0, ratio=1.0,
+                                 comp_p50_ms=0.0, comp_p95_ms=0.0, labels=label,
+                                 graphed_speedup=base / graphed_base if graphed_base else None))
+                for name, params in methods:
+                    comp = build(name, params, adapter.num_layers)
+                    t = percentile(_timed(lambda px: adapter.compressed(px, comp), pixels, warmup, repeats), 50)
+                    comp_s = []
+                    for _ in range(repeats):
+                        timer = StepTimer(enabled=True)
+                        adapter.compressed(pixels, comp, timer)
+                        comp_s.append(timer.seconds)
+                    ideal = ideal_speedup(comp.schedule(adapter.num_patches, adapter.num_prefix),
+                                          adapter.num_patches, adapter.num_prefix, adapter.embed_dim)
+                    graphed = _graphed_time(adapter, comp, pixels, warmup, repeats)
+                    rows.append(dict(model=model_name, size=size, batch=batch, dtype=dtype, method=comp.id_part,
+                                     images_per_s=batch / t, speedup=base / t, ideal=ideal,
+                                     ratio=(base / t) / ideal,
+                                     comp_p50_ms=percentile(comp_s, 50) * 1e3,
+                                     comp_p95_ms=percentile(comp_s, 95) * 1e3, labels=label,
+                                     graphed_speedup=base / graphed if graphed else None))
+                    print(_format(rows[-1]), flush=True)
+            del adapter
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    return rows
+
+
+HEADER = (f"{'model':<16}{'size':>5}{'batch':>6}{'dtype':>9}  {'method':<15}{'img/s':>9}{'speedup':>9}"
+          f"{'ideal':>7}{'ratio':>7}{'comp p50':>10}{'comp p95':>10}{'graphed':>9}  labels")
+
+
+def _format(r: dict) -> str:
+    return (f"{r['model']:<16}{r['size']:>5}{r['batch']:>6}{r['dtype']:>9}  {r['method']:<15}"
+            f"{r['images_per_s']:>9.1f}{r['speedup']:>9.2f}{r['ideal']:>7.2f}{r['ratio']:>7.2f}"
+            f"{r['comp_p50_ms']:>9.2f}ms{r['comp_p95_ms']:>8.2f}ms"
+            f"{'-' if r.get('graphed_speedup') is None else format(r['graphed_speedup'], '.2f'):>9}  {r['labels']}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m evalsuite.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="dinov2_s14")
+    parser.add_argument("--sizes", default="224")
+    parser.add_argument("--batches", default="1")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--profile", metavar="METHOD:KEY=VALUE", help="print the top kernels of one method instead")
+    args = parser.parse_args(argv)
+    if args.profile:
+        name, _, param = args.profile.partition(":")
+        params = {k: float(v) for k, v in [param.split("=")]} if param else {}
+        profile(args.models.split(",")[0], int(args.sizes.split(",")[0]), int(args.batches.split(",")[0]),
+                args.device, args.dtype, name, params)
+        return
+    print(HEADER)
+    rows = run(args.models.split(","), [int(s) for s in args.sizes.split(",")],
+               [int(b) for b in args.batches.split(",")], args.device, args.dtype, args.warmup, args.repeats)
+    print("\n" + HEADER)
+    for r in rows:
+        print(_format(r))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The ``evalsuite`` command: ``ingest`` spool files, build the PoC ``report``, ``query`` results.
+
+``evalsuite baselines --model M --dataset D [--data DIR] [--limit N] [--out baselines/]``
+writes the Stage A baselines of one model x dataset (:mod:`evalsuite.baselines`);
+it needs no store.
+
+Every subcommand talks to ClickHouse through :class:`ClickHouseSink`: ``--dsn``,
+else ``$EVALSUITE_CLICKHOUSE_DSN``, else the embedded chDB directory
+``<project root>/.evalsuite/chdb``. Passwords are read from the environment
+only (``EVALSUITE_CLICKHOUSE_PASSWORD`` or the DSN in ``EVALSUITE_CLICKHOUSE_DSN``);
+a ``--dsn`` that carries one is refused, since command lines end up in shell
+history and process lists.
+
+``evalsuite ingest`` takes spool files or directories of them; a file whose
+rows all reached the store is moved to ``done/`` beside it (re-ingesting it is
+harmless: rows already stored are skipped). Run it when no pytest session owns
+the chDB directory: chDB lets one process at a time open it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from evalsuite.sinks import spool
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (cwd) with a pyproject.toml or .git, else ``start``."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").exists() or (folder / ".git").exists():
+            return folder
+    return start
+
+
+def _sink(args: argparse.Namespace):
+    from evalsuite.sinks.clickhouse import ClickHouseSink
+
+    root = project_root()
+    return ClickHouseSink(args.dsn, chdb_dir=args.chdb_dir or root / ".evalsuite" / "chdb",
+                          spool_dir=root / ".evalsuite" / "spool")
+
+
+def _spool_files(paths: list[str]) -> list[Path]:
+    files = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    return files
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    sink, rc = _sink(args), 0
+    files = _spool_files(args.spool)
+    if not files:
+        print("evalsuite ingest: no spool files found", file=sys.stderr)
+        return 1
+    for path in files:
+        try:
+            written = skipped = 0
+            for run, cases in spool.load(path):
+                w, s = sink.insert(run, cases)
+                written, skipped = written + w, skipped + s
+        except Exception as exc:  # keep the file; say why and go on with the next
+            print(f"{path}: not ingested, kept: {sink.explain(exc)}", file=sys.stderr)
+            rc = 1
+            continue
+        moved = "" if path.parent.name == spool.DONE_DIR else f"; moved to {spool.mark_done(path)}"
+        print(f"{path}: {written} rows written to {sink.where}, {skipped} already present{moved}")
+    return rc
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evalsuite.report import poc
+    from evalsuite.sinks.clickhouse import is_store_error
+
+    sink = _sink(args)
+    try:
+        limits = poc.Limits(args.min_reduction, args.max_wer_drift, frozenset(args.drift_informational))
+        report = poc.generate(sink, args.out, limits, run_id=args.run_id, tenant_id=args.tenant)
+    except LookupError as exc:
+        print(f"evalsuite report: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not is_store_error(exc):
+            raise
+        print(f"evalsuite report: {sink.explain(exc)}", file=sys.stderr)
+        return 1
+    print(f"{report.path} (run {report.run_id}, plot {report.plot.name})")
+    print(report.recommendation.reason)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    sink = _sink(args)
+    try:
+        names, rows = sink.select(args.sql)
+    except Exception as exc:
+        print(f"evalsuite query: {sink.explain(exc)}", file=sys.stderr)
+        return 1
+    print(format_table(names, rows, args.max_width))
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from evalsuite.baselines import compute_baselines, write_baselines
+    from evalsuite.data.datasets import DatasetUnavailable
+    from evalsuite.paths import data_root
+    from evalsuite.registry import UnknownNameError
+
+    root = args.data or data_root()  # an explicit --data wins over $EVALSUITE_DATA
+    try:
+        baselines = compute_baselines(args.model, args.dataset, root, image_size=args.image_size,
+                                      limit=args.limit, ocr_engine=args.ocr)
+    except (DatasetUnavailable, UnknownNameError) as exc:
+        print(f"evalsuite baselines: {exc}", file=sys.stderr)
+        return 1
+    for path in write_baselines(args.out, args.model, args.dataset, baselines):
+        print(path)
+    failed = sum("error" in row for row in baselines.tokens + baselines.ocr)
+    if failed:
+        print(f"evalsuite baselines: {failed} row(s) carry an error (see the files)", file=sys.stderr)
+    return 0
+
+
+def format_table(names: list[str], rows: list[tuple], max_width: int = 60) -> str:
+    """An aligned text table with a row count.
+
+    >>> print(format_table(["a", "bb"], [(1, "x"), (22, None)]))
+    a   bb
+    --  ----
+    1   x
+    22  NULL
+    (2 rows)
+    """
+    def cell(v: object) -> str:
+        text = "NULL" if v is None else str(v)
+        return text if len(text) <= max_width else text[: max_width - 3] + "..."
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    out = [line(names), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    return "\n".join(out + [f"({len(rows)} row{'s' * (len(rows) != 1)})"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from evalsuite.report.poc import DEFAULT_MAX_WER_DRIFT, DEFAULT_MIN_REDUCTION_PCT, DEFAULT_OUT
+
+    parser = argparse.ArgumentParser(prog="evalsuite", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--dsn", help="clickhouse://host:8123/db, https://..., chdb:///abs/dir "
+                                     "(default: $EVALSUITE_CLICKHOUSE_DSN, else --chdb-dir)")
+    store.add_argument("--chdb-dir", type=Path, help="embedded chDB directory (default: <project>/.evalsuite/chdb)")
+
+    p = sub.add_parser("ingest", parents=[store], help="load spool files into ClickHouse")
+    p.add_argument("spool", nargs="+", help="spool .jsonl files or directories of them")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("report", parents=[store], help="write the PoC report (markdown + Pareto PNG)")
+    p.add_argument("--run-id", help="the run to report on (default: the latest)")
+    p.add_argument("--tenant", help="only consider this tenant's runs when picking the latest")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
+    p.add_argument("--min-reduction", type=float, default=DEFAULT_MIN_REDUCTION_PCT,
+                   help="token savings a candidate must keep, in %% (default: %(default)s)")
+    p.add_argument("--max-wer-drift", type=float, default=DEFAULT_MAX_WER_DRIFT,
+                   help="OCR WER drift ceiling, absolute (default: %(default)s)")
+    p.add_argument("--drift-informational", action="append", default=[], metavar="DATASET",
+                   help="a dataset whose OCR drift is not judged (thresholds: ocr_wer_drift = false); repeatable")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("query", parents=[store], help="run SQL and print a table")
+    p.add_argument("sql", help="e.g. \"SELECT method, avg(clip_score) FROM vision_compression_results GROUP BY method\"")
+    p.add_argument("--max-width", type=int, default=60, help="truncate cells to this width")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("baselines", help="write Stage A baselines (uncompressed tokens, OCR) of a model x dataset",
+                       description="See evalsuite/baselines.py for the rows of tokens_baseline.jsonl and "
+                                   "ocr_baseline.jsonl.")
+    p.add_argument("--model", required=True, help="model factory name, e.g. dinov2_s14")
+    p.add_argument("--dataset", required=True, help="dataset name, e.g. samples, synthetic, sroie")
+    p.add_argument("--data", type=Path, help="external data store (default: $EVALSUITE_DATA)")
+    p.add_argument("--limit", type=int, help="only the first N samples")
+    p.add_argument("--image-size", type=int, default=224, help="encoder input size (default: %(default)s)")
+    p.add_argument("--ocr", default="rapidocr", help="OCR engine (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("baselines"),
+                   help="writes <out>/<model>/<dataset>/*.jsonl (default: %(default)s)")
+    p.set_defaults(func=cmd_baselines, dsn=None)  # no store involved
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dsn and urlsplit(args.dsn).password is not None:
+        parser.error("--dsn must not carry a password: set EVALSUITE_CLICKHOUSE_PASSWORD "
+                     "(or put the whole DSN in EVALSUITE_CLICKHOUSE_DSN)")
+    try:
+        return args.func(args)
+    except ValueError as exc:  # bad DSN scheme, unreadable spool line ...
+        print(f"evalsuite {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Datasets: name -> loader ``(root, limit, **options) -> list[Sample]``.
+
+``root`` is the external data store (:func:`evalsuite.paths.data_root`), holding
+one folder per dataset (``<root>/sroie``, ``<root>/photos``); built-in datasets
+ignore it. ``limit`` keeps the first samples in a stable order. A loader whose
+data is not on this machine raises :class:`DatasetUnavailable`, so the harness
+skips just those cases, with the reason. One file per dataset; a new one is a
+file plus a registration line here (or an ``evalsuite.datasets`` entry point).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evalsuite.data.sample import Sample
+from evalsuite.registry import Registry
+
+
+class DatasetUnavailable(Exception):
+    """A dataset whose data this machine does not have."""
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+        super().__init__(f"dataset {name!r} unavailable: {reason}")
+
+
+DATASETS: Registry = Registry("dataset", "evalsuite.datasets")
+DATASETS.register("samples", "evalsuite.data.datasets.samples:load_samples")
+DATASETS.register("synthetic", "evalsuite.data.datasets.synthetic:load_synthetic")
+DATASETS.register("sroie", "evalsuite.data.datasets.sroie:load_sroie")
+DATASETS.register("photos", "evalsuite.data.datasets.photos:load_photos")
+
+
+def load_dataset(name: str, root: Path | None = None, limit: int | None = None, **options) -> list[Sample]:
+    """The samples of dataset ``name`` (see the module docstring)."""
+    return DATASETS.get(name)(root, limit, **options)
+
+
+def dataset_folder(name: str, root: Path | None) -> Path:
+    """``<root>/<name>``, or :class:`DatasetUnavailable` saying why it cannot be used."""
+    if root is None:
+        raise DatasetUnavailable(name, "no data root configured (set EVALSUITE_DATA or the data root option)")
+    folder = Path(root) / name
+    if not folder.is_dir():
+        raise DatasetUnavailable(name, f"{folder} does not exist")
+    return folder

@@ -1,0 +1,150 @@
+"""Throughput of the OCR stage: pages per second for 1, 2 and all cores.
+
+    python -m evalsuite.ocr.bench [--data DIR] [--pages 10] [--receipts 10] [--engine rapidocr]
+
+Reads run the way :class:`~evalsuite.ocr.stage.OcrStage` runs them: a spawned
+process pool with one engine per process and one onnxruntime thread each, so
+``workers`` processes use ``workers`` cores. The cache is bypassed (every
+image is read), and each process reads one warm-up image in its initializer,
+so session creation and first-inference costs stay out of the timing.
+
+Image sets: rendered pages (the ``synthetic`` generator: invoices, tables, code,
+UI screens, charts at 144/168 dpi) and, when ``--data`` or ``$EVALSUITE_DATA``
+points at a store with ``sroie/``, SROIE receipts. The table gives pages/s,
+the speed-up over one worker and the parallel efficiency (speed-up / workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from . import stage
+
+
+@dataclass
+class Timing:
+    images: str
+    workers: int
+    pages: int
+    seconds: float
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.pages / self.seconds
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_counts(cores: int) -> list[int]:
+    """1, 2 and all cores, without repeats.
+
+    >>> worker_counts(16), worker_counts(2), worker_counts(1)
+    ([1, 2, 16], [1, 2], [1])
+    """
+    return sorted({1, min(2, cores), cores})
+
+
+def _warm_init(engine_name: str, warmup: np.ndarray, ready) -> None:
+    stage._init(engine_name)  # the OCR stage's own initializer: one engine, one onnxruntime thread
+    stage._read(warmup, False)
+    ready.wait()  # every process is up and warm before the clock starts
+
+
+def time_reads(images: list[np.ndarray], workers: int, engine_name: str = "rapidocr") -> float:
+    """Wall seconds for ``workers`` warmed-up pool processes to read every image once, uncached."""
+    context = get_context("spawn")
+    ready = context.Barrier(workers + 1)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_warm_init,
+                             initargs=(engine_name, images[0], ready)) as pool:
+        started = [pool.submit(int) for _ in range(workers)]  # each submit spawns a process while none is idle
+        ready.wait()
+        for job in started:
+            job.result()
+        start = time.perf_counter()
+        list(pool.map(stage._read, images, [False] * len(images)))
+        return time.perf_counter() - start
+
+
+def image_sets(data: Path | None, pages: int, receipts: int) -> dict[str, list[np.ndarray]]:
+    from evalsuite.data.datasets import DatasetUnavailable, load_dataset
+
+    sets = {"rendered pages": [np.asarray(s.load()) for s in load_dataset("synthetic", None, pages)]}
+    if receipts:
+        try:
+            sets["SROIE receipts"] = [np.asarray(s.load()) for s in load_dataset("sroie", data, receipts)]
+        except DatasetUnavailable as exc:
+            print(f"skipping receipts: {exc}", file=sys.stderr)
+    return sets
+
+
+def run(sets: dict[str, list[np.ndarray]], counts: list[int], engine_name: str) -> list[Timing]:
+    timings = []
+    for name, images in sets.items():
+        for workers in counts:
+            timings.append(Timing(name, workers, len(images), time_reads(images, workers, engine_name)))
+            print(f"  {name}: {workers} worker(s) done", file=sys.stderr)
+    return timings
+
+
+def format_table(timings: list[Timing]) -> str:
+    """Aligned text table, one line per image set x worker count.
+
+    >>> print(format_table([Timing("pages", 1, 10, 20.0), Timing("pages", 2, 10, 10.5)]))
+    images  workers  pages  seconds  pages/s  speed-up  efficiency
+    ------  -------  -----  -------  -------  --------  ----------
+    pages         1     10     20.0     0.50      1.00        100%
+    pages         2     10     10.5     0.95      1.90         95%
+    """
+    header = ["images", "workers", "pages", "seconds", "pages/s", "speed-up", "efficiency"]
+    single = {t.images: t.pages_per_second for t in timings if t.workers == 1}
+    rows = []
+    for t in timings:
+        speedup = t.pages_per_second / single[t.images] if t.images in single else float("nan")
+        rows.append([t.images, str(t.workers), str(t.pages), f"{t.seconds:.1f}", f"{t.pages_per_second:.2f}",
+                     f"{speedup:.2f}", f"{100 * speedup / t.workers:.0f}%"])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from evalsuite.paths import data_root
+
+    parser = argparse.ArgumentParser(prog="python -m evalsuite.ocr.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="store with sroie/ (default: $EVALSUITE_DATA)")
+    parser.add_argument("--pages", type=int, default=10, help="rendered pages to read (default: %(default)s)")
+    parser.add_argument("--receipts", type=int, default=10, help="SROIE receipts to read, 0: none (default: %(default)s)")
+    parser.add_argument("--engine", default="rapidocr", help="OCR engine (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    from .engines import get_engine
+
+    cores = available_cores()
+    sets = image_sets(args.data or data_root(), args.pages, args.receipts)
+    load_before = os.getloadavg()[0]
+    timings = run(sets, worker_counts(cores), args.engine)
+    load_after = os.getloadavg()[0]
+    info = get_engine(args.engine, threads=1).version_info()
+    print(f"OCR stage throughput: {info.get('engine')} {info.get('version')}, onnxruntime "
+          f"{info.get('onnxruntime', '-')}, 1 intra-op thread per process, cache bypassed, {cores} cores available")
+    # Other processes on the machine take cores from the pool: the all-core rows mean little under load.
+    print(f"1-min load average: {load_before:.2f} before, {load_after:.2f} after (the bench itself adds up to "
+          f"{max(worker_counts(cores))})")
+    print(format_table(timings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""OCR engines behind one protocol: RGB pixels in, text lines in reading order out.
+
+``OCR_ENGINES`` maps a name to an engine class; :func:`get_engine` builds one
+engine per process and name (model sessions are large and slow to load).
+Engines load their models on the first :meth:`OcrEngine.read`, so listing or
+configuring them costs nothing.
+
+``rapidocr`` (the default) runs the PP-OCRv6 det/rec ONNX models bundled in the
+rapidocr wheel. Their paths are given explicitly, which is what keeps rapidocr
+from ever trying its model download; a missing file is an error, not a fetch.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+from importlib import metadata
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+from evalsuite.ocr.reading_order import reading_order
+from evalsuite.registry import Registry
+
+Box = tuple[tuple[float, float], ...]  # corner points (x, y) in image pixels, clockwise from top-left
+
+
+class OcrLine(NamedTuple):
+    box: Box
+    text: str
+    score: float
+
+
+class OcrResult(NamedTuple):
+    """What an engine read: ``lines`` in reading order and ``text``, their texts
+    joined by spaces within a visual line and newlines between lines."""
+
+    text: str
+    lines: list[OcrLine]
+
+    @classmethod
+    def from_lines(cls, lines: list[OcrLine]) -> "OcrResult":
+        """Put unordered ``lines`` in reading order (:mod:`evalsuite.ocr.reading_order`)."""
+        order = reading_order([line.box for line in lines]) if lines else []
+        ordered = [lines[i] for row in order for i in row]
+        text = "\n".join(" ".join(lines[i].text for i in row) for row in order)
+        return cls(text, ordered)
+
+
+class OcrEngineUnavailable(RuntimeError):
+    """The engine cannot run here (package or model files missing); the message says what to install."""
+
+
+@runtime_checkable
+class OcrEngine(Protocol):
+    name: str
+
+    def version_info(self) -> dict[str, Any]:
+        """Everything that changes what the engine reads: package and model versions, settings."""
+
+    def read(self, image: np.ndarray) -> OcrResult:
+        """OCR of ``image``, uint8 RGB [H, W, 3]."""
+
+
+OCR_ENGINES: Registry = Registry("OCR engine", "evalsuite.ocr_engines")
+DEFAULT_ENGINE = "rapidocr"
+
+
+def get_engine(name: str = DEFAULT_ENGINE, **options: Any) -> OcrEngine:
+    """The process-wide engine registered as ``name`` with ``options`` (e.g. ``threads=1``
+    in each process of an OCR pool), built on first use."""
+    return _engine(name, tuple(sorted(options.items())))
+
+
+@functools.cache
+def _engine(name: str, options: tuple) -> OcrEngine:
+    return OCR_ENGINES.get(name)(**dict(options))
+
+
+def _check_rgb(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"OCR expects uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
+    return image
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@OCR_ENGINES.register("rapidocr")
+class RapidOcrEngine:
+    """rapidocr with the wheel's PP-OCRv6 small det/rec models on onnxruntime (CPU).
+
+    ``threads`` sets onnxruntime's intra-op threads (None: its default, all
+    cores); give 1 per worker when running several processes. The 180-degree
+    line classifier is off: samples arrive upright (EXIF applied), and a
+    misfiring flip on a degraded image would read as compression damage.
+    """
+
+    name = "rapidocr"
+    MODELS = {"det": "PP-OCRv6_det_small.onnx", "rec": "PP-OCRv6_rec_small.onnx"}
+    TEXT_SCORE = 0.5  # rapidocr's default: lines recognised with lower confidence are dropped
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+        self._ocr = None
+        spec = importlib.util.find_spec("rapidocr")  # locates the wheel without importing cv2 & co.
+        if spec is None or spec.origin is None:
+            raise OcrEngineUnavailable("rapidocr is not installed: pip install rapidocr onnxruntime")
+        self.model_dir = Path(spec.origin).parent / "models"
+        self.model_paths = {task: self.model_dir / file for task, file in self.MODELS.items()}
+        missing = [str(p) for p in self.model_paths.values() if not p.is_file()]
+        if missing:
+            raise OcrEngineUnavailable(f"rapidocr's bundled models are missing: {', '.join(missing)}; "
+                                       "reinstall rapidocr (the wheel ships PP-OCRv6 small det/rec)")
+
+    @functools.cached_property
+    def _info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"engine": self.name, "version": metadata.version("rapidocr"),
+                                "onnxruntime": metadata.version("onnxruntime"),
+                                "text_score": self.TEXT_SCORE, "use_cls": False}
+        for task, path in self.model_paths.items():
+            info[f"{task}_model"] = path.name
+            info[f"{task}_sha256"] = _file_sha256(path)[:16]
+        return info
+
+    def version_info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def _engine(self):
+        if self._ocr is None:
+            from rapidocr import RapidOCR
+
+            threads = -1 if self.threads is None else self.threads  # -1: onnxruntime decides
+            self._ocr = RapidOCR(params={
+                "Global.log_level": "warning",
+                "Global.use_cls": False,
+                "Global.text_score": self.TEXT_SCORE,
+                "Det.model_path": str(self.model_paths["det"]),
+                "Rec.model_path": str(self.model_paths["rec"]),
+                "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+                "EngineConfig.onnxruntime.inter_op_num_threads": threads,
+            })
+        return self._ocr
+
+    def read(self, image: np.ndarray) -> OcrResult:
+        bgr = np.ascontiguousarray(_check_rgb(image)[..., ::-1])  # rapidocr takes arrays as OpenCV BGR
+        output = self._engine()(bgr)
+        if not getattr(output, "txts", None):
+            return OcrResult("", [])
+        lines = [OcrLine(tuple((float(x), float(y)) for x, y in box), text, float(score))
+                 for box, text, score in zip(output.boxes, output.txts, output.scores)]
+        return OcrResult.from_lines(lines)
+
+
+@OCR_ENGINES.register("paddleocr")
+class PaddleOcrEngine:
+    """PaddleOCR 3.x pipeline (optional). Needs ``paddleocr`` and ``paddlepaddle``
+    installed and its models downloaded once (it fetches them on first use)."""
+
+    name = "paddleocr"
+
+    def __init__(self, lang: str = "en"):
+        try:
+            import paddleocr  # noqa: F401
+        except ImportError as error:
+            raise OcrEngineUnavailable(
+                "paddleocr is not installed: pip install paddleocr paddlepaddle, then run it once with "
+                "network access (or point it at local model dirs) so its detection/recognition models exist"
+            ) from error
+        self.lang = lang
+        self._ocr = None
+
+    def version_info(self) -> dict[str, Any]:
+        return {"engine": self.name, "version": metadata.version("paddleocr"),
+                "paddlepaddle": metadata.version("paddlepaddle"), "lang": self.lang}
+
+    def _engine(self):
+        if self._ocr is None:
+            from paddleocr import PaddleOCR
+
+            try:
+                self._ocr = PaddleOCR(lang=self.lang, use_doc_orientation_classify=False,
+                                      use_doc_unwarping=False, use_textline_orientation=False)
+            except Exception as error:  # its model fetch fails in many ways offline
+                raise OcrEngineUnavailable(f"paddleocr could not load its models (offline?): {error}") from error
+        return self._ocr
+
+    def read(self, image: np.ndarray) -> OcrResult:
+        bgr = np.ascontiguousarray(_check_rgb(image)[..., ::-1])  # paddle takes arrays as OpenCV BGR
+        lines = []
+        for page in self._engine().predict(bgr):
+            for poly, text, score in zip(page["rec_polys"], page["rec_texts"], page["rec_scores"]):
+                if text.strip():
+                    lines.append(OcrLine(tuple((float(x), float(y)) for x, y in poly), text, float(score)))
+        return OcrResult.from_lines(lines)

@@ -1,0 +1,93 @@
+"""The JSONL spool: results that could not reach their store wait here.
+
+One file per run, ``<spool dir>/<run_id>.jsonl`` (default dir
+``.evalsuite/spool/`` under the project root; the caller passes it). Each write
+appends one ``run`` line (the :class:`RunInfo`) and one ``case`` line per
+:class:`CaseResult`, samples included, so nothing is flattened away: ingesting
+rebuilds exactly the rows the store would have received, with the same row ids.
+
+``evalsuite ingest`` moves a file it has fully ingested into ``done/`` beside
+it, so a glob over ``*.jsonl`` only ever picks up work that is still pending.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from evalsuite.results import CaseResult, RunInfo
+from evalsuite.sinks.base import WriteOutcome
+
+FORMAT = 1
+DONE_DIR = "done"
+
+
+def spool_file(directory: str | os.PathLike, run_id: str) -> Path:
+    """The spool file of ``run_id``; unsafe characters in the name become ``_``."""
+    return Path(directory) / (re.sub(r"[^A-Za-z0-9._-]", "_", run_id) + ".jsonl")
+
+
+def row_count(results: list[CaseResult]) -> int:
+    """Table rows these results make: one per case plus one per sample."""
+    return sum(1 + len(r.samples) for r in results)
+
+
+def append(path: str | os.PathLike, run: RunInfo, results: list[CaseResult]) -> Path:
+    """Append ``run`` and ``results`` to ``path`` and fsync it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"type": "run", "format": FORMAT, "run": asdict(run)})]
+    lines += [json.dumps({"type": "case", "run_id": run.run_id, "case": asdict(r)}, default=float) for r in results]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def load(path: str | os.PathLike) -> list[tuple[RunInfo, list[CaseResult]]]:
+    """Every run in a spool file with its cases, in file order (repeated runs merged)."""
+    runs: dict[str, tuple[RunInfo, list[CaseResult]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                if entry["type"] == "run":
+                    run = RunInfo(**entry["run"])
+                    runs.setdefault(run.run_id, (run, []))
+                elif entry["type"] == "case":
+                    runs[entry["run_id"]][1].append(CaseResult.from_json(json.dumps(entry["case"])))
+                else:
+                    raise ValueError(f"unknown line type {entry['type']!r}")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a spool line ({exc})") from exc
+    return list(runs.values())
+
+
+def mark_done(path: str | os.PathLike) -> Path:
+    """Move an ingested spool file into ``done/`` beside it, never overwriting one there."""
+    path = Path(path)
+    done = path.parent / DONE_DIR
+    done.mkdir(exist_ok=True)
+    target, n = done / path.name, 1
+    while target.exists():
+        target, n = done / f"{path.stem}.{n}{path.suffix}", n + 1
+    return path.replace(target)
+
+
+class SpoolSink:
+    """A sink that only spools: ``spool:///abs/dir`` or a plain directory."""
+
+    def __init__(self, url: str | os.PathLike):
+        text = os.fspath(url)
+        self.directory = Path(urlsplit(text).path if text.startswith("spool:") else text)
+
+    def write(self, run: RunInfo, results: list[CaseResult]) -> WriteOutcome:
+        path = append(spool_file(self.directory, run.run_id), run, results)
+        return WriteOutcome(rows=row_count(results), where=str(path), spooled=True)

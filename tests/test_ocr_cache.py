@@ -1,0 +1,77 @@
+"""The OCR cache: keyed by pixels and engine version, safe to share between processes."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from evalsuite.ocr.cache import cache_key, cached_read
+from evalsuite.ocr.engines import OcrLine, OcrResult
+
+
+class CountingEngine:
+    name = "counting"
+
+    def __init__(self, version: str = "1"):
+        self.version, self.reads = version, 0
+
+    def version_info(self):
+        return {"engine": self.name, "version": self.version}
+
+    def read(self, image):
+        self.reads += 1
+        box = ((0.0, 0.0), (10.0, 0.0), (10.0, 5.0), (0.0, 5.0))
+        return OcrResult(f"mean {image.mean():.1f} “naïve”", [OcrLine(box, "naïve", 0.9)])
+
+
+def image(value: int = 0) -> np.ndarray:
+    return np.full((8, 8, 3), value, np.uint8)
+
+
+def test_second_read_comes_from_disk_unchanged(tmp_path):
+    engine = CountingEngine()
+    first = cached_read(engine, image(3), tmp_path)
+    again = cached_read(CountingEngine(), image(3), tmp_path)  # a fresh process would hold a fresh engine
+    assert engine.reads == 1 and again == first
+
+
+def test_pixels_and_engine_version_are_part_of_the_key(tmp_path):
+    engine = CountingEngine()
+    cached_read(engine, image(3), tmp_path)
+    cached_read(engine, image(4), tmp_path)
+    cached_read(engine, image(3).reshape(4, 16, 3), tmp_path)  # same bytes, other shape
+    newer = CountingEngine(version="2")
+    cached_read(newer, image(3), tmp_path)
+    assert engine.reads == 3 and newer.reads == 1
+    assert cache_key(image(3), engine) != cache_key(image(3), newer)
+
+
+def test_corrupt_entry_is_recomputed(tmp_path):
+    engine = CountingEngine()
+    cached_read(engine, image(1), tmp_path)
+    [entry] = tmp_path.rglob("*.json")
+    entry.write_text("{ half written")
+    assert cached_read(engine, image(1), tmp_path).text.startswith("mean 1.0")
+    assert engine.reads == 2 and json.loads(entry.read_text())["engine"]["version"] == "1"
+
+
+def test_default_location_is_the_evalsuite_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
+    cached_read(CountingEngine(), image(), None)
+    assert list((tmp_path / "ocr").rglob("*.json"))
+
+
+def _read_in_worker(args):
+    directory, value = args
+    return cached_read(CountingEngine(), image(value), directory).text
+
+
+def test_concurrent_processes_leave_valid_entries(tmp_path):
+    with ProcessPoolExecutor(4) as pool:
+        texts = list(pool.map(_read_in_worker, [(tmp_path, v % 3) for v in range(24)]))
+    assert sorted(set(texts)) == [f"mean {v}.0 “naïve”" for v in range(3)]
+    entries = list(tmp_path.rglob("*.json"))
+    assert len(entries) == 3 and not list(tmp_path.rglob("*.tmp"))
+    assert all(json.loads(e.read_text(encoding="utf-8"))["lines"] for e in entries)
