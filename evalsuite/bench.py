@@ -5,8 +5,11 @@ speedup against the unpatched model, the ideal speedup implied by the
 method's token schedule (FLOP model) and their ratio, the compression
 step's own time per forward (p50/p95, CUDA-synchronised around every hook,
 so an upper bound that includes launch latency), and on CUDA the speedup of
-a CUDA-graph replay of the compressed forward (``graphed``: launch overhead
-removed) against the eager unpatched model.
+a CUDA-graph replay of the compressed forward (launch overhead
+removed): ``g.ratio`` is its speedup over the graphed unpatched path divided
+by the ideal speedup, ``g.extra`` the time per forward beyond a perfect
+implementation of the token schedule (graphed unpatched time / ideal), an
+upper bound on all compression work of one forward.
 Figures from randomly initialised models are labelled ``random-weights``.
 
     python -m evalsuite.bench --models dinov2_s14 --sizes 224 --batches 1    # CPU
@@ -31,6 +34,7 @@ METHODS = [
     ("tome", {"r": 0}),
     ("tome", {"merge_factor": 0.5}),
     ("tome", {"merge_factor": 0.7}),
+    ("tome", {"merge_factor": 0.5, "proportional_attention": False}),
     ("v2drop", {"keep": 0.7}),
     ("v2drop", {"keep": 0.5}),
     ("avit", {"sparsity": 0.3}),
@@ -67,6 +71,15 @@ def _graphed_time(adapter, comp, pixels, warmup, repeats) -> float | None:
     return percentile(_timed(forward, pixels, warmup, repeats), 50)
 
 
+def _graphed_columns(base: float | None, graphed: float | None, ideal: float) -> dict:
+    """Graph replay vs graph replay of the unpatched path: speedup / ideal, and the time
+    spent beyond a perfect implementation of the token schedule (an upper bound on the
+    compression work of one forward)."""
+    if not (base and graphed):
+        return {"graphed_ratio": None, "graphed_overhead_ms": None}
+    return {"graphed_ratio": (base / graphed) / ideal, "graphed_overhead_ms": (graphed - base / ideal) * 1e3}
+
+
 def profile(model, size, batch, device, dtype, method, params) -> None:
     """Top CUDA kernels of one compressed forward (diagnosis aid)."""
     from torch.profiler import ProfilerActivity
@@ -96,8 +109,8 @@ def run(models, sizes, batches, device, dtype, warmup, repeats, methods=METHODS)
                 graphed_base = _graphed_time(adapter, build("none", {}, adapter.num_layers), pixels, warmup, repeats)
                 rows.append(dict(model=model_name, size=size, batch=batch, dtype=dtype, method="unpatched",
                                  images_per_s=batch / base, speedup=1.0, ideal=1.0, ratio=1.0,
-                                 comp_p50_ms=0.0, comp_p95_ms=0.0, labels=label,
-                                 graphed_speedup=base / graphed_base if graphed_base else None))
+                                 comp_p50_ms=0.0, comp_p95_ms=0.0, labels=label, graphed_ratio=1.0,
+                                 graphed_overhead_ms=0.0))
                 for name, params in methods:
                     comp = build(name, params, adapter.num_layers)
                     t = percentile(_timed(lambda px: adapter.compressed(px, comp), pixels, warmup, repeats), 50)
@@ -114,7 +127,7 @@ def run(models, sizes, batches, device, dtype, warmup, repeats, methods=METHODS)
                                      ratio=(base / t) / ideal,
                                      comp_p50_ms=percentile(comp_s, 50) * 1e3,
                                      comp_p95_ms=percentile(comp_s, 95) * 1e3, labels=label,
-                                     graphed_speedup=base / graphed if graphed else None))
+                                     **_graphed_columns(graphed_base, graphed, ideal)))
                     print(_format(rows[-1]), flush=True)
             del adapter
             if device.startswith("cuda"):
@@ -123,14 +136,18 @@ def run(models, sizes, batches, device, dtype, warmup, repeats, methods=METHODS)
 
 
 HEADER = (f"{'model':<16}{'size':>5}{'batch':>6}{'dtype':>9}  {'method':<15}{'img/s':>9}{'speedup':>9}"
-          f"{'ideal':>7}{'ratio':>7}{'comp p50':>10}{'comp p95':>10}{'graphed':>9}  labels")
+          f"{'ideal':>7}{'ratio':>7}{'comp p50':>10}{'comp p95':>10}{'g.ratio':>9}{'g.extra':>10}  labels")
 
 
 def _format(r: dict) -> str:
     return (f"{r['model']:<16}{r['size']:>5}{r['batch']:>6}{r['dtype']:>9}  {r['method']:<15}"
             f"{r['images_per_s']:>9.1f}{r['speedup']:>9.2f}{r['ideal']:>7.2f}{r['ratio']:>7.2f}"
             f"{r['comp_p50_ms']:>9.2f}ms{r['comp_p95_ms']:>8.2f}ms"
-            f"{'-' if r.get('graphed_speedup') is None else format(r['graphed_speedup'], '.2f'):>9}  {r['labels']}")
+            f"{_opt(r['graphed_ratio'], '.2f'):>9}{_opt(r['graphed_overhead_ms'], '.2f', 'ms'):>10}  {r['labels']}")
+
+
+def _opt(value, spec: str, unit: str = "") -> str:
+    return "-" if value is None else format(value, spec) + unit
 
 
 def main(argv=None) -> None:

@@ -27,6 +27,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--evalsuite-dsn", metavar="DSN",
                     help="ClickHouse DSN; env EVALSUITE_CLICKHOUSE_DSN; default: embedded chDB")
     group.addoption("--evalsuite-run-id", metavar="ID", help="run id recorded with every row")
+    group.addoption("--evalsuite-device", metavar="DEVICE", choices=["cpu", "cuda"],
+                    help="run every case on this device, whatever its matrix says (e.g. the GPU matrix on CPU)")
     for name, kind, default, text in [
         ("evalsuite_matrix", "args", ["cases/default.toml"], "case matrix files"),
         ("evalsuite_thresholds", "string", "thresholds.toml", "KPI limits file"),
@@ -104,7 +106,7 @@ class _ReportHooks:
 def _refuse_gpu_without_cuda(config: pytest.Config) -> None:
     """`pytest -m gpu` on a machine without CUDA is a usage error, not a silent all-skip."""
     markexpr = config.getoption("markexpr", "") or ""
-    if not markexpr:
+    if not markexpr or config.getoption("evalsuite_device", None) == "cpu":  # asked for CPU explicitly
         return
     from _pytest.mark.expression import Expression
 
@@ -117,4 +119,5 @@ def _refuse_gpu_without_cuda(config: pytest.Config) -> None:
         if not torch.cuda.is_available():
             raise pytest.UsageError(
                 f"-m {markexpr!r} selects GPU cases but CUDA is not available on this machine "
-                f"(torch {torch.__version__}); run on a GPU host, or select CPU cases with -m 'not gpu'")
+                f"(torch {torch.__version__}); run on a GPU host, select CPU cases with -m 'not gpu', "
+                f"or run the GPU matrix on the CPU with --evalsuite-device cpu")

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
 import subprocess
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,6 +52,9 @@ class EvalSession:
         try:
             self.thresholds = Thresholds.load(self._path(option(config, "thresholds")))
             self.cases = matrix.load([self._path(p) for p in option(config, "matrix")], self.defaults())
+            device = config.getoption("evalsuite_device", None)
+            if device:
+                self.cases = [replace(c, model=replace(c.model, device=device)) for c in self.cases]
             from .methods import METHODS
             from .data.datasets import DATASETS
 
@@ -201,10 +206,11 @@ def _new_run_id() -> str:
 
 def _git_commit(root: Path) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else "unknown"  # not a checkout, or no commit yet
 
 
 def _gpu_name() -> str:

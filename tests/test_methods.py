@@ -6,7 +6,7 @@ import torch
 
 from evalsuite.methods import METHODS, build
 from evalsuite.methods.state import TokenState
-from evalsuite.methods.tome import bipartite_soft_matching, merge_weighted
+from evalsuite.methods.tome import bipartite_soft_matching, matching_old_to_new, merge_weighted
 from evalsuite.metrics.flops import ideal_speedup
 from evalsuite.registry import UnknownNameError
 
@@ -34,7 +34,8 @@ def test_bipartite_matching_merges_identical_pairs():
     metric = torch.randn(1, 6, 16)
     metric[0, 2] = metric[0, 5]
     metric[0, 4] = metric[0, 1]
-    unm, src, dst, old_to_new = bipartite_soft_matching(metric, r=2)
+    unm, src, dst = bipartite_soft_matching(metric, r=2)
+    old_to_new = matching_old_to_new(6, unm, src, dst)
     assert sorted(src[0].tolist()) == [1, 2]  # A-indices of tokens 2 and 4
     merged_into = dict(zip(src[0].tolist(), dst[0].tolist()))
     assert merged_into == {1: 2, 2: 0}  # token 2 -> B[2] (token 5), token 4 -> B[0] (token 1)
@@ -46,12 +47,13 @@ def test_bipartite_matching_merges_identical_pairs():
 
 
 def test_weighted_merge_is_size_weighted_average():
-    x = torch.tensor([[[1.0], [10.0], [3.0], [20.0]]])  # A = tokens 0, 2; B = tokens 1, 3
-    size = torch.tensor([[[1.0], [1.0], [3.0], [1.0]]])
-    # merge A[1] (token 2, size 3) into B[1] (token 3, size 1)
-    out, new_size = merge_weighted(x, size, torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([[1]]))
-    assert new_size[0, :, 0].tolist() == [1.0, 1.0, 4.0]
-    assert out[0, :, 0].tolist() == pytest.approx([1.0, 10.0, (3 * 3 + 20) / 4])
+    # a class token (7.0) in front, then patches: A = tokens 0, 2; B = tokens 1, 3
+    x = torch.tensor([[[7.0], [1.0], [10.0], [3.0], [20.0]]])
+    size = torch.tensor([[[1.0], [1.0], [1.0], [3.0], [1.0]]])
+    # merge A[1] (patch 2, size 3) into B[1] (patch 3, size 1)
+    out, new_size = merge_weighted(x, size, 1, torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([[1]]))
+    assert new_size[0, :, 0].tolist() == [1.0, 1.0, 1.0, 4.0]
+    assert out[0, :, 0].tolist() == pytest.approx([7.0, 1.0, 10.0, (3 * 3 + 20) / 4])
 
 
 def test_proportional_attention_bias_appears_only_after_merging():
@@ -134,3 +136,14 @@ def test_bad_parameters_are_refused_with_the_reason(name, params, message):
 def test_unknown_method_suggests_the_closest_name():
     with pytest.raises(UnknownNameError, match="did you mean 'tome'"):
         METHODS.get("tomee")
+
+
+def test_folded_bias_attention_equals_additive_bias():
+    """Proportional attention on CUDA folds log(size) into an extra q/k channel; same numbers."""
+    from evalsuite.patch.runner import folded_bias_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 16, dtype=torch.float64) for _ in range(3))
+    bias = torch.rand(2, 1, 1, 10, dtype=torch.float64).log()
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.25)
+    torch.testing.assert_close(folded_bias_attention(q, k, v, bias, 0.25), expected)

@@ -102,3 +102,15 @@ def test_images_smaller_than_the_grid(size):
     plan = plan_of((4, 4), [0, 0] + [-1] * 14)
     assert reconstruct(noise(*size), plan).size == size
     assert overlay(noise(*size), plan).size == size
+
+
+def test_downscaled_plan_is_not_painted_as_merged_groups():
+    """A downscale token covers several full-grid patches by resampling: keep the resampled pixels."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    plan = TokenPlan((4, 4), np.repeat(np.repeat(np.arange(4).reshape(2, 2), 2, 0), 2, 1).ravel().astype(np.int32),
+                     4, input_scale=0.5)
+    out = np.asarray(reconstruct(image, plan)).astype(int)
+    assert len(np.unique(out.reshape(-1, 3), axis=0)) > 100  # not 4 flat colours
+    expected = np.asarray(as_seen_by_model(image, 0.5)).astype(int)
+    np.testing.assert_array_equal(out, expected)

@@ -11,6 +11,8 @@ dropping share one update rule.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -55,7 +57,8 @@ class TokenState:
             batch = self.size.shape[0]
             patches = torch.arange(self.num_input_patches, device=self.size.device)
             self._source = patches.expand(batch, -1).clone()
-        for old_to_new in self._maps:
+        for pending in self._maps:
+            old_to_new = pending() if callable(pending) else pending
             held = self._source >= 0
             moved = old_to_new.gather(1, self._source.clamp(min=0))
             self._source = torch.where(held, moved, torch.full_like(moved, -1))
@@ -72,8 +75,11 @@ class TokenState:
             return None
         return self.size.log().to(dtype).transpose(1, 2)[:, None]
 
-    def remap(self, old_to_new: torch.Tensor) -> None:
-        """Follow a reduction of the patch tokens: ``old_to_new`` [B, N_old_patches], -1 = removed."""
+    def remap(self, old_to_new: "torch.Tensor | Callable[[], torch.Tensor]") -> None:
+        """Follow a reduction of the patch tokens: ``old_to_new`` [B, N_old_patches], -1 = removed.
+
+        May be a function returning that map; it is called only when ``source`` is read.
+        """
         self._maps.append(old_to_new)
 
 
@@ -95,8 +101,11 @@ def keep_topk(
     if keep >= current:
         return x
     keep_idx = scores.topk(keep, dim=-1, sorted=False).indices.sort(dim=-1).values  # [B, keep]
-    old_to_new = torch.full((batch, current), -1, device=x.device, dtype=torch.long)
-    old_to_new.scatter_(1, keep_idx, torch.arange(keep, device=x.device).expand(batch, keep))
+
+    def old_to_new() -> torch.Tensor:
+        mapping = torch.full((batch, current), -1, device=x.device, dtype=torch.long)
+        return mapping.scatter_(1, keep_idx, torch.arange(keep, device=x.device).expand(batch, keep))
+
     state.remap(old_to_new)
     patches = patches.gather(1, keep_idx[..., None].expand(batch, keep, channels))
     p_size, s_size = split_prefix(state.size, state.num_prefix)

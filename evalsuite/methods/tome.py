@@ -12,6 +12,9 @@ removes the fraction ``f`` of the patch tokens by the end of the encoder with
 ToMe's constant schedule, i.e. ``r = floor(f * P / L)`` per block for P patches
 and L blocks. ``r`` may also be given directly. Either way each block merges at
 most half of the tokens reaching it (a bipartite matching cannot merge more).
+``proportional_attention = false`` (case id suffix ``_nopa``) turns the size
+bias off: cheaper on GPU (the fused attention kernel runs unmodified), at
+some cost in fidelity.
 """
 
 from __future__ import annotations
@@ -22,57 +25,73 @@ from dataclasses import dataclass
 import torch
 
 from .base import AttentionRequest, Compressor, fmt
-from .state import TokenState, split_prefix
+from .state import TokenState
 
 
 def bipartite_soft_matching(
     metric: torch.Tensor, r: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Match ``r`` tokens of set A (even positions) onto set B (odd positions).
 
     ``metric`` is [B, P, C] (patch tokens only). Returns ``(unm_idx, src_idx,
-    dst_idx, old_to_new)``: indices into A of the unmerged [B, Na - r] and the
-    merged [B, r] tokens, the B-token each merged one joins [B, r], and the map
-    [B, P] from old patch-token positions to positions in the output order
-    ``[unmerged A, B]`` (unmerged A tokens by decreasing similarity: attention
-    does not care about token order, so no re-sort is spent on it).
+    dst_idx)``: indices into A of the unmerged [B, Na - r] and the merged [B, r]
+    tokens, and the B-token each merged one joins [B, r]. The output order is
+    ``[unmerged A, B]``, unmerged A tokens by decreasing similarity: attention
+    does not care about token order, so no re-sort is spent on it.
     """
     metric = metric / metric.norm(dim=-1, keepdim=True)
     a, b = metric[:, ::2], metric[:, 1::2]
     scores = a @ b.transpose(-1, -2)  # [B, Na, Nb]
     node_max, node_idx = scores.max(dim=-1)  # best partner in B for each A token
     edge_idx = node_max.argsort(dim=-1, descending=True)
-    src_idx, unm_idx = edge_idx[:, :r], edge_idx[:, r:]  # token order is irrelevant to attention: no re-sort
-    dst_idx = node_idx.gather(1, src_idx)
+    src_idx, unm_idx = edge_idx[:, :r], edge_idx[:, r:]
+    return unm_idx, src_idx, node_idx.gather(1, src_idx)
 
-    batch, num_a = node_idx.shape
-    num_b = b.shape[1]
-    num_unm = num_a - r
-    positions = torch.arange(max(num_unm, num_b), device=metric.device).expand(batch, -1)
-    new_a = torch.empty(batch, num_a, dtype=torch.long, device=metric.device)
-    new_a.scatter_(1, edge_idx, torch.cat([num_unm + dst_idx, positions[:, :num_unm]], dim=1))
-    old_to_new = torch.empty(batch, num_a + num_b, dtype=torch.long, device=metric.device)
+
+def matching_old_to_new(num_tokens: int, unm_idx: torch.Tensor, src_idx: torch.Tensor,
+                        dst_idx: torch.Tensor) -> torch.Tensor:
+    """[B, P] old patch-token position -> position in ``[unmerged A, B]`` after the merge.
+
+    Bookkeeping for the token plan only; evaluated lazily, off the forward path.
+    """
+    batch, num_unm = unm_idx.shape
+    num_b = num_tokens // 2
+    device = unm_idx.device
+    new_a = torch.empty(batch, num_unm + src_idx.shape[1], dtype=torch.long, device=device)
+    new_a.scatter_(1, unm_idx, torch.arange(num_unm, device=device).expand(batch, -1))
+    new_a.scatter_(1, src_idx, num_unm + dst_idx)
+    old_to_new = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
     old_to_new[:, ::2] = new_a
-    old_to_new[:, 1::2] = num_unm + positions[:, :num_b]
-    return unm_idx, src_idx, dst_idx, old_to_new
+    old_to_new[:, 1::2] = num_unm + torch.arange(num_b, device=device)
+    return old_to_new
 
 
 def merge_weighted(
-    x: torch.Tensor, size: torch.Tensor, unm_idx: torch.Tensor, src_idx: torch.Tensor, dst_idx: torch.Tensor
+    x: torch.Tensor, size: torch.Tensor, num_prefix: int,
+    unm_idx: torch.Tensor, src_idx: torch.Tensor, dst_idx: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Size-weighted merge of patch tokens ``x`` [B, P, C] with sizes [B, P, 1].
+    """Size-weighted merge: ``x`` [B, N, C] and ``size`` [B, N, 1], prefix tokens kept in front.
 
-    Returns the merged tokens [B, P - r, C] and their sizes [B, P - r, 1].
+    Returns tokens [B, N - r, C] and sizes [B, N - r, 1]. Written into one output
+    buffer (no concatenations) with features and sizes kept apart, so every
+    gather/scatter works on aligned rows of C channels.
     """
-    weighted = torch.cat([x * size, size], dim=-1)  # merge features and sizes in one pass
+    p, channels = num_prefix, x.shape[-1]
+    weighted = x[:, p:] * size[:, p:]
     a, b = weighted[:, ::2], weighted[:, 1::2]
-    channels = weighted.shape[-1]
-    unm = a.gather(1, unm_idx[..., None].expand(-1, -1, channels))
-    src = a.gather(1, src_idx[..., None].expand(-1, -1, channels))
-    b = b.scatter_reduce(1, dst_idx[..., None].expand(-1, -1, channels), src, reduce="sum")
-    out = torch.cat([unm, b], dim=1)
-    new_size = out[..., -1:]
-    return out[..., :-1] / new_size, new_size
+    size_a, size_b = size[:, p::2], size[:, p + 1::2]
+    num_unm, num_b = unm_idx.shape[1], b.shape[1]
+    out = x.new_empty(x.shape[0], p + num_unm + num_b, channels)
+    out_size = size.new_empty(x.shape[0], p + num_unm + num_b, 1)
+    out[:, :p], out_size[:, :p] = x[:, :p], size[:, :p]
+    rows = lambda idx, width: idx[..., None].expand(-1, -1, width)  # noqa: E731
+    out[:, p:p + num_unm] = a.gather(1, rows(unm_idx, channels))
+    out_size[:, p:p + num_unm] = size_a.gather(1, rows(unm_idx, 1))
+    dst_x, dst_size = out[:, p + num_unm:], out_size[:, p + num_unm:]
+    dst_x.copy_(b).scatter_add_(1, rows(dst_idx, channels), a.gather(1, rows(src_idx, channels)))
+    dst_size.copy_(size_b).scatter_add_(1, rows(dst_idx, 1), size_a.gather(1, rows(src_idx, 1)))
+    out[:, p:] /= out_size[:, p:]
+    return out, out_size
 
 
 @dataclass
@@ -93,9 +112,8 @@ class ToMe(Compressor):
 
     @property
     def id_part(self) -> str:
-        if "r" in self.params:
-            return f"tome_r{self.params['r']}"
-        return f"tome_f{fmt(float(self.params['merge_factor']))}"
+        base = f"tome_r{self.params['r']}" if "r" in self.params else f"tome_f{fmt(float(self.params['merge_factor']))}"
+        return base if self.proportional_attention else base + "_nopa"
 
     def r_for(self, num_patches: int) -> int:
         if "r" in self.params:
@@ -129,12 +147,10 @@ class ToMe(Compressor):
         if r <= 0:
             return x
         p = state.num_prefix
-        unm_idx, src_idx, dst_idx, old_to_new = bipartite_soft_matching(self._keys[:, p:], r)
-        prefix, patches = split_prefix(x, p)
-        prefix_size, patch_size = split_prefix(state.size, p)
-        patches, patch_size = merge_weighted(patches, patch_size, unm_idx, src_idx, dst_idx)
-        state.remap(old_to_new)
-        state.size = torch.cat([prefix_size, patch_size], dim=1)
+        patches = state.num_patch_tokens
+        unm_idx, src_idx, dst_idx = bipartite_soft_matching(self._keys[:, p:], r)
+        x, state.size = merge_weighted(x, state.size, p, unm_idx, src_idx, dst_idx)
+        state.remap(lambda: matching_old_to_new(patches, unm_idx, src_idx, dst_idx))
         state.merged = True
         self._keys = None
-        return torch.cat([prefix, patches], dim=1)
+        return x

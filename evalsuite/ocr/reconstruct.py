@@ -53,8 +53,10 @@ def reconstruct(image: Image.Image, plan: TokenPlan, blank: Colour = WHITE) -> I
     out = seen.reshape(-1, 3).copy()  # singletons keep their pixels
     out[labels < 0] = blank
 
-    # by patch count, so a merged token whose patches hold no pixels (tiny images) is still merged
-    is_merged = np.append(plan.token_sizes() > 1, False)  # index -1 (dropped) reads the appended False
+    # by patch count, so a merged token whose patches hold no pixels (tiny images) is still merged;
+    # a downscaled input's tokens cover several full-grid patches by resampling, which the round trip
+    # above already models: they are not merged groups
+    is_merged = np.append((plan.token_sizes() > 1) & (plan.input_scale >= 1.0), False)  # [-1] reads False
     merged = is_merged[labels]
     if merged.any():
         group, pixels = labels[merged], out[merged].astype(np.float64)

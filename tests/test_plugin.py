@@ -1,0 +1,129 @@
+"""The pytest plugin end to end: usage errors, selection, skips and bad samples.
+
+Each test runs pytest in a subprocess on a small matrix written to a temp dir,
+with the real plugin, model and OCR engine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from evalsuite.data.sample import Sample, SampleError
+from evalsuite.engine import Engine, EngineSettings
+from evalsuite.matrix import CaseSpec, DatasetSpec, ModelSpec
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_MODULE = (REPO / "cases" / "test_compression.py").read_text()
+
+SMALL_MATRIX = """
+timing_repeats = 2
+timing_warmup = 1
+[models.dinov2_s14]
+image_size = 112
+[methods.none]
+[methods.tome]
+merge_factor = 0.5
+[datasets.samples]
+limit = 2
+[datasets.sroie]
+"""
+
+
+def run_pytest(tmp_path: Path, matrix: str, *args: str, thresholds: str | None = None,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    (tmp_path / "test_cases.py").write_text(TEST_MODULE)
+    (tmp_path / "matrix.toml").write_text(matrix)
+    limits = tmp_path / "thresholds.toml"
+    limits.write_text(thresholds if thresholds is not None else (REPO / "thresholds.toml").read_text())
+    command = [sys.executable, "-m", "pytest", str(tmp_path / "test_cases.py"), "-p", "no:cacheprovider",
+               "--rootdir", str(tmp_path), "-c", os.devnull, "--evalsuite-matrix", str(tmp_path / "matrix.toml"),
+               "--evalsuite-thresholds", str(limits), "--evalsuite-dsn", f"spool://{tmp_path / 'spool'}", *args]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=full_env)
+
+
+@pytest.mark.parametrize("matrix,expected", [
+    ("[models.dinov2_s14\n", "malformed TOML"),
+    (SMALL_MATRIX.replace("[methods.tome]", "[methods.tomee]"), "[methods.tomee]: unknown method 'tomee'; did you mean 'tome'?"),
+    (SMALL_MATRIX.replace("[datasets.sroie]", "[datasets.sorie]"), "[datasets.sorie] loader: unknown dataset 'sorie'; did you mean 'sroie'?"),
+    (SMALL_MATRIX.replace("merge_factor = 0.5", "merge_factor = 1.5"), "[methods.tome]: tome: merge_factor must be in [0, 1)"),
+    (SMALL_MATRIX.replace("image_size = 112", "image_size = 112\ndevice = 'tpu'"), "[models.dinov2_s14] device: 'tpu'"),
+])
+def test_bad_matrix_is_a_usage_error_naming_file_and_key(tmp_path, matrix, expected):
+    proc = run_pytest(tmp_path, matrix, "--collect-only")
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage-error exit code
+    assert "matrix.toml" in proc.stderr and expected in proc.stderr, proc.stderr
+
+
+def test_bad_thresholds_are_a_usage_error_naming_file_and_key(tmp_path):
+    proc = run_pytest(tmp_path, SMALL_MATRIX, "--collect-only",
+                      thresholds="[defaults]\ntokens_reduction = 15\n")
+    assert proc.returncode == 4
+    assert "thresholds.toml: [defaults] tokens_reduction: unknown KPI 'tokens_reduction'" in proc.stderr
+    assert "did you mean 'tokens_reduction_pct'" in proc.stderr
+
+
+def test_matrix_expands_into_readable_case_ids_selectable_with_k(tmp_path):
+    proc = run_pytest(tmp_path, SMALL_MATRIX.replace('merge_factor = 0.5', 'merge_factor = [0.5, 0.7]'),
+                      "--collect-only", "-q", "-k", "tome")
+    ids = [line.split("[", 1)[1].rstrip("]") for line in proc.stdout.splitlines() if "test_case[" in line]
+    assert ids == ["dinov2_s14-tome_f0.5-samples", "dinov2_s14-tome_f0.5-sroie",
+                   "dinov2_s14-tome_f0.7-samples", "dinov2_s14-tome_f0.7-sroie"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_gpu_selection_without_cuda_fails_clearly(tmp_path):
+    proc = run_pytest(tmp_path, SMALL_MATRIX, "-m", "gpu")
+    assert proc.returncode == 4
+    assert "selects GPU cases but CUDA is not available" in proc.stderr
+
+
+@pytest.mark.slow
+def test_run_skips_only_cases_whose_store_is_missing_and_reports_kpis(tmp_path):
+    empty_store = tmp_path / "store"
+    empty_store.mkdir()
+    proc = run_pytest(tmp_path, SMALL_MATRIX, "--evalsuite-no-ocr", "-rs",
+                      thresholds="[defaults]\ntokens_reduction_pct = 15\n", env={"EVALSUITE_DATA": str(empty_store)})
+    out = proc.stdout
+    assert "2 passed" in out and "2 skipped" in out, out
+    assert f"dataset 'sroie' unavailable: {empty_store / 'sroie'} does not exist" in out
+    assert "dinov2_s14-tome_f0.5-samples" in out and "evalsuite KPIs" in out  # the KPI table
+    assert "rows spooled to" in out and list((tmp_path / "spool").glob("*.jsonl"))
+
+
+def test_unreadable_image_fails_that_sample_and_the_case_goes_on(tmp_path, monkeypatch):
+    from evalsuite.data.datasets import DATASETS
+
+    good = Image.fromarray(np.random.default_rng(0).integers(0, 256, (56, 56, 3), dtype=np.uint8))
+    bad_path = tmp_path / "broken.png"
+    bad_path.write_bytes(b"not an image")
+
+    def broken():
+        raise SampleError(f"sample broken: cannot read image {bad_path}")
+
+    samples = [Sample("t/good", "t", "photo", lambda: good), Sample("t/broken", "t", "photo", broken, source=bad_path)]
+    monkeypatch.setitem(DATASETS._entries, "two_samples", lambda root, **kw: samples)
+    engine = Engine(EngineSettings(ocr_engine=None, timing_repeats=1, timing_warmup=0))
+    case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, "cpu", "float32"), "tome", {"merge_factor": 0.5},
+                    "tome_f0.5", DatasetSpec("two", "two_samples"), {}, "inline")
+    result = engine.evaluate(case)
+    by_id = {s.sample_id: s for s in result.samples}
+    assert str(bad_path) in by_id["t/broken"].error
+    assert by_id["t/good"].error is None and result.kpis["tokens_reduction_pct"] > 0
+
+
+def test_gpu_matrix_runs_on_cpu_only_when_asked(tmp_path):
+    gpu_matrix = SMALL_MATRIX.replace("image_size = 112", "image_size = 112\ndevice = 'cuda'")
+    proc = run_pytest(tmp_path, gpu_matrix, "-m", "gpu", "--evalsuite-device", "cpu", "--collect-only", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "dinov2_s14-tome_f0.5-samples" in proc.stdout
+    default = run_pytest(tmp_path, gpu_matrix, "-m", "not gpu", "--collect-only", "-q")
+    assert "dinov2_s14-tome_f0.5-samples" not in default.stdout  # GPU cases are not run unless selected
