@@ -44,6 +44,7 @@ class EngineSettings:
     ocr_workers: int = 0  # 0: one per available core
     export_dir: Path | None = None  # per-case .npz of what the model still sees
     worker_index: int = 0  # pytest-xdist worker number, picks the GPU
+    device_override: str | None = None  # "cpu" or "cuda": wins over the matrix's device
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Engine:
     # -- things loaded once per worker ---------------------------------------------
     def device_for(self, spec: ModelSpec) -> torch.device:
         """``auto``/``cuda``: this worker's GPU (worker index modulo device count); else CPU."""
+        if self.settings.device_override:
+            spec = replace(spec, device=self.settings.device_override)
         if spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available()):
             return torch.device("cpu")
         if not torch.cuda.is_available():

@@ -19,7 +19,6 @@ import re
 import socket
 import subprocess
 import uuid
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,9 +51,6 @@ class EvalSession:
         try:
             self.thresholds = Thresholds.load(self._path(option(config, "thresholds")))
             self.cases = matrix.load([self._path(p) for p in option(config, "matrix")], self.defaults())
-            device = config.getoption("evalsuite_device", None)
-            if device:
-                self.cases = [replace(c, model=replace(c.model, device=device)) for c in self.cases]
             from .methods import METHODS
             from .data.datasets import DATASETS
 
@@ -62,6 +58,11 @@ class EvalSession:
                                            {c.dataset.id for c in self.cases} | set(DATASETS.names()))
         except (ThresholdsError, matrix.MatrixError) as exc:
             raise pytest.UsageError(str(exc)) from None
+
+    @property
+    def device_override(self) -> str | None:
+        """``--evalsuite-device``: run every case there; markers still follow the matrix."""
+        return self.config.getoption("evalsuite_device", None)
 
     @property
     def allure_dir(self) -> Path | None:
@@ -91,6 +92,7 @@ class EvalSession:
                 data_root=paths.data_root(self._path(data) if data else None),
                 ocr_engine=None if option(self.config, "no_ocr") else option(self.config, "ocr"),
                 export_dir=self._export_dir(),
+                device_override=self.device_override,
                 worker_index=worker,
             ))
         return self._engine
@@ -105,7 +107,7 @@ class EvalSession:
 
     def evaluate(self, case: matrix.CaseSpec, node: pytest.Item) -> CaseResult:
         """Run one case, attach its result to the test report, check its thresholds."""
-        if case.model.needs_gpu and not _cuda_available():
+        if case.model.needs_gpu and not _cuda_available() and self.device_override != "cpu":
             pytest.skip(f"{case.id} needs CUDA (model {case.model.id}); run it with -m gpu on a GPU host")
         try:
             result = self.engine.evaluate(case)
