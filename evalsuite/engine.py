@@ -141,7 +141,8 @@ class Engine:
                 _to_cpu(self._with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case))
                 for px in ref.batches
             ]
-        records = self._sample_kpis(ref, outputs, adapter.device)
+        with self._stage("similarity"):
+            records = self._sample_kpis(ref, outputs, adapter.device)
         with self._stage("compressed_timing"):
             timing = self._case_timing(adapter, compressor, ref, case)
         if self.settings.ocr_engine:
@@ -164,21 +165,20 @@ class Engine:
         return result
 
     def _sample_kpis(self, ref: Reference, outputs: list[EncoderOutput], device: torch.device) -> list[SampleRecord]:
-        """Per-sample tokens, cosine and EMD (Sinkhorn runs on ``device``: on CPU it dominates a GPU case)."""
+        """Per-sample tokens, cosine and EMD (Sinkhorn batched on ``device``: on CPU it dominates a GPU case)."""
         records, index = [], 0
         for ref_out, out in zip(ref.outputs, outputs):
             cosines = similarity.pooled_cosine(out.pooled, ref_out.pooled)
-            for b in range(out.tokens.shape[0]):
+            identical = out is ref_out  # the `none` method reuses the reference pass
+            emd = torch.zeros(len(out.plans)) if identical else similarity.token_emd(
+                ref_out.patch_tokens.to(device), out.patch_tokens.to(device), out.patch_sizes.to(device)).cpu()
+            for b, plan in enumerate(out.plans):
                 sample = ref.samples[index]
-                plan = out.plans[b]
-                identical = plan.is_identity and torch.equal(out.tokens[b], ref_out.tokens[b])
-                emd = 0.0 if identical else similarity.token_emd(
-                    ref_out.patch_tokens[b].to(device), out.patch_tokens[b].to(device), out.patch_sizes[b].to(device))
                 records.append(SampleRecord(sample.sample_id, sample.doc_type, kpis={
                     "tokens_before": float(plan.num_patches),
                     "tokens_after": float(plan.num_tokens),
                     "feature_cosine": float(cosines[b]),
-                    "emd": emd,
+                    "emd": float(emd[b]),
                 }))
                 index += 1
         return records

@@ -87,6 +87,7 @@ class EvalSession:
     def engine(self) -> Engine:
         if self._engine is None:
             worker = int(self.worker_id.removeprefix("gw")) if self.worker_id else 0
+            _share_cpu_threads()
             data = option(self.config, "data")
             self._engine = Engine(EngineSettings(
                 data_root=paths.data_root(self._path(data) if data else None),
@@ -179,6 +180,17 @@ class EvalSession:
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
+
+
+def _share_cpu_threads() -> None:
+    """Under xdist, give each worker its share of the cores: N workers x all-core thread pools
+    oversubscribe the CPU (model loading and CPU-side work slowed 2x on a 2-GPU host)."""
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // workers))
 
 
 def _empty_result(case: matrix.CaseSpec) -> CaseResult:

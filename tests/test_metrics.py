@@ -1,0 +1,45 @@
+"""KPI arithmetic: EMD, cosine, percentiles, the FLOP model."""
+
+import pytest
+import torch
+
+from evalsuite.metrics.similarity import percentile, pooled_cosine, token_emd
+
+
+def test_emd_is_zero_for_identical_and_permuted_token_sets():
+    torch.manual_seed(0)
+    ref = torch.randn(2, 32, 16)
+    ones = torch.ones(2, 32)
+    assert token_emd(ref, ref, ones).max() < 1e-5
+    assert token_emd(ref, ref[:, torch.randperm(32)], ones).max() < 1e-5
+
+
+def test_emd_counts_merged_tokens_by_size():
+    """Tokens 0..15 duplicated twice == 16 tokens of size 2: the same distribution."""
+    torch.manual_seed(0)
+    half = torch.randn(1, 16, 16)
+    ref = torch.cat([half, half], dim=1)
+    assert token_emd(ref, half, torch.full((1, 16), 2.0)).item() < 1e-4
+    # the same 16 tokens with unequal sizes are a different distribution
+    skewed = torch.cat([torch.full((1, 8), 3.0), torch.full((1, 8), 1.0)], dim=1)
+    assert token_emd(ref, half, skewed).item() > 1e-3
+
+
+def test_emd_grows_with_distance_and_batches_match_single_items():
+    torch.manual_seed(0)
+    ref = torch.randn(3, 32, 16)
+    near = ref + 0.1 * torch.randn_like(ref)
+    far = torch.randn(3, 32, 16)
+    ones = torch.ones(3, 32)
+    assert (token_emd(ref, near, ones) < token_emd(ref, far, ones)).all()
+    batched = token_emd(ref, far, ones)
+    single = torch.stack([token_emd(ref[i:i + 1], far[i:i + 1], ones[i:i + 1])[0] for i in range(3)])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-6)
+
+
+def test_cosine_and_percentile():
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [-1.0, -1.0]])
+    assert pooled_cosine(a, b).tolist() == pytest.approx([1.0, -1.0])
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
