@@ -129,7 +129,7 @@ def run(models, sizes, batches, device, dtype, warmup, repeats, methods=METHODS)
                                      comp_p95_ms=percentile(comp_s, 95) * 1e3, labels=label,
                                      **_graphed_columns(graphed_base, graphed, ideal)))
                     print(_format(rows[-1]), flush=True)
-            del adapter
+            adapter = None  # free GPU memory before the next size
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
     return rows

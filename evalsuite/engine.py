@@ -121,7 +121,8 @@ class Engine:
                 errors.append(SampleRecord(sample.sample_id, sample.doc_type, error=str(exc)))
         size = self.settings.batch_size
         batches = [adapter.preprocess(images[i:i + size]) for i in range(0, len(images), size)]
-        outputs = [_to_cpu(adapter.reference(px)) for px in batches]
+        outputs = [_to_cpu(with_oom_retry(adapter.reference, px, f"{adapter.name} reference pass"))
+                   for px in batches]
         timing = self._time(lambda px: adapter.reference(px), batches, timer=None)
         return Reference(loaded, errors, batches, outputs, timing.encoder)
 
@@ -138,16 +139,23 @@ class Engine:
 
         with self._stage("compressed_pass"):
             outputs = ref.outputs if case.method == "none" else [
-                _to_cpu(self._with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case))
+                _to_cpu(with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case.id))
                 for px in ref.batches
             ]
         with self._stage("similarity"):
             records = self._sample_kpis(ref, outputs, adapter.device)
+        # OCR runs in worker processes. On a GPU it overlaps the timing below; on a CPU it
+        # would compete with the timed forwards for the cores, so it waits for them.
+        overlap = self.settings.ocr_engine and adapter.device.type == "cuda"
+        if overlap:
+            pending = self._ocr_stage().submit(ref.samples, outputs, records)
         with self._stage("compressed_timing"):
             timing = self._case_timing(adapter, compressor, ref, case)
         if self.settings.ocr_engine:
             with self._stage("ocr"):
-                self._ocr_stage().measure(ref.samples, outputs, records)
+                if not overlap:
+                    pending = self._ocr_stage().submit(ref.samples, outputs, records)
+                self._ocr_stage().collect(pending)
         if self.settings.export_dir is not None:
             with self._stage("export"):
                 self._export(case, ref, outputs)
@@ -238,11 +246,12 @@ class Engine:
                 compressor.schedule(adapter.num_patches, adapter.num_prefix), adapter.num_patches,
                 adapter.num_prefix, adapter.embed_dim),
         }
-        for key in ("ocr_wer", "ocr_cer", "ocr_wer_original", "ocr_cer_original", "ocr_wer_drift",
-                    "ocr_cer_drift", "sroie_fields_found"):
-            value = mean(key)
-            if not math.isnan(value):
+        for key in ("ocr_wer", "ocr_cer", "ocr_wer_original", "ocr_cer_original", "ocr_wer_drift", "ocr_cer_drift"):
+            value = corpus_level(ok, key)
+            if value is not None:
                 kpis[key] = value
+        if not math.isnan(mean("sroie_fields_found")):
+            kpis["sroie_fields_found"] = mean("sroie_fields_found")
         return kpis
 
     # -- helpers ------------------------------------------------------------------------
@@ -259,21 +268,6 @@ class Engine:
         export_case(self.settings.export_dir / f"{case.id}.npz", ref.samples, outputs,
                     image_size=self.model(case.model).image_size)
 
-    def _with_oom_retry(self, forward, pixels: torch.Tensor, case: CaseSpec) -> EncoderOutput:
-        """Run ``forward``; on CUDA out-of-memory, retry in halves before giving up with a clear error."""
-        chunk = pixels.shape[0]
-        for _ in range(OOM_RETRIES + 1):
-            try:
-                parts = [forward(pixels[i:i + chunk]) for i in range(0, pixels.shape[0], chunk)]
-                return parts[0] if len(parts) == 1 else _concat(parts)
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                if chunk == 1:
-                    break
-                chunk = max(1, chunk // 2)
-        raise RuntimeError(f"case {case.id}: CUDA out of memory even at batch {chunk} "
-                           f"(image size {case.model.image_size}); lower batch_size or image_size")
-
     @contextmanager
     def _stage(self, name: str):
         start = time.perf_counter()
@@ -285,6 +279,41 @@ class Engine:
     def close(self) -> None:
         if self._ocr is not None:
             self._ocr.close()
+
+
+def corpus_level(records: list[SampleRecord], key: str) -> float | None:
+    """Corpus-level OCR rate: per-sample rates weighted by reference words (characters for CER),
+    i.e. errors over all reference words, so a photo with two stray words does not weigh as
+    much as a page of text. None when no sample has the KPI.
+
+    >>> r = [SampleRecord("a", "photo", {"ocr_wer": 1.0}, {"ocr_reference_words": 2}),
+    ...      SampleRecord("b", "document", {"ocr_wer": 0.1}, {"ocr_reference_words": 98})]
+    >>> round(corpus_level(r, "ocr_wer"), 3)
+    0.118
+    """
+    weight = "ocr_reference_chars" if "_cer" in key else "ocr_reference_words"
+    pairs = [(r.kpis[key], r.info.get(weight, 0)) for r in records if key in r.kpis]
+    if not pairs:
+        return None
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else float(np.mean([v for v, _ in pairs]))
+
+
+def with_oom_retry(forward, pixels: torch.Tensor, what: str) -> EncoderOutput:
+    """Run ``forward`` on ``pixels``; on CUDA out-of-memory retry in halves, then fail naming ``what``."""
+    chunk = pixels.shape[0]
+    for _ in range(OOM_RETRIES + 1):
+        try:
+            parts = [forward(pixels[i:i + chunk]) for i in range(0, pixels.shape[0], chunk)]
+            return parts[0] if len(parts) == 1 else _concat(parts)
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if chunk == 1:
+                break
+            chunk = max(1, chunk // 2)
+    raise RuntimeError(f"{what}: CUDA out of memory even at batch {chunk} "
+                       f"(images {tuple(pixels.shape[-2:])}); lower batch_size or image_size in the matrix")
 
 
 def _sync(device: torch.device) -> None:

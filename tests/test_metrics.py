@@ -43,3 +43,22 @@ def test_cosine_and_percentile():
     assert pooled_cosine(a, b).tolist() == pytest.approx([1.0, -1.0])
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
     assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+
+
+def test_out_of_memory_retries_in_smaller_batches_then_names_the_case():
+    from evalsuite.engine import with_oom_retry
+    from evalsuite.models.base import EncoderOutput
+
+    calls = []
+
+    def forward(px, limit):
+        calls.append(px.shape[0])
+        if px.shape[0] > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return EncoderOutput(px.clone(), torch.ones(px.shape[:2]), px[:, 0], [None] * px.shape[0], 0)
+
+    pixels = torch.arange(8.0).view(8, 1)
+    out = with_oom_retry(lambda px: forward(px, limit=2), pixels, "case x")
+    assert calls[:3] == [8, 4, 2] and out.tokens.flatten().tolist() == list(range(8))
+    with pytest.raises(RuntimeError, match="case y: CUDA out of memory even at batch 1"):
+        with_oom_retry(lambda px: forward(px, limit=0), pixels, "case y")

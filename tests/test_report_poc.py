@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from evalsuite.report.poc import Limits, pareto_front, recommend, write_report
 from evalsuite.results import Breach, CaseResult, RunInfo, SampleRecord

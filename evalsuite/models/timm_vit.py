@@ -7,25 +7,17 @@ whose sha256 is checked (``checkpoint`` + ``sha256``), or are random
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from ..patch import timm_vit
+from ..paths import file_sha256
 from .base import ModelAdapter, weighted_mean
 
 
 class ChecksumError(ValueError):
     pass
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class TimmViT(ModelAdapter):
@@ -66,7 +58,7 @@ def create(name: str, arch: str, image_size: int = 224, pretrained: bool = False
             raise FileNotFoundError(f"model {name}: checkpoint {path} not found")
         if sha256 is None:
             raise ChecksumError(f"model {name}: checkpoint {path} given without its sha256")
-        actual = sha256_of(path)
+        actual = file_sha256(path)
         if actual != sha256.lower():
             raise ChecksumError(f"model {name}: checkpoint {path} has sha256 {actual}, expected {sha256}")
     torch.manual_seed(seed)

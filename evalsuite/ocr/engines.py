@@ -13,7 +13,6 @@ from ever trying its model download; a missing file is an error, not a fetch.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from evalsuite.ocr.reading_order import reading_order
+from evalsuite.paths import file_sha256
 from evalsuite.registry import Registry
 
 Box = tuple[tuple[float, float], ...]  # corner points (x, y) in image pixels, clockwise from top-left
@@ -85,14 +85,6 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @OCR_ENGINES.register("rapidocr")
 class RapidOcrEngine:
     """rapidocr with the wheel's PP-OCRv6 small det/rec models on onnxruntime (CPU).
@@ -127,7 +119,7 @@ class RapidOcrEngine:
                                 "text_score": self.TEXT_SCORE, "use_cls": False}
         for task, path in self.model_paths.items():
             info[f"{task}_model"] = path.name
-            info[f"{task}_sha256"] = _file_sha256(path)[:16]
+            info[f"{task}_sha256"] = file_sha256(path)[:16]
         return info
 
     def version_info(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ..models.base import EncoderOutput
 from ..results import SampleRecord
 from . import wer
 from .fields import field_hits
+from .normalize import normalize_text
 from .reconstruct import reconstruct
 
 _ENGINE = None  # one engine per pool process
@@ -72,8 +73,13 @@ class OcrStage:
     def version_info(self) -> dict[str, str]:
         return {f"ocr_{k}": str(v) for k, v in self._version.items()} | {"ocr_engine": self.engine_name}
 
-    def measure(self, samples: list[Sample], outputs: list[EncoderOutput], records: list[SampleRecord]) -> None:
-        """Add OCR KPIs to ``records`` (aligned with ``samples``); a sample that fails gets its error."""
+    def submit(self, samples: list[Sample], outputs: list[EncoderOutput], records: list[SampleRecord]) -> list:
+        """Queue the reads of ``samples`` (aligned with ``records``) so model work can go on meanwhile.
+
+        Returns without waiting, except for samples with no ground truth, whose
+        OCR(original) decides whether there is text to lose (cached after the
+        first case). A sample that fails to load gets its error at once.
+        """
         plans = [plan for out in outputs for plan in out.plans]
         jobs: list[tuple[SampleRecord, Sample, Future, Future | None]] = []
         for sample, plan, record in zip(samples, plans, records):
@@ -90,6 +96,10 @@ class OcrStage:
             identical = seen is original_px or np.array_equal(seen, original_px)
             jobs.append((record, sample, original_job,
                          None if identical else self._pool.submit(_read, seen, False)))
+        return jobs
+
+    def collect(self, jobs: list) -> None:
+        """Wait for the reads queued by :meth:`submit` and fill in the OCR KPIs."""
         for record, sample, original_job, seen_job in jobs:
             try:
                 original_text = original_job.result()
@@ -106,6 +116,9 @@ class OcrStage:
             k["ocr_wer_drift"] = k["ocr_wer"] - k["ocr_wer_original"]
             k["ocr_cer_drift"] = k["ocr_cer"] - k["ocr_cer_original"]
             record.info["ocr_reference"] = "ground_truth" if sample.reference_text is not None else "ocr_original"
+            normalized = normalize_text(reference)
+            record.info["ocr_reference_words"] = len(normalized.split())  # weights of the corpus-level rates
+            record.info["ocr_reference_chars"] = len(normalized)
             record.info["ocr_text"] = seen_text
             record.info["ocr_reread"] = seen_job is not None
             if sample.fields:
