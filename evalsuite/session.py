@@ -139,6 +139,7 @@ class EvalSession:
             allure.annotate(result, limits, artifacts)
 
     def assert_passed(self, result: CaseResult) -> None:
+        __tracebackhide__ = True  # the breach list is the message; the harness frames are noise
         if result.breaches:
             lines = "\n".join(f"  - {b}" for b in result.breaches)
             raise KPIBreachError(f"KPI breach in {result.case_id} ({len(result.breaches)}):\n{lines}")
