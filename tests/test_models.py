@@ -1,0 +1,48 @@
+"""Model factories: timm ViTs by name with checked local weights, HF DINOv2, the random stand-in."""
+
+import pytest
+import torch
+
+from evalsuite.models import MODELS
+from evalsuite.models.timm_vit import ChecksumError, create
+from evalsuite.paths import file_sha256
+from evalsuite.registry import UnknownNameError
+
+ARCH = "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A state dict of a timm ViT-Ti/16 with known random weights, saved like a downloaded file."""
+    import timm
+
+    torch.manual_seed(3)
+    model = timm.create_model(ARCH, pretrained=False, num_classes=0)
+    path = tmp_path_factory.mktemp("weights") / "vit_tiny.pth"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def test_local_checkpoint_with_matching_sha256_loads_those_weights(checkpoint):
+    path, original = checkpoint
+    adapter = create("vit_ti", ARCH, image_size=224, checkpoint=str(path), sha256=file_sha256(path))
+    assert adapter.labels == ()  # real (if here random-looking) weights: not labelled random
+    torch.testing.assert_close(adapter.model.blocks[0].attn.qkv.weight, original.blocks[0].attn.qkv.weight)
+
+
+@pytest.mark.parametrize("sha256,message", [("0" * 64, "has sha256"), (None, "without its sha256")])
+def test_local_checkpoint_with_wrong_or_missing_sha256_is_refused(checkpoint, sha256, message):
+    path, _ = checkpoint
+    with pytest.raises(ChecksumError, match=message):
+        create("vit_ti", ARCH, checkpoint=str(path), sha256=sha256)
+
+
+def test_random_stand_in_is_labelled_and_is_a_vit_b16():
+    adapter = MODELS.get("vit_b16_random")("vit_b16_random", image_size=224)
+    assert adapter.labels == ("random-weights",)
+    assert (adapter.embed_dim, adapter.num_layers, adapter.patch_size, adapter.num_patches) == (768, 12, 16, 196)
+
+
+def test_unknown_model_suggests_the_closest_factory():
+    with pytest.raises(UnknownNameError, match="did you mean 'dinov2_s14'"):
+        MODELS.get("dinov2_s16")
