@@ -72,25 +72,21 @@ def merge_weighted(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Size-weighted merge: ``x`` [B, N, C] and ``size`` [B, N, 1], prefix tokens kept in front.
 
-    Returns tokens [B, N - r, C] and sizes [B, N - r, 1]. Written into one output
-    buffer (no concatenations) with features and sizes kept apart, so every
-    gather/scatter works on aligned rows of C channels.
+    Returns tokens [B, N - r, C] and sizes [B, N - r, 1] ordered ``[prefix,
+    unmerged A, B]``. Unmerged A tokens are copied as they are; only the B half
+    (which receives the merges) is weighted and renormalised, so the arithmetic
+    touches half the tokens plus the ``r`` merged ones.
     """
     p, channels = num_prefix, x.shape[-1]
-    weighted = x[:, p:] * size[:, p:]
-    a, b = weighted[:, ::2], weighted[:, 1::2]
+    a, b = x[:, p::2], x[:, p + 1::2]
     size_a, size_b = size[:, p::2], size[:, p + 1::2]
-    num_unm, num_b = unm_idx.shape[1], b.shape[1]
-    out = x.new_empty(x.shape[0], p + num_unm + num_b, channels)
-    out_size = size.new_empty(x.shape[0], p + num_unm + num_b, 1)
-    out[:, :p], out_size[:, :p] = x[:, :p], size[:, :p]
     rows = lambda idx, width: idx[..., None].expand(-1, -1, width)  # noqa: E731
-    out[:, p:p + num_unm] = a.gather(1, rows(unm_idx, channels))
-    out_size[:, p:p + num_unm] = size_a.gather(1, rows(unm_idx, 1))
-    dst_x, dst_size = out[:, p + num_unm:], out_size[:, p + num_unm:]
-    dst_x.copy_(b).scatter_add_(1, rows(dst_idx, channels), a.gather(1, rows(src_idx, channels)))
-    dst_size.copy_(size_b).scatter_add_(1, rows(dst_idx, 1), size_a.gather(1, rows(src_idx, 1)))
-    out[:, p:] /= out_size[:, p:]
+    src_size = size_a.gather(1, rows(src_idx, 1))
+    dst_size = size_b.scatter_add(1, rows(dst_idx, 1), src_size)
+    dst = (b * size_b).scatter_add_(1, rows(dst_idx, channels), a.gather(1, rows(src_idx, channels)) * src_size)
+    dst /= dst_size
+    out = torch.cat([x[:, :p], a.gather(1, rows(unm_idx, channels)), dst], dim=1)
+    out_size = torch.cat([size[:, :p], size_a.gather(1, rows(unm_idx, 1)), dst_size], dim=1)
     return out, out_size
 
 
