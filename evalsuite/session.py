@@ -75,7 +75,9 @@ class EvalSession:
         return path if path.is_absolute() else self.rootdir / path
 
     def defaults(self) -> dict[str, int]:
-        return {"seed": 0, "batch_size": 8, "timing_repeats": 10, "timing_warmup": 2}
+        """Run settings a matrix file may override (``seed``, ``batch_size``, timing), from the engine's."""
+        engine_defaults = EngineSettings()
+        return {key: getattr(engine_defaults, key) for key in matrix.RUN_KEYS}
 
     # -- xdist -------------------------------------------------------------------------
     def configure_node(self, node) -> None:
