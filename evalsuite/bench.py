@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
 from .methods import build
 from .metrics.flops import ideal_speedup
+from .metrics.latency import timed_calls
 from .metrics.similarity import percentile
 from .models import MODELS
 from .patch.runner import StepTimer
@@ -45,18 +45,7 @@ METHODS = [
 
 
 def _timed(fn, pixels, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn(pixels)
-    times = []
-    for _ in range(repeats):
-        if pixels.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn(pixels)
-        if pixels.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
+    return [seconds for seconds, _ in timed_calls(fn, pixels, warmup, repeats)]
 
 
 def _graphed_time(adapter, comp, pixels, warmup, repeats) -> float | None:

@@ -23,6 +23,7 @@ from .data.sample import Sample, SampleError
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
 from .methods import build
 from .metrics import flops, similarity
+from .metrics.latency import timed_calls
 from .models import MODELS
 from .models.base import EncoderOutput, ModelAdapter
 from .patch.runner import StepTimer
@@ -123,8 +124,7 @@ class Engine:
         batches = [adapter.preprocess(images[i:i + size]) for i in range(0, len(images), size)]
         outputs = [_to_cpu(with_oom_retry(adapter.reference, px, f"{adapter.name} reference pass"))
                    for px in batches]
-        timing = self._time(lambda px: adapter.reference(px), batches, timer=None)
-        return Reference(loaded, errors, batches, outputs, timing.encoder)
+        return Reference(loaded, errors, batches, outputs, self._time(adapter.reference, batches).encoder)
 
     # -- one case ---------------------------------------------------------------------
     def evaluate(self, case: CaseSpec) -> CaseResult:
@@ -194,30 +194,20 @@ class Engine:
     def _case_timing(self, adapter, compressor, ref: Reference, case: CaseSpec) -> Timings:
         if case.method == "none":
             return Timings(encoder=ref.encoder_seconds, compression=[0.0] * len(ref.encoder_seconds))
-        batches = ref.batches
-        timing = self._time(lambda px: adapter.compressed(px, compressor), batches, timer=None)
-        timing.compression = self._time(
-            lambda px: adapter.compressed(px, compressor, timer=StepTimer(enabled=True)), batches,
-            timer="compression").compression
-        return timing
+        # two runs: hook timing synchronises around every hook, which would distort the encoder time
+        encoder = self._time(lambda px: adapter.compressed(px, compressor), ref.batches).encoder
+        timed_hooks = self._time(lambda px: adapter.compressed(px, compressor, StepTimer(enabled=True)), ref.batches)
+        return Timings(encoder=encoder, compression=timed_hooks.compression)
 
-    def _time(self, forward, batches: list[torch.Tensor], timer: str | None) -> Timings:
-        """Synchronised timing of ``forward`` on the timing batch, warm-up excluded."""
-        timings = Timings()
+    def _time(self, forward, batches: list[torch.Tensor]) -> Timings:
+        """Synchronised timing of ``forward`` on the timing batch, warm-up excluded; the compression
+        work each forward reported (0 unless its timer was enabled) comes along."""
         if not batches:
-            return timings
-        pixels = batches[0][: self.settings.timing_batch]
-        for _ in range(self.settings.timing_warmup):
-            forward(pixels)
-        for _ in range(self.settings.timing_repeats):
-            _sync(pixels.device)
-            start = time.perf_counter()
-            out = forward(pixels)
-            _sync(pixels.device)
-            timings.encoder.append(time.perf_counter() - start)
-            if timer == "compression":
-                timings.compression.append(out.compression_seconds)
-        return timings
+            return Timings()
+        calls = timed_calls(forward, batches[0][: self.settings.timing_batch],
+                            self.settings.timing_warmup, self.settings.timing_repeats)
+        return Timings(encoder=[seconds for seconds, _ in calls],
+                       compression=[out.compression_seconds for _, out in calls])
 
     def _case_kpis(self, adapter, compressor, records, timing: Timings, ref: Reference) -> dict[str, float]:
         ok = [r for r in records if r.error is None]
@@ -314,11 +304,6 @@ def with_oom_retry(forward, pixels: torch.Tensor, what: str) -> EncoderOutput:
             chunk = max(1, chunk // 2)
     raise RuntimeError(f"{what}: CUDA out of memory even at batch {chunk} "
                        f"(images {tuple(pixels.shape[-2:])}); lower batch_size or image_size in the matrix")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _to_cpu(out: EncoderOutput) -> EncoderOutput:

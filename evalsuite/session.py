@@ -29,6 +29,7 @@ from .data.datasets import DatasetUnavailable
 from .engine import Engine, EngineSettings
 from .results import CaseResult, RunInfo
 from .thresholds import Thresholds, ThresholdsError
+from .workers import cores_per_worker, xdist_workers
 
 RESULT_PROPERTY = "evalsuite_result"
 
@@ -190,10 +191,8 @@ def _share_cpu_threads() -> None:
     oversubscribe the CPU (model loading and CPU-side work slowed 2x on a 2-GPU host)."""
     import torch
 
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // workers))
+    if xdist_workers() > 1:
+        torch.set_num_threads(cores_per_worker())
 
 
 def _empty_result(case: matrix.CaseSpec) -> CaseResult:

@@ -53,6 +53,15 @@ FAMILIES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_clickhouse_from_env(monkeypatch):
+    """No test may write to a ClickHouse server named in the developer's environment."""
+    from evalsuite.sinks.clickhouse import DSN_ENV, PASSWORD_ENV, USER_ENV
+
+    for name in (DSN_ENV, USER_ENV, PASSWORD_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(params=sorted(FAMILIES), scope="module")
 def adapter(request):
     return FAMILIES[request.param]()

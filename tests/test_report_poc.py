@@ -10,7 +10,7 @@ from pathlib import Path
 
 from evalsuite.report.poc import Limits, pareto_front, recommend, write_report
 from evalsuite.results import Breach, CaseResult, RunInfo, SampleRecord
-from evalsuite.sinks.clickhouse import DSN_ENV, PASSWORD_ENV, USER_ENV, ClickHouseSink
+from evalsuite.sinks.clickhouse import ClickHouseSink
 from evalsuite.sinks.rows import to_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,9 +116,7 @@ def test_pareto_front():
     assert pareto_front([]) == []
 
 
-def test_report_command_reads_the_latest_run_from_chdb(tmp_path, monkeypatch):
-    for name in (DSN_ENV, USER_ENV, PASSWORD_ENV):
-        monkeypatch.delenv(name, raising=False)
+def test_report_command_reads_the_latest_run_from_chdb(tmp_path):
     chdb = tmp_path / "chdb"
     older = RunInfo("run-old", "2026-11-01T09:00:00Z", "0ld", "box", "1x H100", seed=1)
     sink = ClickHouseSink(chdb_dir=chdb)
@@ -126,9 +124,8 @@ def test_report_command_reads_the_latest_run_from_chdb(tmp_path, monkeypatch):
     assert not sink.write(RUN, matrix()).spooled  # closed again: the subprocess below can open it
 
     def report(*args: str) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k != DSN_ENV}
         return subprocess.run([sys.executable, "-m", "evalsuite.cli", "report", "--chdb-dir", str(chdb), *args],
-                              cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                               capture_output=True, text=True, timeout=120)
 
     latest = report("--drift-informational", "photos")

@@ -48,12 +48,6 @@ def results() -> list[CaseResult]:
     ]
 
 
-@pytest.fixture(autouse=True)
-def _no_store_from_env(monkeypatch):
-    for name in (DSN_ENV, USER_ENV, PASSWORD_ENV):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def sink(tmp_path) -> ClickHouseSink:
     return ClickHouseSink(chdb_dir=tmp_path / "chdb", spool_dir=tmp_path / "spool")

@@ -12,19 +12,13 @@ import pytest
 
 from evalsuite.cli import main
 from evalsuite.results import CaseResult, RunInfo, SampleRecord
-from evalsuite.sinks.clickhouse import DSN_ENV, PASSWORD_ENV, TABLE, USER_ENV, ClickHouseSink
+from evalsuite.sinks.clickhouse import TABLE, ClickHouseSink
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = RunInfo("run-9", "2026-11-22T12:00:00Z", "abc", "box", "H100", seed=3)
 CASES = [CaseResult(f"c{i}", "vit", "tome", {"r": i}, "sroie", kpis={"tokens_before": 196.0},
                     samples=[SampleRecord(f"s{j}", "receipt", {"ocr_wer": 0.1 * j}) for j in range(3)])
          for i in range(2)]  # 2 cases + 6 samples = 8 rows
-
-
-@pytest.fixture(autouse=True)
-def _no_store_from_env(monkeypatch):
-    for name in (DSN_ENV, USER_ENV, PASSWORD_ENV):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import stage
+from ..workers import available_cores
 
 
 @dataclass
@@ -40,10 +41,6 @@ class Timing:
     @property
     def pages_per_second(self) -> float:
         return self.pages / self.seconds
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def worker_counts(cores: int) -> list[int]:

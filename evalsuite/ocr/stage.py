@@ -15,7 +15,6 @@ truth whose original holds no text (most photos) get no OCR KPIs.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 
@@ -24,6 +23,7 @@ import numpy as np
 from ..data.sample import Sample, SampleError
 from ..models.base import EncoderOutput
 from ..results import SampleRecord
+from ..workers import cores_per_worker
 from . import wer
 from .fields import field_hits
 from .normalize import normalize_text
@@ -53,20 +53,13 @@ def _has_text(original_job: Future) -> bool:
         return True
 
 
-def default_workers() -> int:
-    """This process's share of the cores: cores / xdist workers, at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, cores // workers)
-
-
 class OcrStage:
     def __init__(self, engine_name: str = "rapidocr", workers: int = 0):
         from .engines import get_engine
 
         self.engine_name = engine_name
         self._version = get_engine(engine_name, threads=1).version_info()
-        self._pool = ProcessPoolExecutor(max_workers=workers or default_workers(),
+        self._pool = ProcessPoolExecutor(max_workers=workers or cores_per_worker(),
                                          mp_context=get_context("spawn"),
                                          initializer=_init, initargs=(engine_name,))
 
@@ -83,7 +76,7 @@ class OcrStage:
         plans = [plan for out in outputs for plan in out.plans]
         jobs: list[tuple[SampleRecord, Sample, Future, Future | None]] = []
         for sample, plan, record in zip(samples, plans, records):
-            try:
+            try:  # reloaded per case: holding every original (SROIE pages are up to 9 MP) costs GBs
                 original = sample.load()
             except SampleError as exc:
                 record.error = str(exc)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..methods.base import Compressor
 from ..methods.state import TokenState
+from ..metrics.latency import synchronize
 from ..plan import TokenPlan
 
 RECEIVED_ATTENTION_CHUNK = 256  # queries per chunk when a model has no class token
@@ -40,12 +41,10 @@ class StepTimer:
         if not self.enabled:
             yield
             return
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         yield
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         self.seconds += time.perf_counter() - start
 
 
