@@ -92,8 +92,10 @@ class Engine:
         if spec.id not in self._models:
             with self._stage("model_load"):
                 factory = MODELS.get(spec.factory)
-                adapter = factory(spec.id, image_size=spec.image_size, **spec.params)
-                self._models[spec.id] = adapter.to(self.device_for(spec), getattr(torch, spec.dtype))
+                device = self.device_for(spec)
+                with torch.device(device):  # parameters are created (and randomly initialised) in place
+                    adapter = factory(spec.id, image_size=spec.image_size, **spec.params)
+                self._models[spec.id] = adapter.to(device, getattr(torch, spec.dtype))
         return self._models[spec.id]
 
     def samples(self, spec: DatasetSpec) -> list[Sample]:
@@ -168,6 +170,7 @@ class Engine:
             "device": str(adapter.device), "dtype": str(adapter.dtype).removeprefix("torch."),
             "image_size": str(adapter.image_size), "timing_batch": str(self.settings.timing_batch),
             "timing_repeats": str(self.settings.timing_repeats), "seed": str(self.settings.seed),
+            **({"gpu_name": torch.cuda.get_device_name(adapter.device)} if adapter.device.type == "cuda" else {}),
             **(self._ocr_stage().version_info() if self.settings.ocr_engine else {}),
         }
         return result

@@ -56,6 +56,36 @@ def test_weighted_merge_is_size_weighted_average():
     assert out[0, :, 0].tolist() == pytest.approx([7.0, 1.0, 10.0, (3 * 3 + 20) / 4])
 
 
+def _merge_by_loops(x, size, p, unm, src, dst):
+    """ToMe's merge written out token by token: the reference for ``merge_weighted``."""
+    a, b, size_a, size_b = x[:, p::2], x[:, p + 1::2], size[:, p::2], size[:, p + 1::2]
+    tokens, sizes = [], []
+    for i in range(x.shape[0]):
+        total, weight = (b[i] * size_b[i]).clone(), size_b[i].clone()
+        for s, d in zip(src[i].tolist(), dst[i].tolist()):
+            total[d] += a[i, s] * size_a[i, s]
+            weight[d] += size_a[i, s]
+        tokens.append(torch.cat([x[i, :p], a[i, unm[i]], total / weight]))
+        sizes.append(torch.cat([size[i, :p], size_a[i, unm[i]], weight]))
+    return torch.stack(tokens), torch.stack(sizes)
+
+
+@pytest.mark.parametrize("prefix,patches", [(0, 10), (1, 11), (5, 36)])
+def test_weighted_merge_matches_token_by_token_merge(prefix, patches):
+    torch.manual_seed(prefix)
+    x = torch.randn(3, prefix + patches, 8, dtype=torch.float64)
+    size = torch.randint(1, 5, (3, prefix + patches, 1)).double()
+    metric = torch.randn(3, patches, 4, dtype=torch.float64)
+    metric[:, 0:6:2] = metric[:, 1:2]  # three A tokens share one partner: merges into one token pile up
+    unm, src, dst = bipartite_soft_matching(metric, r=patches // 2 - 1)
+    assert (dst == 0).sum(dim=1).min() >= 3
+    out, new_size = merge_weighted(x, size, prefix, unm, src, dst)
+    expected, expected_size = _merge_by_loops(x, size, prefix, unm, src, dst)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(new_size, expected_size)
+    assert new_size.sum(dim=1).equal(size.sum(dim=1))  # no patch lost or counted twice
+
+
 def test_proportional_attention_bias_appears_only_after_merging():
     x = torch.zeros(2, 5, 8)
     state = TokenState.start(x, num_prefix=1, grid=(2, 2))

@@ -58,3 +58,32 @@ def test_zero_compression_matches_unpatched_model_on_cuda(adapter, pixels, metho
         torch.testing.assert_close(out.tokens, reference.tokens, atol=atol, rtol=0)
     finally:
         adapter.to("cpu", torch.float32)
+
+
+def _with_padded_heads(adapter, pixels, padded: bool, monkeypatch):
+    from evalsuite.patch.runner import CompressedForward
+
+    monkeypatch.setattr(CompressedForward, "fold_bias_devices", (pixels.device.type,) if padded else ())
+    return adapter.compressed(pixels, build("tome", {"merge_factor": 0.5}, adapter.num_layers))
+
+
+def test_size_bias_in_padded_heads_equals_attention_mask(adapter, pixels, monkeypatch):
+    """Proportional attention two ways: log(size) as SDPA's attn_mask, or carried in padded heads
+    (the CUDA path: projections one channel per head wider, no mask). Same tokens."""
+    masked = _with_padded_heads(adapter, pixels, False, monkeypatch)
+    padded = _with_padded_heads(adapter, pixels, True, monkeypatch)
+    torch.testing.assert_close(padded.tokens, masked.tokens, atol=ATOL, rtol=0)
+    assert all((a.group_ids == b.group_ids).all() for a, b in zip(padded.plans, masked.plans))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.float16, 2e-2)], ids=["fp32", "fp16"])
+def test_size_bias_in_padded_heads_equals_attention_mask_on_cuda(adapter, pixels, monkeypatch, dtype, atol):
+    adapter.to("cuda", dtype)
+    try:
+        px = pixels.to("cuda", dtype)
+        masked = _with_padded_heads(adapter, px, False, monkeypatch)
+        padded = _with_padded_heads(adapter, px, True, monkeypatch)
+        torch.testing.assert_close(padded.tokens, masked.tokens, atol=atol, rtol=0)
+    finally:
+        adapter.to("cpu", torch.float32)

@@ -13,8 +13,9 @@ ToMe's constant schedule, i.e. ``r = floor(f * P / L)`` per block for P patches
 and L blocks. ``r`` may also be given directly. Either way each block merges at
 most half of the tokens reaching it (a bipartite matching cannot merge more).
 ``proportional_attention = false`` (case id suffix ``_nopa``) turns the size
-bias off: cheaper on GPU (the fused attention kernel runs unmodified), at
-some cost in fidelity.
+bias off: cheaper on GPU, where the bias rides in one extra channel per head
+(``HEAD_PAD`` in :mod:`evalsuite.patch.runner`) and the fused kernel then runs
+at a wider head size; it costs some fidelity.
 """
 
 from __future__ import annotations
@@ -73,21 +74,44 @@ def merge_weighted(
     """Size-weighted merge: ``x`` [B, N, C] and ``size`` [B, N, 1], prefix tokens kept in front.
 
     Returns tokens [B, N - r, C] and sizes [B, N - r, 1] ordered ``[prefix,
-    unmerged A, B]``. Unmerged A tokens are copied as they are; only the B half
-    (which receives the merges) is weighted and renormalised, so the arithmetic
-    touches half the tokens plus the ``r`` merged ones.
+    unmerged A, B]``. One gather copies every surviving token; the ``r`` merged
+    ones are then folded into their partners in place. With ``S = s_d + sum s_i``
+    the partner's new value ``(s_d x_d + sum s_i x_i) / S`` is written as
+    ``x_d + sum s_i (x_i - x_d) / S``, so the arithmetic touches ``r`` rows, not
+    the whole sequence (at batch 64 the merge was bound by full-size copies).
     """
     p, channels = num_prefix, x.shape[-1]
-    a, b = x[:, p::2], x[:, p + 1::2]
-    size_a, size_b = size[:, p::2], size[:, p + 1::2]
-    rows = lambda idx, width: idx[..., None].expand(-1, -1, width)  # noqa: E731
-    src_size = size_a.gather(1, rows(src_idx, 1))
-    dst_size = size_b.scatter_add(1, rows(dst_idx, 1), src_size)
-    dst = (b * size_b).scatter_add_(1, rows(dst_idx, channels), a.gather(1, rows(src_idx, channels)) * src_size)
-    dst /= dst_size
-    out = torch.cat([x[:, :p], a.gather(1, rows(unm_idx, channels)), dst], dim=1)
-    out_size = torch.cat([size[:, :p], size_a.gather(1, rows(unm_idx, 1)), dst_size], dim=1)
+    batch, num_unm = unm_idx.shape
+    prefix_pos, a_pos, b_pos = _positions(p, x.shape[1] - p, x.device)
+    a_pos = a_pos.expand(batch, -1)
+    keep = torch.cat([prefix_pos.expand(batch, -1), a_pos.gather(1, unm_idx), b_pos.expand(batch, -1)], dim=1)
+    out = x.gather(1, keep[..., None].expand(-1, -1, channels))
+    out_size = size.gather(1, keep[..., None])
+    src_pos = a_pos.gather(1, src_idx)[..., None]
+    dst_pos = (dst_idx + (p + num_unm))[..., None]  # partner rows in ``out``
+    src_size = size.gather(1, src_pos)
+    out_size.scatter_add_(1, dst_pos, src_size)
+    dst_rows = dst_pos.expand(-1, -1, channels)
+    partner = out.gather(1, dst_rows)
+    weight = src_size / out_size.gather(1, dst_pos)
+    out.scatter_add_(1, dst_rows, (x.gather(1, src_pos.expand(-1, -1, channels)) - partner) * weight)
     return out, out_size
+
+
+_POSITIONS: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _positions(p: int, patches: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sequence positions of the prefix tokens, of set A (``p + 2i``) and of set B (``p + 2j + 1``),
+    cached per shape: at batch 1 every kernel launch saved per block counts."""
+    key = (p, patches, device)
+    positions = _POSITIONS.get(key)
+    if positions is None:
+        index = torch.arange(p + patches, device=device)
+        positions = index[:p], index[p::2], index[p + 1::2]
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):  # graph-pool memory
+            _POSITIONS[key] = positions
+    return positions
 
 
 @dataclass

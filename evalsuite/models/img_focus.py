@@ -545,7 +545,8 @@ def recover_dinov2(cache: Path | None = None) -> Path:
         staging = target / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
-            record = _convert(source, sha, staging)
+            with torch.device("cpu"):  # compared with onnxruntime on the CPU, whatever device the caller builds on
+                record = _convert(source, sha, staging)
             (target / VERIFICATION_FILE).unlink(missing_ok=True)  # invalidate any stale conversion first
             for item in staging.iterdir():
                 os.replace(item, target / item.name)

@@ -3,14 +3,16 @@
 A family patch (``timm_vit.py``, ``hf_dinov2.py``) walks its model's own
 modules and calls a :class:`CompressedForward` at fixed points; this class
 holds the token state, runs the method's hooks, computes attention (fused
-SDPA, with proportional attention as an additive bias), times the
-compression work and turns the final state into per-image token plans.
-The model's weights and classes are never modified.
+SDPA; proportional attention as an additive bias on CPU, on CUDA as an extra
+channel per head: :func:`padded_projection`), times the compression work and
+turns the final state into per-image token plans. The model's weights and
+classes are never modified (padded projections are cached copies).
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from contextlib import contextmanager
 
 import numpy as np
@@ -23,6 +25,7 @@ from ..metrics.latency import synchronize
 from ..plan import TokenPlan
 
 RECEIVED_ATTENTION_CHUNK = 256  # queries per chunk when a model has no class token
+HEAD_PAD = 8  # channels added to every head to carry the proportional-attention bias (keeps heads a multiple of 8)
 
 
 class StepTimer:
@@ -78,6 +81,35 @@ class CompressedForward:
         self._requests = [self.compressor.attention_request(i) for i in range(self.compressor.num_layers)]
 
     # -- per block --------------------------------------------------------------
+    fold_bias_devices = ("cuda",)  # where the size bias rides in padded heads instead of an attn_mask
+
+    @property
+    def pads_heads(self) -> bool:
+        """True once merged tokens need the size bias and the fused kernel cannot take a mask.
+
+        The family patch then projects q, k, v with :func:`padded_projection` (every head
+        ``HEAD_PAD`` channels wider) and calls :meth:`attend_padded`; the bias costs one
+        strided write per block instead of copies of q, k and v.
+        """
+        state = self.state
+        return state.merged and state.proportional_attention and state.size.device.type in self.fold_bias_devices
+
+    def attend_padded(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """Attention over q, k, v [B, H, N, D + HEAD_PAD] from :func:`padded_projection`.
+
+        Query channel D is 1 (the projection's bias) and key channel D is set here to
+        ``log(size) / scale``, so ``scale * q.k`` gains exactly the size bias. Returns
+        [B, H, N, D + HEAD_PAD]; :func:`padded_output` ignores the pad channels.
+        """
+        d = q.shape[-1] - HEAD_PAD
+        bias = self.state.attention_bias(q.dtype)
+        k[..., d] = bias[:, :, 0] / scale  # [B, 1, N] broadcast over heads
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        request = self._requests[layer]
+        if request is not None:
+            self._timed(q.device, self._observe, layer, request, q[..., :d], k[..., :d], scale, bias)
+        return out
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """Fused attention over q, k, v [B, H, N, D] -> [B, H, N, D], plus what the method asked for."""
         bias = self.state.attention_bias(q.dtype)
@@ -157,6 +189,55 @@ def folded_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
     k2[..., d] = bias[:, :, 0] / scale  # [B, 1, N] broadcast over heads
     out = F.scaled_dot_product_attention(q2, k2, F.pad(v, (0, 8)), scale=scale)
     return out[..., :d]
+
+
+_PADDED: "weakref.WeakKeyDictionary[torch.nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _cached(linears: tuple[torch.nn.Linear, ...], kind: str, build) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded copies of the parameters of ``linears``, rebuilt when they move, change dtype or are written."""
+    key = (kind, *[(m.weight.data_ptr(), m.weight.dtype, m.weight.device, m.weight._version) for m in linears])
+    entry = _PADDED.get(linears[0])
+    if entry is None or entry[0] != key:
+        with torch.no_grad():
+            entry = _PADDED[linears[0]] = (key, build())
+    return entry[1]
+
+
+def padded_projection(linears: tuple[torch.nn.Linear, ...], head_dim: int,
+                      first_pad: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One projection doing the work of ``linears`` (their outputs side by side: ``len(first_pad)``
+    groups of heads of ``head_dim``, e.g. timm's fused qkv, or transformers' q, k and v), with
+    ``HEAD_PAD`` zero channels after every head; the first pad channel of the heads of group ``g``
+    is the constant ``first_pad[g]`` (1.0 for queries). Returns (weight, bias) for ``F.linear``.
+    The model's own parameters are read, never changed."""
+
+    def build():
+        weight = torch.cat([m.weight for m in linears])
+        bias = [m.bias if m.bias is not None else weight.new_zeros(m.out_features) for m in linears]
+        groups, (out_features, in_features) = len(first_pad), weight.shape
+        heads = out_features // (groups * head_dim)
+        w = weight.new_zeros(groups, heads, head_dim + HEAD_PAD, in_features)
+        w[:, :, :head_dim] = weight.view(groups, heads, head_dim, in_features)
+        b = weight.new_zeros(groups, heads, head_dim + HEAD_PAD)
+        b[:, :, :head_dim] = torch.cat(bias).view(groups, heads, head_dim)
+        b[:, :, head_dim] = torch.tensor(first_pad, dtype=b.dtype, device=b.device)[:, None]
+        return w.view(-1, in_features), b.view(-1)
+
+    return _cached(tuple(linears), f"in{first_pad}{head_dim}", build)
+
+
+def padded_output(linear: torch.nn.Linear, head_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention output projection ``linear`` reading heads of ``head_dim + HEAD_PAD``
+    channels: zero weights for the pad channels. Returns (weight, bias) for ``F.linear``."""
+
+    def build():
+        out_features, in_features = linear.weight.shape
+        w = linear.weight.new_zeros(out_features, in_features // head_dim, head_dim + HEAD_PAD)
+        w[:, :, :head_dim] = linear.weight.view(out_features, -1, head_dim)
+        return w.view(out_features, -1), linear.bias
+
+    return _cached((linear,), f"out{head_dim}", build)
 
 
 def _nearest_cells(full: tuple[int, int], small: tuple[int, int]) -> np.ndarray:

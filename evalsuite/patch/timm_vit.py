@@ -12,9 +12,10 @@ kept, so zero compression reproduces the unpatched model (see tests/test_parity.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .runner import CompressedForward
+from .runner import HEAD_PAD, CompressedForward, padded_output, padded_projection
 
 
 def check_supported(model: nn.Module) -> None:
@@ -34,6 +35,11 @@ def check_supported(model: nn.Module) -> None:
 def _attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, layer: int) -> torch.Tensor:
     # copied from timm 1.0.31 Attention.forward (fused path, no attn_mask)
     B, N, _ = x.shape
+    if run.pads_heads and _plain_heads(attn):  # evalsuite: size bias in padded heads, no q/k copies
+        qkv = F.linear(x, *padded_projection((attn.qkv,), attn.head_dim, (1.0, 0.0, 0.0)))
+        q, k, v = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim + HEAD_PAD).permute(2, 0, 3, 1, 4).unbind(0)
+        x = run.attend_padded(layer, q, k, v, attn.scale).transpose(1, 2).reshape(B, N, -1)
+        return attn.proj_drop(F.linear(x, *padded_output(attn.proj, attn.head_dim)))
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
@@ -44,6 +50,12 @@ def _attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, layer: 
     if gate is not None:
         x = x * gate
     return attn.proj_drop(attn.proj(x))
+
+
+def _plain_heads(attn: nn.Module) -> bool:
+    """No q/k-norm, output norm or gate: projections can be padded per head (else the copying path runs)."""
+    return getattr(attn, "gate", None) is None and all(
+        isinstance(m, nn.Identity) for m in (attn.q_norm, attn.k_norm, attn.norm))
 
 
 def forward_tokens(model: nn.Module, pixels: torch.Tensor, run: CompressedForward) -> torch.Tensor:
