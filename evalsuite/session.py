@@ -45,6 +45,9 @@ class EvalSession:
         self.worker_id = os.environ.get("PYTEST_XDIST_WORKER")  # None on the controller
         self.is_controller = not hasattr(config, "workerinput")
         self.results: list[CaseResult] = []
+        self.process_start = _process_start_time()
+        self.first_case_start: float | None = None  # epoch seconds, from the test reports
+        self.last_case_stop: float | None = None
         self.outcomes: list[str] = []  # where results went, for the terminal summary
         self._engine: Engine | None = None
         workerinput = getattr(config, "workerinput", {})
@@ -149,6 +152,9 @@ class EvalSession:
 
     # -- controller side -------------------------------------------------------------------
     def collect(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.first_case_start = min(report.start, self.first_case_start or report.start)
+            self.last_case_stop = max(report.stop, self.last_case_stop or report.stop)
         for name, value in report.user_properties:
             if name == RESULT_PROPERTY and report.when == "call":
                 self.results.append(CaseResult.from_json(value))
@@ -194,6 +200,18 @@ def _share_cpu_threads() -> None:
 
     if xdist_workers() > 1:
         torch.set_num_threads(cores_per_worker())
+
+
+def _process_start_time() -> float:
+    """When this process started (epoch seconds), from /proc where there is one; else now."""
+    import time
+
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            started_after_boot = int(fh.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started_after_boot)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.time()
 
 
 def _empty_result(case: matrix.CaseSpec) -> CaseResult:

@@ -7,6 +7,7 @@ with the real plugin, model and OCR engine.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,8 @@ def test_run_skips_only_cases_whose_store_is_missing_and_reports_kpis(tmp_path):
     assert f"dataset 'sroie' unavailable: {empty_store / 'sroie'} does not exist" in out
     assert "dinov2_s14-tome_f0.5-samples" in out and "evalsuite KPIs" in out  # the KPI table
     assert "rows spooled to" in out and list((tmp_path / "spool").glob("*.jsonl"))
+    phases = re.search(r"before the first case ([\d.]+) s, cases ([\d.]+) s", out)
+    assert phases and float(phases[1]) > 0.5 and float(phases[2]) > 0, out  # interpreter + imports take time
 
 
 def test_unreadable_image_fails_that_sample_and_the_case_goes_on(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from ..results import CaseResult
 
@@ -47,6 +48,19 @@ def stage_breakdown(results: list[CaseResult]) -> list[str]:
     return [f"{stage:<20} {seconds:8.1f} s" for stage, seconds in sorted(totals.items(), key=lambda kv: -kv[1])]
 
 
+def run_phases(process_start: float, first_start: float | None, last_stop: float | None, now: float) -> str:
+    """Wall time of the run around its cases: what a second GPU cannot shorten (process start,
+    imports, worker start-up before the first case; worker shutdown and sinks after the last).
+
+    >>> run_phases(100.0, 107.1, 139.4, 141.8)
+    'wall so far 41.8 s: before the first case 7.1 s, cases 32.3 s, after the last case 2.4 s'
+    """
+    if first_start is None or last_stop is None:
+        return f"wall so far {now - process_start:.1f} s"
+    return (f"wall so far {now - process_start:.1f} s: before the first case {first_start - process_start:.1f} s, "
+            f"cases {last_stop - first_start:.1f} s, after the last case {now - last_stop:.1f} s")
+
+
 def write_summary(terminalreporter, session) -> None:
     if not session.is_controller or not session.results:
         return
@@ -59,5 +73,6 @@ def write_summary(terminalreporter, session) -> None:
     tr.write_sep("-", "time per stage (all workers)")
     for line in stage_breakdown(session.results):
         tr.write_line(line)
+    tr.write_line(run_phases(session.process_start, session.first_case_start, session.last_case_stop, time.time()))
     for line in session.outcomes:
         tr.write_line(line)
