@@ -152,11 +152,12 @@ class EvalSession:
 
     # -- controller side -------------------------------------------------------------------
     def collect(self, report: pytest.TestReport) -> None:
-        if report.when == "call":
-            self.first_case_start = min(report.start, self.first_case_start or report.start)
-            self.last_case_stop = max(report.stop, self.last_case_stop or report.stop)
+        if report.when != "call":
+            return
+        self.first_case_start = min(report.start, self.first_case_start or report.start)
+        self.last_case_stop = max(report.stop, self.last_case_stop or report.stop)
         for name, value in report.user_properties:
-            if name == RESULT_PROPERTY and report.when == "call":
+            if name == RESULT_PROPERTY:
                 self.results.append(CaseResult.from_json(value))
 
     def run_info(self) -> RunInfo:

@@ -10,10 +10,9 @@ with the changes fenced by ``# evalsuite:`` comments; LayerScale
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .runner import HEAD_PAD, CompressedForward, padded_output, padded_projection
+from .runner import CompressedForward
 
 
 def check_supported(model: nn.Module) -> None:
@@ -31,8 +30,8 @@ def _attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, layer: 
     if not hasattr(attn, "q_proj"):
         return _legacy_attention(attn, x, run, layer)
     if run.pads_heads:  # evalsuite: proportional attention with the size bias in padded heads
-        return _padded_attention(x, (attn.q_proj, attn.k_proj, attn.v_proj), attn.o_proj,
-                                 attn.head_dim, attn.scaling, run, layer)
+        return run.padded_attention(layer, x, (attn.q_proj, attn.k_proj, attn.v_proj), attn.o_proj,
+                                    attn.head_dim, attn.scaling)
     # copied from transformers 5.23 Dinov2Attention.forward
     shape = (*x.shape[:-1], -1, attn.head_dim)
     q = attn.q_proj(x).view(shape).transpose(1, 2)
@@ -46,24 +45,14 @@ def _legacy_attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, 
     # copied from transformers 4.x-5.17 Dinov2SelfAttention / Dinov2SelfOutput (attention.attention.query ...)
     self_attn = attn.attention
     if run.pads_heads:  # evalsuite
-        return _padded_attention(x, (self_attn.query, self_attn.key, self_attn.value), attn.output.dense,
-                                 self_attn.attention_head_size, self_attn.attention_head_size ** -0.5, run, layer)
+        return run.padded_attention(layer, x, (self_attn.query, self_attn.key, self_attn.value), attn.output.dense,
+                                    self_attn.attention_head_size, self_attn.attention_head_size ** -0.5)
     shape = (*x.shape[:-1], -1, self_attn.attention_head_size)
     q = self_attn.query(x).view(shape).transpose(1, 2)
     k = self_attn.key(x).view(shape).transpose(1, 2)
     v = self_attn.value(x).view(shape).transpose(1, 2)
     out = run.attend(layer, q, k, v, self_attn.attention_head_size ** -0.5)  # evalsuite
     return attn.output.dense(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
-
-
-def _padded_attention(x, qkv: tuple[nn.Linear, nn.Linear, nn.Linear], out_proj: nn.Linear,
-                      head_dim: int, scale: float, run: CompressedForward, layer: int) -> torch.Tensor:
-    """The attention above with every head ``HEAD_PAD`` channels wider (see ``CompressedForward.pads_heads``)."""
-    B, N, _ = x.shape
-    qkv = F.linear(x, *padded_projection(qkv, head_dim, (1.0, 0.0, 0.0)))  # q, k, v in one GEMM
-    q, k, v = qkv.view(B, N, 3, -1, head_dim + HEAD_PAD).permute(2, 0, 3, 1, 4).unbind(0)
-    out = run.attend_padded(layer, q, k, v, scale)
-    return F.linear(out.transpose(1, 2).reshape(B, N, -1), *padded_output(out_proj, head_dim))
 
 
 def forward_tokens(model: nn.Module, pixels: torch.Tensor, run: CompressedForward) -> torch.Tensor:

@@ -87,28 +87,33 @@ class CompressedForward:
     def pads_heads(self) -> bool:
         """True once merged tokens need the size bias and the fused kernel cannot take a mask.
 
-        The family patch then projects q, k, v with :func:`padded_projection` (every head
-        ``HEAD_PAD`` channels wider) and calls :meth:`attend_padded`; the bias costs one
-        strided write per block instead of copies of q, k and v.
+        The family patch then calls :meth:`padded_attention` instead of :meth:`attend`: every
+        head is ``HEAD_PAD`` channels wider and the bias costs one strided write per block
+        instead of copies of q, k and v.
         """
         state = self.state
         return state.merged and state.proportional_attention and state.size.device.type in self.fold_bias_devices
 
-    def attend_padded(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        """Attention over q, k, v [B, H, N, D + HEAD_PAD] from :func:`padded_projection`.
+    def padded_attention(self, layer: int, x: torch.Tensor, qkv: tuple[torch.nn.Linear, ...],
+                         out_proj: torch.nn.Linear, head_dim: int, scale: float) -> torch.Tensor:
+        """Block ``layer``'s attention on x [B, N, C] with the size bias carried in padded heads.
 
-        Query channel D is 1 (the projection's bias) and key channel D is set here to
-        ``log(size) / scale``, so ``scale * q.k`` gains exactly the size bias. Returns
-        [B, H, N, D + HEAD_PAD]; :func:`padded_output` ignores the pad channels.
+        ``qkv`` are the block's input projections (timm's fused qkv, or transformers' q, k and
+        v); :func:`padded_projection` makes them one GEMM whose query pad channel is 1, and key
+        channel D is set here to ``log(size) / scale``, so ``scale * q.k`` gains exactly the size
+        bias. ``out_proj`` reads the heads through :func:`padded_output`, which ignores the pad.
+        Returns [B, N, C].
         """
-        d = q.shape[-1] - HEAD_PAD
+        batch, tokens, _ = x.shape
+        projected = F.linear(x, *padded_projection(qkv, head_dim, (1.0, 0.0, 0.0)))
+        q, k, v = projected.view(batch, tokens, 3, -1, head_dim + HEAD_PAD).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.state.attention_bias(q.dtype)
-        k[..., d] = bias[:, :, 0] / scale  # [B, 1, N] broadcast over heads
+        k[..., head_dim] = bias[:, :, 0] / scale  # [B, 1, N] broadcast over heads
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
         request = self._requests[layer]
         if request is not None:
-            self._timed(q.device, self._observe, layer, request, q[..., :d], k[..., :d], scale, bias)
-        return out
+            self._timed(q.device, self._observe, layer, request, q[..., :head_dim], k[..., :head_dim], scale, bias)
+        return F.linear(out.transpose(1, 2).reshape(batch, tokens, -1), *padded_output(out_proj, head_dim))
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """Fused attention over q, k, v [B, H, N, D] -> [B, H, N, D], plus what the method asked for."""
@@ -191,7 +196,7 @@ def folded_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
     return out[..., :d]
 
 
-_PADDED: "weakref.WeakKeyDictionary[torch.nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+_PADDED: weakref.WeakKeyDictionary[torch.nn.Linear, tuple] = weakref.WeakKeyDictionary()
 
 
 def _cached(linears: tuple[torch.nn.Linear, ...], kind: str, build) -> tuple[torch.Tensor, torch.Tensor]:

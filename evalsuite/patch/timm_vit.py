@@ -12,10 +12,9 @@ kept, so zero compression reproduces the unpatched model (see tests/test_parity.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .runner import HEAD_PAD, CompressedForward, padded_output, padded_projection
+from .runner import CompressedForward
 
 
 def check_supported(model: nn.Module) -> None:
@@ -36,10 +35,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, layer: 
     # copied from timm 1.0.31 Attention.forward (fused path, no attn_mask)
     B, N, _ = x.shape
     if run.pads_heads and _plain_heads(attn):  # evalsuite: size bias in padded heads, no q/k copies
-        qkv = F.linear(x, *padded_projection((attn.qkv,), attn.head_dim, (1.0, 0.0, 0.0)))
-        q, k, v = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim + HEAD_PAD).permute(2, 0, 3, 1, 4).unbind(0)
-        x = run.attend_padded(layer, q, k, v, attn.scale).transpose(1, 2).reshape(B, N, -1)
-        return attn.proj_drop(F.linear(x, *padded_output(attn.proj, attn.head_dim)))
+        return attn.proj_drop(run.padded_attention(layer, x, (attn.qkv,), attn.proj, attn.head_dim, attn.scale))
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
