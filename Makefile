@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests evalsuite $(PYTEST_ARGS)
 
 gpu: $(STAMP)
-	$(PY) -m pytest cases -m gpu -n $$($(PY) -c "import torch; print(max(1, torch.cuda.device_count()))") --dist worksteal $(PYTEST_ARGS)
+	$(PY) -m pytest cases -m gpu -n auto --dist worksteal $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m evalsuite.bench $(PYTEST_ARGS)

@@ -86,6 +86,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.stash[SESSION_KEY].close()
 
 
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` for the GPU gate: one worker per visible GPU (xdist would start one per core).
+    Module-level: xdist asks before ``pytest_configure``."""
+    if _selects_gpu_cases_only(config):
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return None
+
+
 class _XdistHooks:
     """Registered only when pytest-xdist is installed."""
 
@@ -103,21 +114,26 @@ class _ReportHooks:
         self.session.collect(report)
 
 
-def _refuse_gpu_without_cuda(config: pytest.Config) -> None:
-    """`pytest -m gpu` on a machine without CUDA is a usage error, not a silent all-skip."""
+def _selects_gpu_cases_only(config: pytest.Config) -> bool:
+    """True when ``-m`` asks for GPU cases specifically (``-m gpu``) and the run is not moved to the CPU."""
     markexpr = config.getoption("markexpr", "") or ""
     if not markexpr or config.getoption("evalsuite_device", None) == "cpu":  # asked for CPU explicitly
-        return
+        return False
     from _pytest.mark.expression import Expression
 
     expression = Expression.compile(markexpr)
     with_gpu = expression.evaluate(lambda name, **kw: name in ("gpu", "evalsuite"))
     without_gpu = expression.evaluate(lambda name, **kw: name == "evalsuite")
-    if with_gpu and not without_gpu:  # the expression asks for GPU cases specifically (-m gpu)
+    return with_gpu and not without_gpu
+
+
+def _refuse_gpu_without_cuda(config: pytest.Config) -> None:
+    """`pytest -m gpu` on a machine without CUDA is a usage error, not a silent all-skip."""
+    if _selects_gpu_cases_only(config):
         import torch
 
         if not torch.cuda.is_available():
             raise pytest.UsageError(
-                f"-m {markexpr!r} selects GPU cases but CUDA is not available on this machine "
+                f"-m {config.getoption('markexpr')!r} selects GPU cases but CUDA is not available on this machine "
                 f"(torch {torch.__version__}); run on a GPU host, select CPU cases with -m 'not gpu', "
                 f"or run the GPU matrix on the CPU with --evalsuite-device cpu")

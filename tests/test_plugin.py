@@ -6,6 +6,7 @@ with the real plugin, model and OCR engine.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -130,3 +131,47 @@ def test_gpu_matrix_runs_on_cpu_only_when_asked(tmp_path):
     assert "dinov2_s14-tome_f0.5-samples" in proc.stdout
     default = run_pytest(tmp_path, gpu_matrix, "-m", "not gpu", "--collect-only", "-q")
     assert "dinov2_s14-tome_f0.5-samples" not in default.stdout  # GPU cases are not run unless selected
+
+
+def test_two_workers_share_the_cases_and_the_controller_keeps_every_result(tmp_path):
+    """``-n 2``: cases run in two worker processes; their results reach the controller, which alone
+    writes them (every case of both models in the spool) and prints the table."""
+    matrix = """
+timing_repeats = 2
+timing_warmup = 1
+[models.dinov2_s14]
+image_size = 56
+[models.vit_b16_random]
+image_size = 64
+[methods.none]
+[methods.tome]
+merge_factor = 0.5
+[datasets.samples]
+limit = 1
+"""
+    proc = run_pytest(tmp_path, matrix, "--evalsuite-no-ocr", "-n", "2", "--dist", "worksteal", "-v",
+                      "-p", "xdist", thresholds="")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    workers = set(re.findall(r"\[(gw\d)\].*PASSED .*test_case\[", proc.stdout))
+    assert workers == {"gw0", "gw1"}, proc.stdout
+    rows = [json.loads(line) for f in (tmp_path / "spool").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert {r["case"]["case_id"] for r in rows if r["type"] == "case"} == {f"{m}-{x}-samples" for m in ("dinov2_s14", "vit_b16_random")
+                                          for x in ("none", "tome_f0.5")}
+    assert "vit_b16_random-tome_f0.5-samples" in proc.stdout.split("time per stage")[0]  # the KPI table
+
+
+def test_n_auto_starts_one_worker_per_gpu_for_the_gpu_gate(monkeypatch):
+    """xdist's ``-n auto`` would start one worker per core; ``-m gpu`` gets one per GPU."""
+    from types import SimpleNamespace
+
+    from evalsuite.plugin import pytest_xdist_auto_num_workers
+
+    def config(markexpr, device=None):
+        options = {"markexpr": markexpr, "evalsuite_device": device}
+        return SimpleNamespace(getoption=lambda name, default=None: options.get(name, default))
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert pytest_xdist_auto_num_workers(config("gpu")) == 3
+    assert pytest_xdist_auto_num_workers(config("gpu and not slow")) == 3
+    assert pytest_xdist_auto_num_workers(config("not gpu")) is None  # xdist decides (cores)
+    assert pytest_xdist_auto_num_workers(config("gpu", device="cpu")) is None
