@@ -185,3 +185,54 @@ def test_folded_bias_attention_equals_additive_bias():
     bias = torch.rand(2, 1, 1, 10, dtype=torch.float64).log()
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.25)
     torch.testing.assert_close(folded_bias_attention(q, k, v, bias, 0.25), expected)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_graph_replayed_merge_step_equals_eager_on_cuda(dtype):
+    """The captured ToMe step gives the eager step's result for new inputs on every replay."""
+    from evalsuite.methods.graphs import replay_or_run
+    from evalsuite.methods.tome import merge_step
+
+    def inputs(seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        keys = torch.randn(2, 3, 1 + 40, 16, device="cuda", generator=g, dtype=dtype)
+        x = torch.randn(2, 1 + 40, 32, device="cuda", generator=g, dtype=dtype)
+        size = torch.rand(2, 41, 1, device="cuda", generator=g, dtype=dtype) + 1
+        return keys, x, size
+
+    with torch.inference_mode():
+        for seed in (0, 1, 0):  # capture, replay with new values, replay with the first ones again
+            eager = merge_step(*inputs(seed), num_prefix=1, r=7)
+            graphed = replay_or_run(merge_step, inputs(seed), num_prefix=1, r=7)
+            for e, g in zip(eager, graphed):
+                torch.testing.assert_close(g, e, atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_compressed_forward_with_graphed_steps_equals_eager_on_cuda(adapter, pixels, monkeypatch):
+    """Whole ToMe forwards, graph-replayed steps vs eager: same tokens, sizes and plans, and a later
+    forward does not overwrite what an earlier one returned (the graphs' buffers are reused)."""
+    from evalsuite.methods import graphs
+
+    adapter.to("cuda", torch.float32)
+    try:
+        comp = build("tome", {"merge_factor": 0.5}, adapter.num_layers)
+        px = pixels[:1].to("cuda")
+        first, second = (adapter.compressed(p, comp) for p in (px, px.flip(-1)))
+        first_tokens = first.tokens.clone()
+        adapter.compressed(px.flip(-2), comp)  # replays every graph once more
+        monkeypatch.setattr(graphs, "GRAPH_MAX_ELEMENTS", -1)  # everything eager
+        for graphed, p in ((first, px), (second, px.flip(-1))):
+            eager = adapter.compressed(p, comp)
+            torch.testing.assert_close(graphed.tokens, eager.tokens, atol=1e-5, rtol=0)
+            torch.testing.assert_close(graphed.sizes, eager.sizes, atol=0, rtol=0)
+            assert all((a.group_ids == b.group_ids).all() for a, b in zip(graphed.plans, eager.plans))
+        torch.testing.assert_close(first.tokens, first_tokens, atol=0, rtol=0)
+    finally:
+        adapter.to("cpu", torch.float32)

@@ -29,7 +29,7 @@ from .state import TokenState
 class AttentionRequest:
     """What a method wants the patch to extract from block ``layer``'s attention."""
 
-    keys: bool = False  # head-averaged keys [B, N, head_dim] (ToMe's similarity metric)
+    keys: bool = False  # the block's keys per head [B, H, N, head_dim], a view valid until after_attention
     importance: bool = False  # attention each token receives [B, N] (A-ViT-style)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import AttentionRequest, Compressor, fmt
+from .graphs import replay_or_run
 from .state import TokenState
 
 
@@ -98,6 +99,16 @@ def merge_weighted(
     return out, out_size
 
 
+def merge_step(keys: torch.Tensor, x: torch.Tensor, size: torch.Tensor, *, num_prefix: int,
+               r: int) -> tuple[torch.Tensor, ...]:
+    """One block's ToMe: match the patch tokens on their keys averaged over heads (``keys``
+    [B, H, N, D]), merge ``x`` [B, N, C] and ``size`` [B, N, 1]. Returns ``(x, size, unm_idx,
+    src_idx, dst_idx)``."""
+    unm_idx, src_idx, dst_idx = bipartite_soft_matching(keys[:, :, num_prefix:].mean(dim=1), r)
+    x, size = merge_weighted(x, size, num_prefix, unm_idx, src_idx, dst_idx)
+    return x, size, unm_idx, src_idx, dst_idx
+
+
 _POSITIONS: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
@@ -166,10 +177,11 @@ class ToMe(Compressor):
         r = min(self._r, state.num_patch_tokens // 2)
         if r <= 0:
             return x
-        p = state.num_prefix
         patches = state.num_patch_tokens
-        unm_idx, src_idx, dst_idx = bipartite_soft_matching(self._keys[:, p:], r)
-        x, state.size = merge_weighted(x, state.size, p, unm_idx, src_idx, dst_idx)
+        # small batches replay the step from a CUDA graph (launch-bound); the index tensors are the
+        # graph's buffers, read by the token plan at the end of this forward
+        x, state.size, unm_idx, src_idx, dst_idx = replay_or_run(
+            merge_step, (self._keys, x, state.size), num_prefix=state.num_prefix, r=r)
         state.remap(lambda: matching_old_to_new(patches, unm_idx, src_idx, dst_idx))
         state.merged = True
         self._keys = None

@@ -112,7 +112,7 @@ class CompressedForward:
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
         request = self._requests[layer]
         if request is not None:
-            self._timed(q.device, self._observe, layer, request, q[..., :head_dim], k[..., :head_dim], scale, bias)
+            self._observe(layer, request, q[..., :head_dim], k[..., :head_dim], scale, bias)
         return F.linear(out.transpose(1, 2).reshape(batch, tokens, -1), *padded_output(out_proj, head_dim))
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -124,13 +124,15 @@ class CompressedForward:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         request = self._requests[layer]
         if request is not None:
-            self._timed(q.device, self._observe, layer, request, q, k, scale, bias)
+            self._observe(layer, request, q, k, scale, bias)
         return out
 
     def _observe(self, layer, request, q, k, scale, bias) -> None:
-        keys = k.mean(dim=1) if request.keys else None
-        importance = self._received_attention(q, k, scale, bias) if request.importance else None
-        self.compressor.observe_attention(layer, keys, importance)
+        """Hand the method what it asked for. Keys are handed over as they are (any reduction is the
+        method's own, timed in its step); received attention is computed here, and timed."""
+        importance = (self._timed(q.device, self._received_attention, q, k, scale, bias)
+                      if request.importance else None)
+        self.compressor.observe_attention(layer, k if request.keys else None, importance)
 
     def _timed(self, device, fn, *args):
         if not self.timer.enabled:  # the throughput path: no context manager, no synchronisation
@@ -161,8 +163,9 @@ class CompressedForward:
 
     # -- output -----------------------------------------------------------------
     def token_sizes(self) -> torch.Tensor:
-        """[B, N_out] patches per output token (prefix tokens count 1)."""
-        return self.state.size[..., 0]
+        """[B, N_out] patches per output token (prefix tokens count 1); a copy, since the state's
+        tensor may be a CUDA graph's buffer (:mod:`evalsuite.methods.graphs`)."""
+        return self.state.size[..., 0].clone()
 
     def plans(self, source: torch.Tensor | None = None) -> list[TokenPlan]:
         """Per-image token plans on the full (pre-downscale) patch grid."""
