@@ -45,11 +45,20 @@ def tiny_hf_dinov2():
     return create("tiny_dinov2", image_size=64, config=config, seed=0)
 
 
+def tiny_hf_clip(arch: str):
+    from evalsuite.models.hf_clip import create
+
+    config = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, patch_size=8)
+    return create(f"tiny_{arch}", arch=arch, image_size=64, config=config, seed=0)
+
+
 FAMILIES = {
     "timm_cls": lambda: tiny_timm(),
     "timm_reg4_ls_qknorm": lambda: tiny_timm(reg_tokens=4, init_values=0.3, qk_norm=True),
     "timm_gap_noclass": lambda: tiny_timm(class_token=False, global_pool="avg", fc_norm=False),
     "hf_dinov2_layerscale": tiny_hf_dinov2,
+    "hf_clip_cls_prenorm": lambda: tiny_hf_clip("clip"),
+    "hf_siglip_noclass_maphead": lambda: tiny_hf_clip("siglip"),
 }
 
 

@@ -46,3 +46,38 @@ def test_random_stand_in_is_labelled_and_is_a_vit_b16():
 def test_unknown_model_suggests_the_closest_factory():
     with pytest.raises(UnknownNameError, match="did you mean 'dinov2_s14'"):
         MODELS.get("dinov2_s16")
+
+
+@pytest.mark.parametrize("arch", ["clip", "siglip"])
+def test_hf_clip_pooled_output_is_the_models_own(arch):
+    """The reference pass pools as the model does: CLIP's normed class token, SigLIP's attention head."""
+    from .conftest import tiny_hf_clip
+
+    adapter = tiny_hf_clip(arch)
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        own = adapter.model(pixel_values=pixels).pooler_output
+    assert adapter.labels == ("random-weights",) and adapter.num_prefix == (1 if arch == "clip" else 0)
+    torch.testing.assert_close(adapter.reference(pixels).pooled, own, atol=1e-5, rtol=0)
+
+
+def test_siglip_head_weighs_a_merged_token_like_the_patches_it_holds():
+    """Proportional attention in the pooling head: a token of size 2 pools like two copies of it."""
+    from .conftest import tiny_hf_clip
+
+    adapter = tiny_hf_clip("siglip")
+    torch.manual_seed(0)
+    tokens = torch.randn(1, 5, 64)
+    copies = torch.cat([tokens, tokens[:, 2:3]], dim=1)
+    with torch.inference_mode():
+        merged = adapter._pool(tokens, torch.tensor([[1.0, 1.0, 2.0, 1.0, 1.0]]))
+        expanded = adapter._pool(copies, torch.ones(1, 6))
+        plain = adapter._pool(tokens, torch.ones(1, 5))
+    torch.testing.assert_close(merged, expanded, atol=1e-5, rtol=0)
+    assert not torch.allclose(merged, plain, atol=1e-4)
+
+
+def test_hf_clip_refuses_an_unknown_arch():
+    with pytest.raises(ValueError, match="arch must be one of"):
+        MODELS.get("hf_clip")("x", arch="blip")

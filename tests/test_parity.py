@@ -1,8 +1,9 @@
 """Zero compression equals the unpatched model, for every method on every family.
 
 The unpatched model runs its own forward (timm's ``forward_features``,
-transformers' ``Dinov2Model.forward``); the patched forward is our copy with
-hooks. LayerScale, registers, q/k-norm and no-class-token pooling are covered.
+transformers' ``Dinov2Model``, ``CLIPVisionModel`` and ``SiglipVisionModel``);
+the patched forward is our copy with hooks. LayerScale, registers, q/k-norm,
+a pre-encoder norm, no class token and attention-pooling heads are covered.
 """
 
 import pytest

