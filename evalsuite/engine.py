@@ -139,13 +139,14 @@ class Engine:
                             labels=list(adapter.labels))
         result.samples.extend(ref.errors)
 
-        with self._stage("compressed_pass"):
+        with self._stage("compressed_pass"):  # outputs stay on the model's device for the similarity KPIs
             outputs = ref.outputs if case.method == "none" else [
-                _to_cpu(with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case.id))
-                for px in ref.batches
+                with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case.id) for px in ref.batches
             ]
         with self._stage("similarity"):
             records = self._sample_kpis(ref, outputs, adapter.device)
+        with self._stage("compressed_pass"):  # then to the CPU, for OCR, export and the reports
+            outputs = [out if out is ref_out else _to_cpu(out) for out, ref_out in zip(outputs, ref.outputs)]
         # OCR runs in worker processes. On a GPU it overlaps the timing below; on a CPU it
         # would compete with the timed forwards for the cores, so it waits for them.
         overlap = self.settings.ocr_engine and adapter.device.type == "cuda"
@@ -176,13 +177,17 @@ class Engine:
         return result
 
     def _sample_kpis(self, ref: Reference, outputs: list[EncoderOutput], device: torch.device) -> list[SampleRecord]:
-        """Per-sample tokens, cosine and EMD (Sinkhorn batched on ``device``: on CPU it dominates a GPU case)."""
+        """Per-sample tokens, cosine and EMD (Sinkhorn batched on ``device``: on CPU it dominates a GPU case).
+
+        ``outputs`` are still on ``device`` in the model's dtype (the reference ones on the CPU in
+        float32); both sides are compared in float32."""
         records, index = [], 0
         for ref_out, out in zip(ref.outputs, outputs):
-            cosines = similarity.pooled_cosine(out.pooled, ref_out.pooled)
+            cosines = similarity.pooled_cosine(out.pooled.cpu(), ref_out.pooled)
             identical = out is ref_out  # the `none` method reuses the reference pass
             emd = torch.zeros(len(out.plans)) if identical else similarity.token_emd(
-                ref_out.patch_tokens.to(device), out.patch_tokens.to(device), out.patch_sizes.to(device)).cpu()
+                ref_out.patch_tokens.to(device), out.patch_tokens.to(device, torch.float32),
+                out.patch_sizes.to(device, torch.float32)).cpu()
             for b, plan in enumerate(out.plans):
                 sample = ref.samples[index]
                 records.append(SampleRecord(sample.sample_id, sample.doc_type, kpis={

@@ -33,7 +33,6 @@ from typing import Any
 from .registry import UnknownNameError
 
 RUN_KEYS = {"seed": int, "batch_size": int, "timing_repeats": int, "timing_warmup": int}
-MODEL_KEYS = {"factory", "image_size", "device", "dtype"}
 DTYPES = ("float32", "float16", "bfloat16")
 
 

@@ -77,8 +77,3 @@ def _capture(fn, tensors, static) -> _Captured:
     with torch.cuda.graph(graph):
         outputs = fn(*inputs, **static)
     return _Captured(graph, inputs, tuple(outputs))
-
-
-def clear() -> None:
-    """Drop every captured graph (and the GPU memory its pool holds)."""
-    _GRAPHS.clear()

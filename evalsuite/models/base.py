@@ -69,7 +69,9 @@ class ModelAdapter:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __init__(self, name: str, model: torch.nn.Module, image_size: int, patch_size: int,
-                 num_prefix: int, num_layers: int, embed_dim: int):
+                 num_prefix: int, num_layers: int, embed_dim: int, random_weights: bool = False):
+        if random_weights:
+            self.labels = (*self.labels, "random-weights")
         self.name, self.model = name, model.eval()
         self.image_size, self.patch_size = image_size, patch_size
         self.num_prefix, self.num_layers, self.embed_dim = num_prefix, num_layers, embed_dim

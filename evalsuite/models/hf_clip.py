@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..patch import hf_clip
-from .base import ModelAdapter
+from .base import ModelAdapter, weighted_mean
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -23,13 +23,11 @@ class HFClipVision(ModelAdapter):
     patch = hf_clip
 
     def __init__(self, name: str, model: torch.nn.Module, image_size: int, random_weights: bool = False):
-        if random_weights:
-            self.labels = ("random-weights",)
         cfg = model.config
         self.is_clip = hasattr(hf_clip.tower(model), "pre_layrnorm")
         self.mean, self.std = (CLIP_MEAN, CLIP_STD) if self.is_clip else (SIGLIP_MEAN, SIGLIP_STD)
         super().__init__(name, model, image_size, cfg.patch_size, 1 if self.is_clip else 0,
-                         cfg.num_hidden_layers, cfg.hidden_size)
+                         cfg.num_hidden_layers, cfg.hidden_size, random_weights)
 
     def _reference_tokens(self, pixels):
         native = pixels.shape[-1] == self.model.config.image_size
@@ -41,8 +39,7 @@ class HFClipVision(ModelAdapter):
             return vision.post_layernorm(tokens[:, 0])  # CLIPVisionModel's pooler_output
         head = getattr(vision, "head", None)
         if head is None:
-            weights = sizes[..., None] / sizes.sum(dim=1)[:, None, None]
-            return (tokens * weights).sum(dim=1)
+            return weighted_mean(tokens, sizes)
         # transformers' SiglipMultiheadAttentionPoolingHead.forward, with the log-size bias as attn_mask
         probe = head.probe.repeat(tokens.shape[0], 1, 1)
         bias = sizes.log().to(tokens.dtype)[:, None, :].repeat_interleave(head.attention.num_heads, dim=0)

@@ -13,12 +13,11 @@ class HFDinov2(ModelAdapter):
     patch = hf_dinov2
 
     def __init__(self, name: str, model: torch.nn.Module, image_size: int, random_weights: bool = False):
-        if random_weights:
-            self.labels = ("random-weights",)
         cfg = model.config
         if getattr(cfg, "num_register_tokens", 0):
             raise ValueError(f"model {name}: DINOv2 with registers is a different class (Dinov2WithRegistersModel)")
-        super().__init__(name, model, image_size, cfg.patch_size, 1, cfg.num_hidden_layers, cfg.hidden_size)
+        super().__init__(name, model, image_size, cfg.patch_size, 1, cfg.num_hidden_layers, cfg.hidden_size,
+                         random_weights)
 
     def _reference_tokens(self, pixels):
         return self.model(pixel_values=pixels).last_hidden_state

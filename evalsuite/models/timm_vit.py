@@ -25,13 +25,11 @@ class TimmViT(ModelAdapter):
     patch = timm_vit
 
     def __init__(self, name: str, model: torch.nn.Module, image_size: int, random_weights: bool = False):
-        if random_weights:
-            self.labels = ("random-weights",)
         cfg = model.pretrained_cfg or {}
         self.mean = tuple(cfg.get("mean", self.mean))
         self.std = tuple(cfg.get("std", self.std))
         super().__init__(name, model, image_size, model.patch_embed.patch_size[0], model.num_prefix_tokens,
-                         len(model.blocks), model.embed_dim)
+                         len(model.blocks), model.embed_dim, random_weights)
 
     def _reference_tokens(self, pixels):
         return self.model.forward_features(pixels)
