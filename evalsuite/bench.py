@@ -3,8 +3,9 @@
 Prints one table row per model x image size x batch x method: images/s,
 speedup against the unpatched model, the ideal speedup implied by the
 method's token schedule (FLOP model) and their ratio, the compression
-step's own time per forward (p50/p95, CUDA-synchronised around every hook,
-so an upper bound that includes launch latency), and on CUDA the speedup of
+step's own time per forward (p50/p95 from CUDA events around every hook,
+read once per forward; ``sync p95`` the same with the device synchronised
+around every hook, an upper bound: see ``StepTimer``), and on CUDA the speedup of
 a CUDA-graph replay of the compressed forward (launch overhead
 removed): ``g.ratio`` is its speedup over the graphed unpatched path divided
 by the ideal speedup, ``g.extra`` the time per forward beyond a perfect
@@ -46,6 +47,17 @@ METHODS = [
 
 def _timed(fn, pixels, warmup: int, repeats: int) -> list[float]:
     return [seconds for seconds, _ in timed_calls(fn, pixels, warmup, repeats)]
+
+
+def _step_times(adapter, comp, pixels, warmup: int, repeats: int, mode: str) -> list[float]:
+    """Compression-step seconds of ``repeats`` compressed forwards, timed by a ``StepTimer`` in ``mode``."""
+    times = []
+    for i in range(warmup + repeats):
+        timer = StepTimer(enabled=True, mode=mode)
+        adapter.compressed(pixels, comp, timer)
+        if i >= warmup:
+            times.append(timer.seconds)
+    return times
 
 
 def _graphed_time(adapter, comp, pixels, warmup, repeats) -> float | None:
@@ -98,16 +110,13 @@ def run(models, sizes, batches, device, dtype, warmup, repeats, methods=METHODS)
                 graphed_base = _graphed_time(adapter, build("none", {}, adapter.num_layers), pixels, warmup, repeats)
                 rows.append(dict(model=model_name, size=size, batch=batch, dtype=dtype, method="unpatched",
                                  images_per_s=batch / base, speedup=1.0, ideal=1.0, ratio=1.0,
-                                 comp_p50_ms=0.0, comp_p95_ms=0.0, labels=label, graphed_ratio=1.0,
+                                 comp_p50_ms=0.0, comp_p95_ms=0.0, sync_p95_ms=0.0, labels=label, graphed_ratio=1.0,
                                  graphed_overhead_ms=0.0))
                 for name, params in methods:
                     comp = build(name, params, adapter.num_layers)
                     t = percentile(_timed(lambda px: adapter.compressed(px, comp), pixels, warmup, repeats), 50)
-                    comp_s = []
-                    for _ in range(repeats):
-                        timer = StepTimer(enabled=True)
-                        adapter.compressed(pixels, comp, timer)
-                        comp_s.append(timer.seconds)
+                    comp_s, sync_s = (_step_times(adapter, comp, pixels, warmup, repeats, mode)
+                                      for mode in ("events", "sync"))
                     ideal = ideal_speedup(comp.schedule(adapter.num_patches, adapter.num_prefix),
                                           adapter.num_patches, adapter.num_prefix, adapter.embed_dim)
                     graphed = _graphed_time(adapter, comp, pixels, warmup, repeats)
@@ -115,7 +124,8 @@ def run(models, sizes, batches, device, dtype, warmup, repeats, methods=METHODS)
                                      images_per_s=batch / t, speedup=base / t, ideal=ideal,
                                      ratio=(base / t) / ideal,
                                      comp_p50_ms=percentile(comp_s, 50) * 1e3,
-                                     comp_p95_ms=percentile(comp_s, 95) * 1e3, labels=label,
+                                     comp_p95_ms=percentile(comp_s, 95) * 1e3,
+                                     sync_p95_ms=percentile(sync_s, 95) * 1e3, labels=label,
                                      **_graphed_columns(graphed_base, graphed, ideal)))
                     print(_format(rows[-1]), flush=True)
             adapter = None  # free GPU memory before the next size
@@ -125,13 +135,13 @@ def run(models, sizes, batches, device, dtype, warmup, repeats, methods=METHODS)
 
 
 HEADER = (f"{'model':<16}{'size':>5}{'batch':>6}{'dtype':>9}  {'method':<15}{'img/s':>9}{'speedup':>9}"
-          f"{'ideal':>7}{'ratio':>7}{'comp p50':>10}{'comp p95':>10}{'g.ratio':>9}{'g.extra':>10}  labels")
+          f"{'ideal':>7}{'ratio':>7}{'comp p50':>10}{'comp p95':>10}{'sync p95':>10}{'g.ratio':>9}{'g.extra':>10}  labels")
 
 
 def _format(r: dict) -> str:
     return (f"{r['model']:<16}{r['size']:>5}{r['batch']:>6}{r['dtype']:>9}  {r['method']:<15}"
             f"{r['images_per_s']:>9.1f}{r['speedup']:>9.2f}{r['ideal']:>7.2f}{r['ratio']:>7.2f}"
-            f"{r['comp_p50_ms']:>9.2f}ms{r['comp_p95_ms']:>8.2f}ms"
+            f"{r['comp_p50_ms']:>8.2f}ms{r['comp_p95_ms']:>8.2f}ms{r['sync_p95_ms']:>8.2f}ms"
             f"{_opt(r['graphed_ratio'], '.2f'):>9}{_opt(r['graphed_overhead_ms'], '.2f', 'ms'):>10}  {r['labels']}")
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from evalsuite.metrics.similarity import percentile, pooled_cosine, token_emd
+from evalsuite.metrics.similarity import percentile, pooled_cosine, self_transport, token_emd
 
 
 def test_emd_is_zero_for_identical_and_permuted_token_sets():
@@ -37,6 +37,16 @@ def test_emd_grows_with_distance_and_batches_match_single_items():
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-6)
 
 
+def test_emd_with_a_kept_self_transport_equals_the_full_computation():
+    g = torch.Generator().manual_seed(1)
+    ref, out = torch.randn(3, 48, 16, generator=g), torch.randn(3, 20, 16, generator=g)
+    sizes = torch.rand(3, 20, generator=g) + 0.5
+    kept = self_transport(ref)
+    assert kept.shape == (3,)
+    torch.testing.assert_close(token_emd(ref, out, sizes, ref_self=kept), token_emd(ref, out, sizes))
+    assert not torch.allclose(token_emd(ref, out, sizes, ref_self=kept + 0.1), token_emd(ref, out, sizes))
+
+
 def test_cosine_and_percentile():
     a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     b = torch.tensor([[1.0, 0.0], [-1.0, -1.0]])
@@ -62,3 +72,49 @@ def test_out_of_memory_retries_in_smaller_batches_then_names_the_case():
     assert calls[:3] == [8, 4, 2] and out.tokens.flatten().tolist() == list(range(8))
     with pytest.raises(RuntimeError, match="case y: CUDA out of memory even at batch 1"):
         with_oom_retry(lambda px: forward(px, limit=0), pixels, "case y")
+
+
+def test_step_timer_times_regions_on_cpu_and_rejects_unknown_modes():
+    import time
+
+    from evalsuite.patch.runner import StepTimer
+
+    for mode in StepTimer.MODES:
+        timer = StepTimer(enabled=True, mode=mode)
+        for _ in range(2):
+            with timer(torch.device("cpu")):
+                time.sleep(0.01)
+        assert 0.02 <= timer.seconds < 1.0
+    off = StepTimer()
+    with off(torch.device("cpu")):
+        time.sleep(0.01)
+    assert off.seconds == 0.0
+    with pytest.raises(ValueError, match="mode must be one of"):
+        StepTimer(enabled=True, mode="wall")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_step_timer_events_span_queued_gpu_work():
+    """A region whose kernel is still running when the host leaves it is counted in full by the
+    events (the host returns at once: without the events it would read about zero), and work
+    queued outside the regions is not counted."""
+    from evalsuite.patch.runner import StepTimer
+
+    device = torch.device("cuda")
+    torch.cuda._sleep(1_000)  # context and sleep kernel loaded
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(20_000_000)
+    end.record()
+    end.synchronize()
+    sleep_s = start.elapsed_time(end) / 1e3  # one sleep kernel, by itself
+    for mode in StepTimer.MODES:
+        timer = StepTimer(enabled=True, mode=mode)
+        torch.cuda._sleep(20_000_000)  # outside: not counted
+        with timer(device):
+            torch.cuda._sleep(20_000_000)
+        with timer(device):
+            torch.cuda._sleep(20_000_000)
+        assert 1.8 * sleep_s <= timer.seconds <= 2.5 * sleep_s, (mode, timer.seconds, sleep_s)

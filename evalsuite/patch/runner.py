@@ -29,26 +29,58 @@ HEAD_PAD = 8  # channels added to every head to carry the proportional-attention
 
 
 class StepTimer:
-    """Accumulates wall time of compression work; synchronises CUDA when enabled.
+    """Accumulates the time the compression work adds to a forward (``seconds``).
 
     Disabled (the default) it costs nothing and adds no synchronisation, so
     throughput runs are not perturbed; latency runs enable it.
+
+    On CUDA (``mode="events"``, the default) CUDA events are recorded on the
+    stream before and after every timed region and read once, after the forward
+    (one synchronisation per forward). An event pair spans what the region adds
+    to the stream: its kernels, plus any wait for the host to launch them when
+    the GPU is idle (batch 1); host work hidden behind queued GPU work is not
+    counted, because it adds no latency. ``mode="sync"`` instead synchronises
+    the device around every region and takes wall time: an upper bound that
+    also charges each region a synchronisation and an empty queue. On CPU both
+    modes take wall time.
     """
 
-    def __init__(self, enabled: bool = False):
-        self.enabled = enabled
-        self.seconds = 0.0
+    MODES = ("events", "sync")
+
+    def __init__(self, enabled: bool = False, mode: str = "events"):
+        if mode not in self.MODES:
+            raise ValueError(f"StepTimer: mode must be one of {self.MODES}, got {mode!r}")
+        self.enabled, self.mode = enabled, mode
+        self._seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     @contextmanager
     def __call__(self, device: torch.device):
         if not self.enabled:
             yield
             return
+        if device.type == "cuda" and self.mode == "events":
+            stream = torch.cuda.current_stream(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            yield
+            end.record(stream)
+            self._events.append((start, end))
+            return
         synchronize(device)
-        start = time.perf_counter()
+        start_s = time.perf_counter()
         yield
         synchronize(device)
-        self.seconds += time.perf_counter() - start
+        self._seconds += time.perf_counter() - start_s
+
+    @property
+    def seconds(self) -> float:
+        """Total timed so far; waits for the last recorded event."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._seconds += sum(start.elapsed_time(end) for start, end in self._events) / 1e3
+            self._events.clear()
+        return self._seconds
 
 
 class CompressedForward:
