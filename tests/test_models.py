@@ -81,3 +81,39 @@ def test_siglip_head_weighs_a_merged_token_like_the_patches_it_holds():
 def test_hf_clip_refuses_an_unknown_arch():
     with pytest.raises(ValueError, match="arch must be one of"):
         MODELS.get("hf_clip")("x", arch="blip")
+
+
+def _embeddings(model):
+    from evalsuite.patch import hf_clip
+
+    return model.embeddings if hasattr(model, "embeddings") else hf_clip.tower(model).embeddings
+
+
+@pytest.mark.parametrize("family", ["hf_dinov2_layerscale", "hf_clip_cls_prenorm", "hf_siglip_noclass_maphead"])
+def test_memoized_position_embeddings_equal_the_models_own_and_follow_the_weights(family):
+    """Adapters keep transformers' resampled position embeddings per grid: outputs at resampled
+    sizes equal a copy of the model without the memo, also after the weights change in place."""
+    import copy
+
+    from tests.conftest import FAMILIES
+
+    model = FAMILIES[family]().model
+    assert "interpolate_pos_encoding" in vars(_embeddings(model))  # the memo is installed
+    plain = copy.deepcopy(model)
+    del _embeddings(plain).interpolate_pos_encoding  # the class's own method again
+    kwargs = {} if family.startswith("hf_dinov2") else {"interpolate_pos_encoding": True}
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def outputs(m, size):
+        with torch.inference_mode():
+            return m(pixel_values=pixels[..., :size, :size], **kwargs).last_hidden_state
+
+    for size in (40, 48, 40, 64):
+        torch.testing.assert_close(outputs(model, size), outputs(plain, size), atol=0, rtol=0)
+    before = outputs(model, 40)
+    for m in (model, plain):
+        with torch.no_grad():
+            next(p for name, p in m.named_parameters() if "position" in name).mul_(-2.0)
+    after = outputs(model, 40)
+    assert not torch.equal(after, before)
+    torch.testing.assert_close(after, outputs(plain, 40), atol=0, rtol=0)

@@ -170,6 +170,44 @@ class ModelAdapter:
         raise NotImplementedError
 
 
+def memoize_position_embeddings(embeddings: torch.nn.Module, keep: int = 4) -> None:
+    """Keep the results of ``embeddings.interpolate_pos_encoding`` (transformers' DINOv2, CLIP and
+    SigLIP embeddings) per input grid, instead of resampling in every forward.
+
+    transformers resamples the position embeddings bicubically in every forward whose patch grid
+    differs from the checkpoint's (DINOv2 at 224 px, every downscaled input). PyTorch's CUDA bicubic
+    kernel runs one thread per output position over all channels: 3.3 ms per forward on an H100
+    for DINOv2-S from 37x37 to 31x31, more than a whole block at batch 64, and the same at batch 1.
+    The result is a function of the weights and the grid alone, so it is kept per (embedding shape,
+    dtype, device, height, width) and dropped when a parameter is replaced, moved or written in place.
+    It is bypassed where gradients are recorded and while tracing. Installed as an instance
+    attribute: both passes (:meth:`ModelAdapter.reference` and :meth:`ModelAdapter.compressed`) see
+    it, so speedups stay comparable; the model's class and weights are untouched.
+    """
+    original = embeddings.interpolate_pos_encoding
+    memo: dict[tuple, torch.Tensor] = {}
+    weights: list[tuple] = [()]
+
+    def interpolate_pos_encoding(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if torch.is_grad_enabled() or torch.jit.is_tracing():
+            return original(x, height, width)
+        state = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in embeddings.parameters())
+        if state != weights[0]:
+            memo.clear()
+            weights[0] = state
+        key = (tuple(x.shape[1:]), x.dtype, x.device, height, width, torch.is_inference_mode_enabled())
+        value = memo.get(key)
+        if value is None:
+            value = original(x, height, width)
+            if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):  # graph-pool memory
+                memo[key] = value
+                while len(memo) > keep:
+                    memo.pop(next(iter(memo)))
+        return value
+
+    embeddings.interpolate_pos_encoding = interpolate_pos_encoding
+
+
 def weighted_mean(tokens: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     """Size-weighted mean over tokens: [B, N, C], [B, N] -> [B, C]."""
     w = sizes[..., None].to(tokens.dtype)

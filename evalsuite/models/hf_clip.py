@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..patch import hf_clip
-from .base import ModelAdapter, weighted_mean
+from .base import ModelAdapter, memoize_position_embeddings, weighted_mean
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -28,6 +28,7 @@ class HFClipVision(ModelAdapter):
         self.mean, self.std = (CLIP_MEAN, CLIP_STD) if self.is_clip else (SIGLIP_MEAN, SIGLIP_STD)
         super().__init__(name, model, image_size, cfg.patch_size, 1 if self.is_clip else 0,
                          cfg.num_hidden_layers, cfg.hidden_size, random_weights)
+        memoize_position_embeddings(hf_clip.tower(model).embeddings)
 
     def _reference_tokens(self, pixels):
         native = pixels.shape[-1] == self.model.config.image_size

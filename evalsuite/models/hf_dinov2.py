@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..patch import hf_dinov2
-from .base import ModelAdapter
+from .base import ModelAdapter, memoize_position_embeddings
 
 
 class HFDinov2(ModelAdapter):
@@ -18,6 +18,7 @@ class HFDinov2(ModelAdapter):
             raise ValueError(f"model {name}: DINOv2 with registers is a different class (Dinov2WithRegistersModel)")
         super().__init__(name, model, image_size, cfg.patch_size, 1, cfg.num_hidden_layers, cfg.hidden_size,
                          random_weights)
+        memoize_position_embeddings(model.embeddings)
 
     def _reference_tokens(self, pixels):
         return self.model(pixel_values=pixels).last_hidden_state
