@@ -190,6 +190,21 @@ def test_folded_bias_attention_equals_additive_bias():
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+def test_graph_cache_drops_least_recently_used_beyond_its_count_and_bytes(monkeypatch):
+    from evalsuite.methods import graphs
+
+    monkeypatch.setattr(graphs, "_GRAPHS", graphs.OrderedDict())
+    monkeypatch.setattr(graphs, "MAX_GRAPHS", 3)
+    monkeypatch.setattr(graphs, "MAX_GRAPH_BYTES", 1000)
+    for name in "abcd":  # 4 entries of 400 bytes (100 float32 in, nothing out)
+        graphs._GRAPHS[name] = graphs._Captured(None, (torch.zeros(100),), ())
+        graphs._evict(keep=name)
+    assert list(graphs._GRAPHS) == ["c", "d"]  # count allowed 3, bytes only 2
+    graphs._GRAPHS["big"] = graphs._Captured(None, (torch.zeros(1000),), ())
+    graphs._evict(keep="big")
+    assert list(graphs._GRAPHS) == ["big"]  # the newest stays even when it alone is over the budget
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])

@@ -6,7 +6,8 @@ their launches, not the GPU, set its latency (7.5 ms per 518 px forward).
 signature (shapes, dtypes, device, static arguments) and afterwards copies
 the inputs into the graph's buffers and replays it: three copies and one
 launch instead of twenty. Large inputs run eagerly: there the GPU work
-dominates and the copies into static buffers would cost more than they save.
+dominates and the copies into static buffers would cost more than they save
+(``GRAPH_MAX_ELEMENTS``).
 
 The returned tensors belong to the graph and are overwritten by its next
 replay, i.e. by the next call with the same signature. A compressed forward
@@ -22,8 +23,13 @@ from typing import Callable
 
 import torch
 
-GRAPH_MAX_ELEMENTS = 1 << 21  # largest input (elements) replayed from a graph: batch 1-3 at 518 px (ViT-S)
-MAX_GRAPHS = 256  # captured graphs kept per process (least recently used dropped)
+# Largest input (elements) replayed from a graph. One ToMe step on an H100, fp16, eager / replayed (ms):
+# ViT-S/14 518 px b1 0.31/0.09, b8 0.32/0.16, b64 (34M) 0.44/0.55; ViT-S/14 224 px b64 (6M) 0.31/0.16;
+# ViT-B/16 224 px b64 (10M) 0.30/0.19, 384 px b64 (28M) 0.32/0.38: eager steps cost ~0.3 ms of launches
+# until the copies into the graph's buffers outgrow that, between 10M and 28M elements.
+GRAPH_MAX_ELEMENTS = 1 << 24
+MAX_GRAPHS = 256  # captured graphs kept per process (least recently used dropped) ...
+MAX_GRAPH_BYTES = 2 << 30  # ... and at most this much in their input and output buffers
 
 
 @dataclass
@@ -31,6 +37,10 @@ class _Captured:
     graph: torch.cuda.CUDAGraph
     inputs: tuple[torch.Tensor, ...]
     outputs: tuple[torch.Tensor, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.inputs, *self.outputs))
 
 
 _GRAPHS: OrderedDict[tuple, _Captured] = OrderedDict()
@@ -55,14 +65,23 @@ def replay_or_run(fn: Callable[..., tuple[torch.Tensor, ...]], tensors: tuple[to
         entry = _GRAPHS.get(key)
         if entry is None:
             entry = _GRAPHS[key] = _capture(fn, tensors, static)
-            while len(_GRAPHS) > MAX_GRAPHS:
-                _GRAPHS.popitem(last=False)
+            _evict(keep=key)
         else:
             _GRAPHS.move_to_end(key)
         for buffer, value in zip(entry.inputs, tensors):
             buffer.copy_(value)
         entry.graph.replay()
     return entry.outputs
+
+
+def _evict(keep: tuple) -> None:
+    """Drop the least recently used graphs beyond ``MAX_GRAPHS`` or ``MAX_GRAPH_BYTES`` (never ``keep``)."""
+    total = sum(entry.nbytes for entry in _GRAPHS.values())
+    while len(_GRAPHS) > 1 and (len(_GRAPHS) > MAX_GRAPHS or total > MAX_GRAPH_BYTES):
+        oldest = next(iter(_GRAPHS))
+        if oldest == keep:
+            break
+        total -= _GRAPHS.pop(oldest).nbytes
 
 
 def _capture(fn, tensors, static) -> _Captured:
