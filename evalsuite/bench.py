@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import torch
 
 from .methods import build
 from .metrics.flops import ideal_speedup
-from .metrics.latency import timed_calls
+from .metrics.latency import synchronize, timed_calls
 from .metrics.similarity import percentile
 from .models import MODELS
 from .patch.runner import StepTimer
@@ -43,6 +44,18 @@ METHODS = [
     ("random", {"keep": 0.7}),
     ("downscale", {"keep": 0.7}),
 ]
+
+
+WARM_SECONDS = 1.0  # unpatched forwards before the first timed row of a batch (GPU clocks, lazy inits)
+
+
+def _warm(fn, pixels, seconds: float) -> None:
+    """Call ``fn(pixels)`` for at least ``seconds``: a count of warm-up calls is 20 ms at batch 1,
+    shorter than an idle GPU takes to reach its clocks (the first row read 25% slow on an H100)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn(pixels)
+    synchronize(pixels.device)
 
 
 def _timed(fn, pixels, warmup: int, repeats: int) -> list[float]:
@@ -106,6 +119,7 @@ def run(models, sizes, batches, device, dtype, warmup, repeats, methods=METHODS)
             for batch in batches:
                 torch.manual_seed(0)
                 pixels = torch.randn(batch, 3, size, size, device=device, dtype=getattr(torch, dtype))
+                _warm(adapter.reference, pixels, WARM_SECONDS)
                 base = percentile(_timed(adapter.reference, pixels, warmup, repeats), 50)
                 graphed_base = _graphed_time(adapter, build("none", {}, adapter.num_layers), pixels, warmup, repeats)
                 rows.append(dict(model=model_name, size=size, batch=batch, dtype=dtype, method="unpatched",
