@@ -198,10 +198,10 @@ def test_graph_cache_drops_least_recently_used_beyond_its_count_and_bytes(monkey
     monkeypatch.setattr(graphs, "MAX_GRAPH_BYTES", 1000)
     for name in "abcd":  # 4 entries of 400 bytes (100 float32 in, nothing out)
         graphs._GRAPHS[name] = graphs._Captured(None, (torch.zeros(100),), ())
-        graphs._evict(keep=name)
+        graphs._evict()
     assert list(graphs._GRAPHS) == ["c", "d"]  # count allowed 3, bytes only 2
     graphs._GRAPHS["big"] = graphs._Captured(None, (torch.zeros(1000),), ())
-    graphs._evict(keep="big")
+    graphs._evict()
     assert list(graphs._GRAPHS) == ["big"]  # the newest stays even when it alone is over the budget
 
 

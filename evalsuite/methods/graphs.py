@@ -65,7 +65,7 @@ def replay_or_run(fn: Callable[..., tuple[torch.Tensor, ...]], tensors: tuple[to
         entry = _GRAPHS.get(key)
         if entry is None:
             entry = _GRAPHS[key] = _capture(fn, tensors, static)
-            _evict(keep=key)
+            _evict()
         else:
             _GRAPHS.move_to_end(key)
         for buffer, value in zip(entry.inputs, tensors):
@@ -74,14 +74,12 @@ def replay_or_run(fn: Callable[..., tuple[torch.Tensor, ...]], tensors: tuple[to
     return entry.outputs
 
 
-def _evict(keep: tuple) -> None:
-    """Drop the least recently used graphs beyond ``MAX_GRAPHS`` or ``MAX_GRAPH_BYTES`` (never ``keep``)."""
+def _evict() -> None:
+    """Drop the least recently used graphs beyond ``MAX_GRAPHS`` or ``MAX_GRAPH_BYTES``; the newest
+    (last) one always stays."""
     total = sum(entry.nbytes for entry in _GRAPHS.values())
     while len(_GRAPHS) > 1 and (len(_GRAPHS) > MAX_GRAPHS or total > MAX_GRAPH_BYTES):
-        oldest = next(iter(_GRAPHS))
-        if oldest == keep:
-            break
-        total -= _GRAPHS.pop(oldest).nbytes
+        total -= _GRAPHS.popitem(last=False)[1].nbytes
 
 
 def _capture(fn, tensors, static) -> _Captured:

@@ -186,15 +186,16 @@ def memoize_position_embeddings(embeddings: torch.nn.Module, keep: int = 4) -> N
     """
     original = embeddings.interpolate_pos_encoding
     memo: dict[tuple, torch.Tensor] = {}
-    weights: list[tuple] = [()]
+    weights: tuple = ()  # the parameters the memo was filled from
 
     def interpolate_pos_encoding(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        nonlocal weights
         if torch.is_grad_enabled() or torch.jit.is_tracing():
             return original(x, height, width)
         state = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in embeddings.parameters())
-        if state != weights[0]:
+        if state != weights:
             memo.clear()
-            weights[0] = state
+            weights = state
         key = (tuple(x.shape[1:]), x.dtype, x.device, height, width, torch.is_inference_mode_enabled())
         value = memo.get(key)
         if value is None:
