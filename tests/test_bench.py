@@ -1,8 +1,19 @@
 """The throughput/latency benchmark runs end to end and reports what it claims (CPU, tiny input)."""
 
+import json
 import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
 
 from evalsuite import bench
+from evalsuite.bench import kernels
+from evalsuite.methods import graphs
+from evalsuite.metrics.flops import block_flops
+from evalsuite.models import MODELS
 
 
 def test_bench_rows_per_method_with_speedup_ideal_and_step_times(monkeypatch, capsys):
@@ -18,3 +29,114 @@ def test_bench_rows_per_method_with_speedup_ideal_and_step_times(monkeypatch, ca
         assert "random-weights" in r["labels"]
     printed = capsys.readouterr().out
     assert "tome_r2" in printed and "random-weights" in printed
+
+
+# -- evalsuite.bench.kernels: the diagnoses behind the README's kernel figures ----------------
+
+TINY_SHAPES = {"tiny b1": (1, 2, 17, 8, 24), "tiny b2": (2, 2, 33, 8, 24)}  # (B, H, N, D, C)
+TINY_DINOV2 = dict(config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=14))
+TINY_BLOCKS = [  # registry name, image size, factory parameters, width: one per block layout
+    pytest.param("timm_vit", 48, dict(arch="vit_tiny_patch16_224"), 192, id="timm-fused-qkv"),
+    pytest.param("hf_dinov2", 56, TINY_DINOV2, 64, id="hf_dinov2-q-k-v"),
+]
+
+
+def test_merge_step_one_row_per_shape_eager_only_on_cpu(capsys):
+    limit = graphs.GRAPH_MAX_ELEMENTS
+    rows = kernels.merge_step_rows(TINY_SHAPES, "cpu", repeats=2)
+    assert [r["shape"] for r in rows] == list(TINY_SHAPES)
+    assert [r["elements"] for r in rows] == [b * n * c for b, _, n, _, c in TINY_SHAPES.values()]  # x is largest
+    assert all(r["eager_ms"] > 0 and r["replayed_ms"] is None for r in rows)  # no CUDA graphs on CPU
+    assert graphs.GRAPH_MAX_ELEMENTS == limit
+    assert "tiny b2" in capsys.readouterr().out
+
+
+def test_graph_max_elements_is_restored_when_the_measurement_fails():
+    limit = graphs.GRAPH_MAX_ELEMENTS
+    with pytest.raises(RuntimeError):
+        with kernels.graph_max_elements(1 << 62):
+            assert graphs.GRAPH_MAX_ELEMENTS == 1 << 62
+            raise RuntimeError("measurement failed")
+    assert graphs.GRAPH_MAX_ELEMENTS == limit
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_merge_step_replays_from_a_graph_on_cuda_and_restores_the_limit():
+    limit = graphs.GRAPH_MAX_ELEMENTS
+    rows = kernels.merge_step_rows(TINY_SHAPES, "cuda", "float16", repeats=3)
+    assert all(r["eager_ms"] > 0 and r["replayed_ms"] > 0 for r in rows)
+    assert graphs.GRAPH_MAX_ELEMENTS == limit
+
+
+@pytest.mark.parametrize("model, size, params, dim", TINY_BLOCKS)
+def test_block_scaling_rows_follow_the_flop_model(model, size, params, dim, capsys):
+    tokens = [10, 7, 4]
+    rows = kernels.block_scaling_rows(model, size, batch=1, tokens=tokens, device="cpu", repeats=1,
+                                      model_params=params)
+    assert [r["tokens"] for r in rows] == tokens
+    expected = [block_flops(n, n, dim) / block_flops(tokens[0], tokens[0], dim) for n in tokens]
+    assert [r["flop_fraction"] for r in rows] == pytest.approx(expected)
+    assert rows[0]["flop_fraction"] > rows[1]["flop_fraction"] > rows[2]["flop_fraction"]
+    for r in rows:
+        assert min(r["block_ms"], r["sdpa_ms"], r["padded_sdpa_ms"], r["gemm_ms"]) > 0
+        assert r["ideal_pct"] == pytest.approx(100 * r["flop_fraction"] / r["time_fraction"])
+    assert rows[0]["time_fraction"] == 1.0 and rows[0]["ideal_pct"] == pytest.approx(100.0)
+    assert "% ideal" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model, size, params, dim", TINY_BLOCKS)
+def test_timed_block_computes_what_the_model_block_computes(model, size, params, dim):
+    adapter = MODELS.get(model)(model, image_size=size, **params)
+    block = adapter.model.blocks[0] if model == "timm_vit" else adapter.model.encoder.layer[0]
+    x = torch.randn(2, 10, dim)
+    with torch.no_grad():
+        for p in block.parameters():  # LayerScale starts at 1: make every parameter count
+            p.add_(0.1 * torch.randn_like(p))
+    with torch.inference_mode():
+        expected = block(x)
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        torch.testing.assert_close(kernels.block_parts(adapter).forward(x), expected)
+
+
+def test_block_scaling_defaults_to_fractions_of_the_full_token_count(monkeypatch):
+    monkeypatch.setattr(kernels, "kernel_ms", lambda fn, device, repeats: 1.0)  # the counts are the point here
+    rows = kernels.block_scaling_rows("hf_dinov2", 56, batch=1, device="cpu", repeats=1, model_params=TINY_DINOV2)
+    assert [r["tokens"] for r in rows] == [17, 15, 12, 10, 9, 6]  # 4 x 4 patches + CLS, then the 518 px fractions
+
+
+def test_block_scaling_refuses_a_family_it_cannot_take_apart():
+    with pytest.raises(ValueError, match="hf_dinov2 and timm_vit"):
+        kernels.block_parts(SimpleNamespace(family="hf_clip", name="clip_b16_random", model=None))
+
+
+def test_attention_rows_time_what_the_device_runs_and_mark_the_rest(capsys):
+    rows = kernels.attention_rows([16, 8], batch=1, heads=2, head_dim=8, device="cpu", repeats=1)
+    assert [r["tokens"] for r in rows] == [16, 8]
+    for r in rows:
+        assert r["plain"] > 0 and r["padded"] > 0 and r["mask"] > 0 and "plain" not in r["errors"]
+        for option in ("cudnn+mask", "efficient+mask"):  # CUDA-only SDPA backends
+            assert r[option] is None and r["errors"][option] == "RuntimeError"
+    assert "- (RuntimeError)" in capsys.readouterr().out
+
+
+def test_kernels_cli_parses_prints_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    rows = kernels.main(["attention", "--device", "cpu", "--batch", "1", "--heads", "2", "--head-dim", "8",
+                         "--tokens", "16,8", "--repeats", "1", "--json", str(out)])
+    assert [r["tokens"] for r in rows] == [16, 8] and json.loads(out.read_text()) == rows
+    rows = kernels.main(["merge-step", "--device", "cpu", "--shapes", "B/16 224 b8", "--repeats", "1"])
+    assert [r["shape"] for r in rows] == ["B/16 224 b8"] and rows[0]["replayed_ms"] is None
+    rows = kernels.main(["block-scaling", "--device", "cpu", "--model", "timm_vit", "--param",
+                         "arch=vit_tiny_patch16_224", "--size", "32", "--batch", "1", "--tokens", "5,3",
+                         "--repeats", "1"])
+    assert [r["tokens"] for r in rows] == [5, 3]
+    printed = capsys.readouterr().out
+    assert "plain" in printed and "B/16 224 b8" in printed and "timm_vit 32 px" in printed
+    with pytest.raises(SystemExit):
+        kernels.main(["merge-step", "--shapes", "no such shape"])
+
+
+def test_python_dash_m_evalsuite_bench_still_runs_main():
+    done = subprocess.run([sys.executable, "-m", "evalsuite.bench", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: python -m evalsuite.bench" in done.stdout

@@ -25,12 +25,12 @@ import time
 
 import torch
 
-from .methods import build
-from .metrics.flops import ideal_speedup
-from .metrics.latency import synchronize, timed_calls
-from .metrics.similarity import percentile
-from .models import MODELS
-from .patch.runner import StepTimer
+from ..methods import build
+from ..metrics.flops import ideal_speedup
+from ..metrics.latency import synchronize, timed_calls
+from ..metrics.similarity import percentile
+from ..models import MODELS
+from ..patch.runner import StepTimer
 
 METHODS = [
     ("tome", {"r": 0}),
