@@ -29,6 +29,7 @@ from .models.base import EncoderOutput, ModelAdapter
 from .patch.runner import StepTimer
 from .plan import TokenPlan
 from .results import CaseResult, SampleRecord
+from .workers import thread_map
 
 OOM_RETRIES = 3
 
@@ -117,12 +118,12 @@ class Engine:
 
     def _reference_pass(self, adapter: ModelAdapter, samples: list[Sample]) -> Reference:
         loaded, errors, images = [], [], []
-        for sample in samples:
-            try:
-                images.append(sample.load())
+        for sample, image in zip(samples, thread_map(_load_or_error, samples)):
+            if isinstance(image, SampleError):
+                errors.append(SampleRecord(sample.sample_id, sample.doc_type, error=str(image)))
+            else:
+                images.append(image)
                 loaded.append(sample)
-            except SampleError as exc:
-                errors.append(SampleRecord(sample.sample_id, sample.doc_type, error=str(exc)))
         size = self.settings.batch_size
         batches = [adapter.preprocess(images[i:i + size]) for i in range(0, len(images), size)]
         outputs = [_to_cpu(with_oom_retry(adapter.reference, px, f"{adapter.name} reference pass"))
@@ -283,6 +284,14 @@ class Engine:
     def close(self) -> None:
         if self._ocr is not None:
             self._ocr.close()
+
+
+def _load_or_error(sample: Sample):
+    """The sample's image, or the :class:`SampleError` that names why it cannot be used."""
+    try:
+        return sample.load()
+    except SampleError as exc:
+        return exc
 
 
 def corpus_level(records: list[SampleRecord], key: str) -> float | None:

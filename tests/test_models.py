@@ -1,12 +1,18 @@
 """Model factories: timm ViTs by name with checked local weights, HF DINOv2, the random stand-in."""
 
+import copy
+import re
+
 import pytest
 import torch
 
+from evalsuite.methods import build
 from evalsuite.models import MODELS
 from evalsuite.models.timm_vit import ChecksumError, create
 from evalsuite.paths import file_sha256
 from evalsuite.registry import UnknownNameError
+
+from .conftest import FAMILIES
 
 ARCH = "vit_tiny_patch16_224"
 
@@ -83,37 +89,92 @@ def test_hf_clip_refuses_an_unknown_arch():
         MODELS.get("hf_clip")("x", arch="blip")
 
 
-def _embeddings(model):
-    from evalsuite.patch import hf_clip
+def _drop_memo(model) -> int:
+    """Remove the memoised methods installed on ``model``'s modules (the classes' own run again); how many."""
+    dropped = 0
+    for module in model.modules():
+        for name in ("interpolate_pos_encoding", "_pos_embed"):  # transformers', timm's
+            dropped += vars(module).pop(name, None) is not None
+    return dropped
 
-    return model.embeddings if hasattr(model, "embeddings") else hf_clip.tower(model).embeddings
+
+def _position_embeddings(model) -> torch.nn.Parameter:
+    return next(p for name, p in model.named_parameters() if re.search(r"pos(ition)?_embed", name))
 
 
-@pytest.mark.parametrize("family", ["hf_dinov2_layerscale", "hf_clip_cls_prenorm", "hf_siglip_noclass_maphead"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_memoized_position_embeddings_equal_the_models_own_and_follow_the_weights(family):
-    """Adapters keep transformers' resampled position embeddings per grid: outputs at resampled
-    sizes equal a copy of the model without the memo, also after the weights change in place."""
-    import copy
-
-    from tests.conftest import FAMILIES
-
-    model = FAMILIES[family]().model
-    assert "interpolate_pos_encoding" in vars(_embeddings(model))  # the memo is installed
-    plain = copy.deepcopy(model)
-    del _embeddings(plain).interpolate_pos_encoding  # the class's own method again
-    kwargs = {} if family.startswith("hf_dinov2") else {"interpolate_pos_encoding": True}
+    """Adapters keep their library's resampled position embeddings per grid: both passes, at resampled
+    and native sizes, equal a copy of the model without the memo, also after the weights change in place."""
+    adapter = FAMILIES[family]()
+    plain = copy.deepcopy(adapter)
+    assert _drop_memo(plain.model) == 1  # the memo was installed
+    downscale = build("downscale", {"keep": 0.5}, adapter.num_layers)
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
-    def outputs(m, size):
-        with torch.inference_mode():
-            return m(pixel_values=pixels[..., :size, :size], **kwargs).last_hidden_state
+    def outputs(a, size):
+        px = pixels[..., :size, :size]
+        return a.reference(px).tokens, a.compressed(px, downscale).tokens
 
-    for size in (40, 48, 40, 64):
-        torch.testing.assert_close(outputs(model, size), outputs(plain, size), atol=0, rtol=0)
-    before = outputs(model, 40)
-    for m in (model, plain):
+    for size in (48, 40, 64, 48):  # 64 px: the native grid in the reference pass
+        torch.testing.assert_close(outputs(adapter, size), outputs(plain, size), atol=0, rtol=0)
+    before = outputs(adapter, 48)
+    for a in (adapter, plain):
         with torch.no_grad():
-            next(p for name, p in m.named_parameters() if "position" in name).mul_(-2.0)
-    after = outputs(model, 40)
-    assert not torch.equal(after, before)
-    torch.testing.assert_close(after, outputs(plain, 40), atol=0, rtol=0)
+            _position_embeddings(a.model).mul_(-2.0)
+    after = outputs(adapter, 48)
+    assert not torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
+    torch.testing.assert_close(after, outputs(plain, 48), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_model_built_under_inference_mode_runs_every_pass(family):
+    """Parameters created under ``torch.inference_mode`` are inference tensors without a write
+    count; the memo (and the padded-projection cache) must still work with them."""
+    with torch.inference_mode():
+        adapter = FAMILIES[family]()
+        pixels = torch.randn(1, 3, 48, 48)
+        for name, params in (("downscale", {"keep": 0.5}), ("tome", {"r": 2})):
+            comp = build(name, params, adapter.num_layers)
+            first, again = adapter.compressed(pixels, comp).tokens, adapter.compressed(pixels, comp).tokens
+            torch.testing.assert_close(first, again, atol=0, rtol=0)
+        torch.testing.assert_close(adapter.reference(pixels).tokens, adapter.reference(pixels).tokens)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_deep_copy_of_a_memoized_model_resamples_its_own_weights(family):
+    adapter = FAMILIES[family]()
+    pixels = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    adapter.reference(pixels)  # fills the memo
+    copied = copy.deepcopy(adapter)
+    with torch.no_grad():
+        _position_embeddings(copied.model).mul_(-2.0)
+    memoized = copied.reference(pixels).tokens
+    _drop_memo(copied.model)
+    torch.testing.assert_close(memoized, copied.reference(pixels).tokens, atol=0, rtol=0)
+
+
+def test_timm_resamples_once_per_grid_and_weights_and_always_under_grad(monkeypatch):
+    import timm.models.vision_transformer as vit
+
+    grids = []
+    resample = vit.resample_abs_pos_embed
+
+    def counting(posemb, new_size, *args, **kwargs):
+        grids.append(tuple(new_size))
+        return resample(posemb, new_size, *args, **kwargs)
+
+    monkeypatch.setattr(vit, "resample_abs_pos_embed", counting)
+    adapter = FAMILIES["timm_cls"]()  # its memo wraps the counting resample
+    pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    adapter.reference(pixels[..., :48, :48])
+    adapter.compressed(pixels, build("downscale", {"keep": 0.5}, adapter.num_layers))  # 64 px -> 48 px
+    adapter.reference(pixels[..., :48, :48])
+    assert grids == [(6, 6)]
+    with torch.no_grad():
+        _position_embeddings(adapter.model).mul_(-2.0)
+    adapter.reference(pixels[..., :48, :48])
+    assert grids == [(6, 6)] * 2
+    adapter.model.forward_features(pixels[..., :48, :48])  # recording gradients: no memo
+    adapter.model.forward_features(pixels[..., :48, :48])
+    assert grids == [(6, 6)] * 4

@@ -18,16 +18,18 @@ To add a family (open_clip CLIP, a VLM's own vision tower):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import ModuleType
+from types import MethodType, ModuleType
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..methods.base import Compressor
-from ..patch.runner import CompressedForward, StepTimer
+from ..patch.runner import CompressedForward, StepTimer, weights_state
 from ..plan import TokenPlan
+from ..workers import thread_map
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,7 +101,8 @@ class ModelAdapter:
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """RGB images -> normalised pixels [B, 3, S, S] (whole image resized, aspect not kept)."""
         size = (self.image_size, self.image_size)
-        arrays = [np.asarray(img.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) for img in images]
+        arrays = thread_map(lambda img: np.asarray(img.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32),
+                            images)
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
@@ -170,6 +173,43 @@ class ModelAdapter:
         raise NotImplementedError
 
 
+class WeightsMemo:
+    """Tensors computed from some weights alone, kept per key until those weights change.
+
+    ``memo(weights, key, compute)`` returns ``compute()``, kept per ``key`` (plus whether inference
+    mode is on) as long as every tensor in ``weights`` keeps its storage, version, dtype and device:
+    replacing, moving or writing one in place empties the memo. It is bypassed where gradients are
+    recorded and while tracing, stores nothing during CUDA graph capture (the value would live in the
+    graph's private pool) and holds at most ``keep`` entries. A deep copy starts empty.
+    """
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._values: dict[tuple, torch.Tensor] = {}
+        self._weights: tuple = ()  # the state of the weights the memo was filled from
+
+    def __call__(self, weights: Iterable[torch.Tensor], key: tuple,
+                 compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if torch.is_grad_enabled() or torch.jit.is_tracing():
+            return compute()
+        state = tuple(weights_state(w) for w in weights)
+        if state != self._weights:
+            self._values.clear()
+            self._weights = state
+        key = (*key, torch.is_inference_mode_enabled())
+        value = self._values.get(key)
+        if value is None:
+            value = compute()
+            if not (value.is_cuda and torch.cuda.is_current_stream_capturing()):
+                self._values[key] = value
+                while len(self._values) > self.keep:
+                    self._values.pop(next(iter(self._values)))
+        return value
+
+    def __deepcopy__(self, memo: dict) -> "WeightsMemo":
+        return WeightsMemo(self.keep)
+
+
 def memoize_position_embeddings(embeddings: torch.nn.Module, keep: int = 4) -> None:
     """Keep the results of ``embeddings.interpolate_pos_encoding`` (transformers' DINOv2, CLIP and
     SigLIP embeddings) per input grid, instead of resampling in every forward.
@@ -178,35 +218,23 @@ def memoize_position_embeddings(embeddings: torch.nn.Module, keep: int = 4) -> N
     differs from the checkpoint's (DINOv2 at 224 px, every downscaled input). PyTorch's CUDA bicubic
     kernel runs one thread per output position over all channels: 3.3 ms per forward on an H100
     for DINOv2-S from 37x37 to 31x31, more than a whole block at batch 64, and the same at batch 1.
-    The result is a function of the weights and the grid alone, so it is kept per (embedding shape,
-    dtype, device, height, width) and dropped when a parameter is replaced, moved or written in place.
-    It is bypassed where gradients are recorded and while tracing. Installed as an instance
-    attribute: both passes (:meth:`ModelAdapter.reference` and :meth:`ModelAdapter.compressed`) see
-    it, so speedups stay comparable; the model's class and weights are untouched.
+    The result is a function of the weights and the grid alone, so a :class:`WeightsMemo` keeps it
+    per (embedding shape, dtype, device, height, width) while the embeddings' parameters stay as they
+    are. Installed as instance attributes (a bound method and its memo, so a deep copy of the model
+    resamples its own weights): both passes (:meth:`ModelAdapter.reference` and
+    :meth:`ModelAdapter.compressed`) see it, so speedups stay comparable; the model's class and
+    weights are untouched. timm ViTs get the same through
+    :func:`evalsuite.models.timm_vit.memoize_position_embeddings`.
     """
-    original = embeddings.interpolate_pos_encoding
-    memo: dict[tuple, torch.Tensor] = {}
-    weights: tuple = ()  # the parameters the memo was filled from
+    embeddings.evalsuite_position_memo = WeightsMemo(keep)
+    embeddings.interpolate_pos_encoding = MethodType(_memoized_interpolate_pos_encoding, embeddings)
 
-    def interpolate_pos_encoding(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        nonlocal weights
-        if torch.is_grad_enabled() or torch.jit.is_tracing():
-            return original(x, height, width)
-        state = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in embeddings.parameters())
-        if state != weights:
-            memo.clear()
-            weights = state
-        key = (tuple(x.shape[1:]), x.dtype, x.device, height, width, torch.is_inference_mode_enabled())
-        value = memo.get(key)
-        if value is None:
-            value = original(x, height, width)
-            if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):  # graph-pool memory
-                memo[key] = value
-                while len(memo) > keep:
-                    memo.pop(next(iter(memo)))
-        return value
 
-    embeddings.interpolate_pos_encoding = interpolate_pos_encoding
+def _memoized_interpolate_pos_encoding(self: torch.nn.Module, x: torch.Tensor, height: int,
+                                       width: int) -> torch.Tensor:
+    original = type(self).interpolate_pos_encoding
+    key = (tuple(x.shape[1:]), x.dtype, x.device, height, width)
+    return self.evalsuite_position_memo(self.parameters(), key, lambda: original(self, x, height, width))
 
 
 def weighted_mean(tokens: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,13 @@ whose sha256 is checked (``checkpoint`` + ``sha256``), or are random
 from __future__ import annotations
 
 from pathlib import Path
+from types import FunctionType, MethodType
 
 import torch
 
 from ..patch import timm_vit
 from ..paths import file_sha256
-from .base import ModelAdapter, weighted_mean
+from .base import ModelAdapter, WeightsMemo, weighted_mean
 
 
 class ChecksumError(ValueError):
@@ -30,6 +31,7 @@ class TimmViT(ModelAdapter):
         self.std = tuple(cfg.get("std", self.std))
         super().__init__(name, model, image_size, model.patch_embed.patch_size[0], model.num_prefix_tokens,
                          len(model.blocks), model.embed_dim, random_weights)
+        memoize_position_embeddings(model)
 
     def _reference_tokens(self, pixels):
         return self.model.forward_features(pixels)
@@ -43,6 +45,36 @@ class TimmViT(ModelAdapter):
         else:
             raise ValueError(f"model {self.name}: global_pool {pool!r} not supported (token or avg)")
         return self.model.fc_norm(pooled)
+
+
+def memoize_position_embeddings(model: torch.nn.Module, keep: int = 4) -> None:
+    """Keep timm's resampled position embeddings per grid, instead of resampling in every forward.
+
+    With ``dynamic_img_size``, ``VisionTransformer._pos_embed`` resamples ``pos_embed`` bicubically
+    (timm's module-level ``resample_abs_pos_embed``) in every forward whose grid differs from the
+    checkpoint's: every ``downscale`` input. Both passes call ``model._pos_embed``, so the model gets
+    its own: timm's code object bound to this model, run with globals in which that one name is a
+    version keeping its results in a :class:`~evalsuite.models.base.WeightsMemo` per (embedding
+    shape, grid, prefix tokens) while ``pos_embed`` stays as it is. timm's code runs unchanged and no
+    timm module is patched; the model's class and weights are untouched. A deep copy of the model
+    shares the memo, which follows whichever ``pos_embed`` it is called with. Where ``_pos_embed``
+    does not call ``resample_abs_pos_embed`` (another timm version) the model is left as it is.
+    """
+    own = type(model)._pos_embed
+    if "resample_abs_pos_embed" not in own.__code__.co_names:
+        return
+    resample = own.__globals__["resample_abs_pos_embed"]
+    memo = WeightsMemo(keep)
+
+    def resample_abs_pos_embed(posemb, new_size, old_size=None, num_prefix_tokens=1, **kwargs):
+        key = (tuple(posemb.shape), tuple(new_size), None if old_size is None else tuple(old_size),
+               num_prefix_tokens, *sorted(kwargs.items()))
+        return memo((posemb,), key, lambda: resample(posemb, new_size, old_size, num_prefix_tokens, **kwargs))
+
+    memoized = FunctionType(own.__code__, {**own.__globals__, "resample_abs_pos_embed": resample_abs_pos_embed},
+                            own.__name__, own.__defaults__, own.__closure__)
+    memoized.__kwdefaults__ = own.__kwdefaults__
+    model._pos_embed = MethodType(memoized, model)
 
 
 def create(name: str, arch: str, image_size: int = 224, pretrained: bool = False,

@@ -61,11 +61,11 @@ class StepTimer:
             return
         if device.type == "cuda" and self.mode == "events":
             stream = torch.cuda.current_stream(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start, end = pair = _event_pair(device)
             start.record(stream)
             yield
             end.record(stream)
-            self._events.append((start, end))
+            self._events.append(pair)
             return
         synchronize(device)
         start_s = time.perf_counter()
@@ -79,8 +79,26 @@ class StepTimer:
         if self._events:
             self._events[-1][1].synchronize()
             self._seconds += sum(start.elapsed_time(end) for start, end in self._events) / 1e3
+            _EVENT_PAIRS.setdefault(self._events[0][0].device.index, []).extend(self._events)  # read: reusable
             self._events.clear()
         return self._seconds
+
+
+_EVENT_PAIRS: dict[int, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {}  # read pairs, per GPU index
+
+
+def _event_pair(device: torch.device) -> tuple[torch.cuda.Event, torch.cuda.Event]:
+    """Timing events for one region, reused once read: the driver creates an event at its first
+    ``record``, which for the end event would fall inside the timed region (batch 1 is host-bound)."""
+    index = torch.cuda.current_device() if device.index is None else device.index
+    free = _EVENT_PAIRS.get(index)
+    if free:
+        return free.pop()
+    pair = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.cuda.device(index):
+        for event in pair:
+            event.record()  # created now, outside the region
+    return pair
 
 
 class CompressedForward:
@@ -249,12 +267,18 @@ _PADDED: weakref.WeakKeyDictionary[torch.nn.Linear, tuple] = weakref.WeakKeyDict
 
 def _cached(linears: tuple[torch.nn.Linear, ...], kind: str, build) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded copies of the parameters of ``linears``, rebuilt when they move, change dtype or are written."""
-    key = (kind, *[(m.weight.data_ptr(), m.weight.dtype, m.weight.device, m.weight._version) for m in linears])
+    key = (kind, *[weights_state(m.weight) for m in linears])
     entry = _PADDED.get(linears[0])
     if entry is None or entry[0] != key:
         with torch.no_grad():
             entry = _PADDED[linears[0]] = (key, build())
     return entry[1]
+
+
+def weights_state(t: torch.Tensor) -> tuple:
+    """What identifies the values of a weight tensor: storage, in-place write count, dtype, device.
+    Inference tensors (parameters created under ``torch.inference_mode``) keep no write count."""
+    return t.data_ptr(), 0 if t.is_inference() else t._version, t.dtype, t.device
 
 
 def padded_projection(linears: tuple[torch.nn.Linear, ...], head_dim: int,
