@@ -29,6 +29,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--evalsuite-run-id", metavar="ID", help="run id recorded with every row")
     group.addoption("--evalsuite-device", metavar="DEVICE", choices=["cpu", "cuda"],
                     help="run every case on this device, whatever its matrix says (e.g. the GPU matrix on CPU)")
+    group.addoption("--evalsuite-scheduler", choices=["affinity", "xdist"],
+                    help="with --dist worksteal: affinity (default) plans cases by model and measured cost; "
+                         "xdist keeps xdist's own (ini: evalsuite_scheduler)")
     for name, kind, default, text in [
         ("evalsuite_matrix", "args", ["cases/default.toml"], "case matrix files"),
         ("evalsuite_thresholds", "string", "thresholds.toml", "KPI limits file"),
@@ -38,6 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("evalsuite_dsn", "string", "", "ClickHouse DSN"),
         ("evalsuite_run_id", "string", "", "run id"),
         ("evalsuite_no_ocr", "bool", False, "skip OCR KPIs"),
+        ("evalsuite_scheduler", "string", "affinity", "xdist scheduler under --dist worksteal"),
     ]:
         parser.addini(name, text, type=kind, default=default)
 
@@ -102,6 +106,9 @@ class _XdistHooks:
 
     def pytest_configure_node(self, node) -> None:
         node.config.stash[SESSION_KEY].configure_node(node)
+
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log):
+        return config.stash[SESSION_KEY].make_scheduler(log)
 
 
 class _ReportHooks:

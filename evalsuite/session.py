@@ -88,6 +88,60 @@ class EvalSession:
         """Controller -> worker: share the run id so every row of a run agrees."""
         node.workerinput["evalsuite_run_id"] = self.run_id
 
+    def make_scheduler(self, log):
+        """The xdist scheduler for ``--dist worksteal``: :class:`~evalsuite.scheduling.AffinityScheduling`
+        with the costs of the last run, unless ``--evalsuite-scheduler xdist`` keeps xdist's own."""
+        if self.config.getvalue("dist") != "worksteal" or option(self.config, "scheduler") == "xdist":
+            return None
+        from .scheduling import AffinityScheduling
+
+        return AffinityScheduling(self.config, log, self._describe, self._costs())
+
+    def _describe(self, collection: list[str]) -> list:
+        """Collected node ids -> scheduling items: model and model x dataset of each case."""
+        from .scheduling import Item
+
+        by_id = {case.id: case for case in self.cases}
+        items = []
+        for index, nodeid in enumerate(collection):
+            case = by_id.get(nodeid.rpartition("[")[2].removesuffix("]")) if nodeid.endswith("]") else None
+            items.append(Item(index) if case is None else
+                         Item(index, case.id, case.model.id, f"{case.model.id}/{case.dataset.id}"))
+        return items
+
+    @property
+    def _costs_key(self) -> str:
+        from .scheduling import CACHE_KEY
+
+        return f"{CACHE_KEY}/{'no-ocr' if option(self.config, 'no_ocr') else option(self.config, 'ocr')}"
+
+    def _costs(self):
+        """Seconds measured on earlier runs (pytest's cache), for the scheduler."""
+        from .scheduling import Costs
+
+        cache = getattr(self.config, "cache", None)
+        return Costs.from_json(cache.get(self._costs_key, None)) if cache is not None else Costs()
+
+    def _record_costs(self) -> None:
+        """Controller: keep this run's seconds per case, model load and reference pass for the next
+        run's scheduler (a case's own work is its stages other than those two)."""
+        from .scheduling import Costs
+
+        cache = getattr(self.config, "cache", None)
+        measured = Costs()
+        for r in self.results:
+            if r.error or not r.stage_seconds:
+                continue
+            stages = dict(r.stage_seconds)
+            for costs, key, stage in ((measured.model, r.model, "model_load"),
+                                      (measured.reference, f"{r.model}/{r.dataset}", "uncompressed_pass")):
+                seconds = stages.pop(stage, 0.0)
+                if seconds:
+                    costs[key] = max(seconds, costs.get(key, 0.0))
+            measured.case[r.case_id] = sum(stages.values())
+        if cache is not None and measured.case:
+            cache.set(self._costs_key, self._costs().updated(measured).to_json())
+
     # -- worker side ---------------------------------------------------------------------
     @property
     def engine(self) -> Engine:
@@ -177,6 +231,7 @@ class EvalSession:
         if not self.is_controller:
             return
         run = self.run_info()
+        self._record_costs()
         if self.results:
             from .sinks import write_results
 

@@ -40,13 +40,13 @@ limit = 2
 
 
 def run_pytest(tmp_path: Path, matrix: str, *args: str, thresholds: str | None = None,
-               env: dict | None = None) -> subprocess.CompletedProcess:
+               env: dict | None = None, cache: bool = False) -> subprocess.CompletedProcess:
     (tmp_path / "test_cases.py").write_text(TEST_MODULE)
     (tmp_path / "matrix.toml").write_text(matrix)
     limits = tmp_path / "thresholds.toml"
     limits.write_text(thresholds if thresholds is not None else (REPO / "thresholds.toml").read_text())
-    command = [sys.executable, "-m", "pytest", str(tmp_path / "test_cases.py"), "-p", "no:cacheprovider",
-               "--rootdir", str(tmp_path), "-c", os.devnull, "--evalsuite-matrix", str(tmp_path / "matrix.toml"),
+    command = [sys.executable, "-m", "pytest", str(tmp_path / "test_cases.py"),
+               *(() if cache else ("-p", "no:cacheprovider")), "--rootdir", str(tmp_path), "-c", os.devnull, "--evalsuite-matrix", str(tmp_path / "matrix.toml"),
                "--evalsuite-thresholds", str(limits), "--evalsuite-dsn", f"spool://{tmp_path / 'spool'}", *args]
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=full_env)
@@ -135,7 +135,8 @@ def test_gpu_matrix_runs_on_cpu_only_when_asked(tmp_path):
 
 def test_two_workers_share_the_cases_and_the_controller_keeps_every_result(tmp_path):
     """``-n 2``: cases run in two worker processes; their results reach the controller, which alone
-    writes them (every case of both models in the spool) and prints the table."""
+    writes them (every case of both models in the spool), prints the table and keeps the measured
+    costs for the next run's scheduler."""
     matrix = """
 timing_repeats = 2
 timing_warmup = 1
@@ -150,8 +151,12 @@ merge_factor = 0.5
 limit = 1
 """
     proc = run_pytest(tmp_path, matrix, "--evalsuite-no-ocr", "-n", "2", "--dist", "worksteal", "-v",
-                      "-p", "xdist", thresholds="")
+                      "-p", "xdist", thresholds="", cache=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    costs = json.loads((tmp_path / ".pytest_cache" / "v" / "evalsuite" / "costs" / "no-ocr").read_text())
+    assert set(costs["model"]) == {"dinov2_s14", "vit_b16_random"} and all(v > 0 for v in costs["model"].values())
+    assert set(costs["reference"]) == {"dinov2_s14/samples", "vit_b16_random/samples"}
+    assert len(costs["case"]) == 4
     workers = set(re.findall(r"\[(gw\d)\].*PASSED .*test_case\[", proc.stdout))
     assert workers == {"gw0", "gw1"}, proc.stdout
     rows = [json.loads(line) for f in (tmp_path / "spool").glob("*.jsonl") for line in f.read_text().splitlines()]
