@@ -71,6 +71,7 @@ class Engine:
     def __init__(self, settings: EngineSettings):
         self.settings = settings
         self._models: dict[str, ModelAdapter] = {}
+        self._started: set[torch.device] = set()  # GPUs this worker has initialised
         self._datasets: dict[str, list[Sample]] = {}
         self._references: dict[tuple[str, str], Reference] = {}
         self._ocr = None
@@ -92,13 +93,25 @@ class Engine:
 
     def model(self, spec: ModelSpec) -> ModelAdapter:
         if spec.id not in self._models:
+            device = self.device_for(spec)
+            self._start_device(device)
             with self._stage("model_load"):
                 factory = MODELS.get(spec.factory)
-                device = self.device_for(spec)
                 with torch.device(device):  # parameters are created (and randomly initialised) in place
                     adapter = factory(spec.id, image_size=spec.image_size, **spec.params)
                 self._models[spec.id] = adapter.to(device, getattr(torch, spec.dtype))
         return self._models[spec.id]
+
+    def _start_device(self, device: torch.device) -> None:
+        """First use of a GPU in this worker: its CUDA context and cuBLAS handle, timed as a stage of
+        their own, so that ``model_load`` is what a model costs wherever it is loaded (the xdist
+        scheduler plans with it: :mod:`evalsuite.scheduling`)."""
+        if device.type != "cuda" or device in self._started:
+            return
+        with self._stage("device_init"):
+            ones = torch.ones(8, 8, device=device)
+            (ones @ ones).sum().item()
+        self._started.add(device)
 
     def samples(self, spec: DatasetSpec) -> list[Sample]:
         """Raises ``DatasetUnavailable`` when the dataset's store is missing."""

@@ -124,7 +124,8 @@ class EvalSession:
 
     def _record_costs(self) -> None:
         """Controller: keep this run's seconds per case, model load and reference pass for the next
-        run's scheduler (a case's own work is its stages other than those two)."""
+        run's scheduler. A case's own work is its stages other than those two and ``device_init``,
+        which every worker pays once whatever it runs."""
         from .scheduling import Costs
 
         cache = getattr(self.config, "cache", None)
@@ -133,6 +134,7 @@ class EvalSession:
             if r.error or not r.stage_seconds:
                 continue
             stages = dict(r.stage_seconds)
+            stages.pop("device_init", None)
             for costs, key, stage in ((measured.model, r.model, "model_load"),
                                       (measured.reference, f"{r.model}/{r.dataset}", "uncompressed_pass")):
                 seconds = stages.pop(stage, 0.0)
