@@ -140,3 +140,15 @@ def test_kernels_cli_parses_prints_and_writes_json(tmp_path, capsys):
 def test_python_dash_m_evalsuite_bench_still_runs_main():
     done = subprocess.run([sys.executable, "-m", "evalsuite.bench", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "usage: python -m evalsuite.bench" in done.stdout
+
+
+def test_in_place_rows_alternate_both_settings_and_restore_the_graph_cache():
+    from evalsuite.bench import kernels
+    from evalsuite.methods import graphs
+
+    cache, limit = graphs._GRAPHS, graphs.MAX_IN_PLACE
+    rows = kernels.in_place_rows("vit_b16_random", sizes=[32], methods=[("tome", {"r": 2})], repeats=2,
+                                 warmup=1, rounds=2)
+    assert [(r["round"], r["in_place"]) for r in rows] == [(0, 0), (0, limit), (1, 0), (1, limit)]
+    assert all(0 < r["p50_ms"] <= r["p95_ms"] and r["in_place_graphs"] == 0 for r in rows)  # no graphs on CPU
+    assert graphs._GRAPHS is cache and graphs.MAX_IN_PLACE == limit

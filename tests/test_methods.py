@@ -230,6 +230,57 @@ def test_graph_replayed_merge_step_equals_eager_on_cuda(dtype):
 
 @pytest.mark.gpu
 @needs_cuda
+def test_graph_reads_inputs_in_place_only_while_they_stay_where_they_were(monkeypatch):
+    """Inputs at the same addresses twice get a graph that reads them in place; it gives the eager
+    result for whatever those tensors hold at each call, and inputs elsewhere still go through the
+    graph's own buffers."""
+    from evalsuite.methods import graphs
+    from evalsuite.methods.tome import merge_step
+
+    monkeypatch.setattr(graphs, "_GRAPHS", graphs.OrderedDict())
+    shapes = ((2, 3, 41, 16), (2, 41, 32), (2, 41, 1))
+    static = tuple(torch.empty(shape, device="cuda") for shape in shapes)
+    with torch.inference_mode():
+        for seed, where in ((0, "static"), (1, "static"), (2, "static"), (3, "new"), (4, "static")):
+            g = torch.Generator(device="cuda").manual_seed(seed)
+            values = [torch.rand(shape, device="cuda", generator=g) + 0.5 for shape in shapes]
+            if where == "static":
+                for t, v in zip(static, values):
+                    t.copy_(v)
+            tensors = static if where == "static" else tuple(values)
+            graphed = [t.clone() for t in graphs.replay_or_run(merge_step, tensors, num_prefix=1, r=7)]
+            for e, got in zip(merge_step(*tensors, num_prefix=1, r=7), graphed):
+                torch.testing.assert_close(got, e, atol=1e-6, rtol=0)  # merged sums: atomics, any order
+    (entry,) = graphs._GRAPHS.values()
+    assert list(entry.in_place) == [tuple((t.data_ptr(), t.stride()) for t in static)]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_in_place_graphs_are_few_and_only_for_inputs_that_come_back(monkeypatch):
+    """Inputs at new addresses on every call never get an in-place graph; inputs that keep coming
+    back at three places get at most ``MAX_IN_PLACE`` of them."""
+    from evalsuite.methods import graphs
+    from evalsuite.methods.tome import merge_step
+
+    monkeypatch.setattr(graphs, "_GRAPHS", graphs.OrderedDict())
+    shapes = ((1, 2, 21, 8), (1, 21, 16), (1, 21, 1))
+    keep = []  # holding every input keeps each call's inputs at new addresses
+    with torch.inference_mode():
+        for _ in range(4):
+            keep.append(tuple(torch.rand(shape, device="cuda") for shape in shapes))
+            graphs.replay_or_run(merge_step, keep[-1], num_prefix=1, r=3)
+        (entry,) = graphs._GRAPHS.values()
+        assert entry.in_place == {}
+        places = [tuple(torch.rand(shape, device="cuda") for shape in shapes) for _ in range(3)]
+        for _ in range(3):
+            for tensors in places:
+                graphs.replay_or_run(merge_step, tensors, num_prefix=1, r=3)
+        assert len(entry.in_place) == graphs.MAX_IN_PLACE
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_compressed_forward_with_graphed_steps_equals_eager_on_cuda(adapter, pixels, monkeypatch):
     """Whole ToMe forwards, graph-replayed steps vs eager: same tokens, sizes and plans, and a later
     forward does not overwrite what an earlier one returned (the graphs' buffers are reused)."""

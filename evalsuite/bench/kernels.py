@@ -24,6 +24,13 @@
     efficient kernel with only the values padded. Behind "proportional attention
     widens every head by 8 channels" (same README paragraph).
 
+``in-place``
+    Batch-1 compression-step time of whole compressed forwards (the bench's
+    ``comp p50/p95``), with the ToMe steps' graphs reading their inputs in place
+    (``MAX_IN_PLACE`` per shape) against copying them into the graph's buffers
+    (0), alternating in one process so that both see the same host. Behind
+    "in-place graphs" in the README.
+
 ``merge-step`` times back-to-back calls with the wall clock between two device
 synchronisations: launches are what it measures. The others time kernels: a
 CUDA-graph replay timed with CUDA events on CUDA (launches excluded), back-to-back
@@ -34,6 +41,7 @@ calls with the wall clock on CPU. An option the device cannot run is shown as
     python -m evalsuite.bench.kernels merge-step --device cuda --dtype float16
     python -m evalsuite.bench.kernels block-scaling --device cuda --dtype float16 --batch 64
     python -m evalsuite.bench.kernels attention --device cuda --dtype float16 --batch 64
+    python -m evalsuite.bench.kernels in-place --device cuda --dtype float16
     python -m evalsuite.bench.kernels block-scaling --model vit_b16_random --size 64 --batch 2   # CPU smoke run
 """
 
@@ -54,6 +62,7 @@ from ..methods import graphs
 from ..methods.tome import merge_step
 from ..metrics.flops import block_flops
 from ..metrics.latency import synchronize
+from ..metrics.similarity import percentile
 from ..models import MODELS
 from ..patch.runner import HEAD_PAD
 from . import _opt
@@ -372,6 +381,59 @@ def attention_rows(tokens: Sequence[int] = (1370, 1000, 700), batch: int = 64, h
 # -- command line ------------------------------------------------------------------------
 
 
+# -- in-place ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def in_place_graphs(limit: int) -> Iterator[None]:
+    """Fresh graph cache with at most ``limit`` in-place graphs per shape; both restored after."""
+    saved_limit, saved_graphs = graphs.MAX_IN_PLACE, graphs._GRAPHS
+    graphs.MAX_IN_PLACE, graphs._GRAPHS = limit, type(saved_graphs)()
+    try:
+        yield
+    finally:
+        graphs.MAX_IN_PLACE, graphs._GRAPHS = saved_limit, saved_graphs
+
+
+def in_place_rows(model: str = "dinov2_s14", sizes: Sequence[int] = (518, 224),
+                  methods: Sequence[tuple[str, dict]] = (("tome", {"merge_factor": 0.5}),
+                                                         ("tome", {"merge_factor": 0.7})),
+                  device: str | torch.device = "cpu", dtype: str | None = None, repeats: int = 50,
+                  warmup: int = 10, rounds: int = 2) -> list[dict]:
+    """Step p50/p95 (ms) of ``repeats`` batch-1 forwards per size x method x round, without and with
+    in-place graphs; ``in_place_graphs`` counts those captured."""
+    from ..methods import build
+    from ..patch.runner import StepTimer
+
+    device, torch_dtype = _resolve(device, dtype)
+    adapter = MODELS.get(model)(model, image_size=max(sizes)).to(device, torch_dtype)
+    rows = []
+    print(f"{model}, batch 1, {torch_dtype}: compression step per forward, graphs copying inputs (0) "
+          f"or reading them in place")
+    print(f"{'size':>5}  {'method':<12}{'round':>6}{'in place':>9}{'p50 ms':>9}{'p95 ms':>9}{'graphs':>8}")
+    for size in sizes:
+        pixels = torch.randn(1, 3, size, size, device=device, dtype=torch_dtype)
+        for name, params in methods:
+            comp = build(name, params, adapter.num_layers)
+            for round_ in range(rounds):
+                for limit in (0, graphs.MAX_IN_PLACE):
+                    with in_place_graphs(limit), torch.inference_mode():
+                        steps = []
+                        for i in range(warmup + repeats):
+                            timer = StepTimer(enabled=True)
+                            adapter.compressed(pixels, comp, timer)
+                            if i >= warmup:
+                                steps.append(timer.seconds * 1e3)
+                        captured = sum(len(entry.in_place) for entry in graphs._GRAPHS.values())
+                    row = dict(size=size, method=comp.id_part, round=round_, in_place=limit,
+                               p50_ms=percentile(steps, 50), p95_ms=percentile(steps, 95),
+                               in_place_graphs=captured)
+                    rows.append(row)
+                    print(f"{size:>5}  {row['method']:<12}{round_:>6}{limit:>9}{row['p50_ms']:>9.3f}"
+                          f"{row['p95_ms']:>9.3f}{captured:>8}", flush=True)
+    return rows
+
+
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
 
@@ -425,6 +487,11 @@ def main(argv=None) -> list[dict]:
     attention.add_argument("--head-dim", type=int, default=64)
     attention.add_argument("--tokens", type=_ints, default=[1370, 1000, 700])
 
+    in_place = commands.add_parser("in-place", parents=[common], help="batch-1 step with in-place graphs or not")
+    in_place.add_argument("--model", default="dinov2_s14")
+    in_place.add_argument("--sizes", type=_ints, default=[518, 224])
+    in_place.set_defaults(repeats=50)
+
     args = parser.parse_args(argv)
     options = dict(device=args.device, dtype=args.dtype, repeats=args.repeats)
     if args.command == "merge-step":
@@ -435,6 +502,8 @@ def main(argv=None) -> list[dict]:
     elif args.command == "block-scaling":
         params = dict(_param(text) for text in args.param)
         rows = block_scaling_rows(args.model, args.size, args.batch, args.tokens, model_params=params, **options)
+    elif args.command == "in-place":
+        rows = in_place_rows(args.model, args.sizes, **options)
     else:
         rows = attention_rows(args.tokens, args.batch, args.heads, args.head_dim, **options)
     if args.json:
