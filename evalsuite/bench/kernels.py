@@ -65,7 +65,7 @@ from ..metrics.latency import synchronize
 from ..metrics.similarity import percentile
 from ..models import MODELS
 from ..patch.runner import HEAD_PAD
-from . import _opt
+from . import _opt, _step_times
 
 # -- timing ----------------------------------------------------------------------------
 
@@ -403,7 +403,6 @@ def in_place_rows(model: str = "dinov2_s14", sizes: Sequence[int] = (518, 224),
     """Step p50/p95 (ms) of ``repeats`` batch-1 forwards per size x method x round, without and with
     in-place graphs; ``in_place_graphs`` counts those captured."""
     from ..methods import build
-    from ..patch.runner import StepTimer
 
     device, torch_dtype = _resolve(device, dtype)
     adapter = MODELS.get(model)(model, image_size=max(sizes)).to(device, torch_dtype)
@@ -417,13 +416,8 @@ def in_place_rows(model: str = "dinov2_s14", sizes: Sequence[int] = (518, 224),
             comp = build(name, params, adapter.num_layers)
             for round_ in range(rounds):
                 for limit in (0, graphs.MAX_IN_PLACE):
-                    with in_place_graphs(limit), torch.inference_mode():
-                        steps = []
-                        for i in range(warmup + repeats):
-                            timer = StepTimer(enabled=True)
-                            adapter.compressed(pixels, comp, timer)
-                            if i >= warmup:
-                                steps.append(timer.seconds * 1e3)
+                    with in_place_graphs(limit):
+                        steps = [s * 1e3 for s in _step_times(adapter, comp, pixels, warmup, repeats, "events")]
                         captured = sum(len(entry.in_place) for entry in graphs._GRAPHS.values())
                     row = dict(size=size, method=comp.id_part, round=round_, in_place=limit,
                                p50_ms=percentile(steps, 50), p95_ms=percentile(steps, 95),

@@ -250,15 +250,15 @@ def folded_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
     an H100 at 518 px this cost more than ToMe saved). Instead the bias is
     folded into one extra channel: each query gets a 1, key j gets
     ``bias_j / scale``, so ``scale * q'.k'_j = scale * q.k_j + bias_j`` exactly.
-    Channels are padded by 8 to keep the head size a multiple of 8.
+    Channels are padded by ``HEAD_PAD`` to keep the head size a multiple of 8.
     q, k, v [B, H, N, D] -> [B, H, N, D].
     """
     d = q.shape[-1]
-    q2 = F.pad(q, (0, 8))
+    q2 = F.pad(q, (0, HEAD_PAD))
     q2[..., d] = 1.0
-    k2 = F.pad(k, (0, 8))
+    k2 = F.pad(k, (0, HEAD_PAD))
     k2[..., d] = bias[:, :, 0] / scale  # [B, 1, N] broadcast over heads
-    out = F.scaled_dot_product_attention(q2, k2, F.pad(v, (0, 8)), scale=scale)
+    out = F.scaled_dot_product_attention(q2, k2, F.pad(v, (0, HEAD_PAD)), scale=scale)
     return out[..., :d]
 
 
