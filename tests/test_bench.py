@@ -46,7 +46,8 @@ def test_merge_step_one_row_per_shape_eager_only_on_cpu(capsys):
     rows = kernels.merge_step_rows(TINY_SHAPES, "cpu", repeats=2)
     assert [r["shape"] for r in rows] == list(TINY_SHAPES)
     assert [r["elements"] for r in rows] == [b * n * c for b, _, n, _, c in TINY_SHAPES.values()]  # x is largest
-    assert all(r["eager_ms"] > 0 and r["replayed_ms"] is None for r in rows)  # no CUDA graphs on CPU
+    assert all(r["eager_ms"] > 0 and r["replayed_ms"] is None and r["kernel_ms"] is None for r in rows)  # no graphs
+    assert all(r["fused_ms"] is None for r in rows)  # no Triton on CPU unless interpreted
     assert graphs.GRAPH_MAX_ELEMENTS == limit
     assert "tiny b2" in capsys.readouterr().out
 
@@ -65,7 +66,8 @@ def test_graph_max_elements_is_restored_when_the_measurement_fails():
 def test_merge_step_replays_from_a_graph_on_cuda_and_restores_the_limit():
     limit = graphs.GRAPH_MAX_ELEMENTS
     rows = kernels.merge_step_rows(TINY_SHAPES, "cuda", "float16", repeats=3)
-    assert all(r["eager_ms"] > 0 and r["replayed_ms"] > 0 for r in rows)
+    assert all(r["eager_ms"] > 0 and r["replayed_ms"] > 0 and r["kernel_ms"] > 0 for r in rows)
+    assert all(r["fused_ms"] > 0 and r["fused_replayed_ms"] > 0 and r["fused_kernel_ms"] > 0 for r in rows)
     assert graphs.GRAPH_MAX_ELEMENTS == limit
 
 

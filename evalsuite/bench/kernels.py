@@ -8,6 +8,9 @@
     buffers, which grow with the input. Reproduces the crossover behind
     ``GRAPH_MAX_ELEMENTS`` (README: "a ToMe merge step whose input has at most 16M
     elements ... is replayed from a CUDA graph") and the figures in its comment.
+    The same for the fused step (:mod:`evalsuite.methods.tome_kernels`), and both
+    steps' device time without launches. ``--profile SHAPE [--fused]`` lists a
+    step's kernels.
 ``block-scaling``
     One encoder block of a registered model, its attention (SDPA at the model's
     head size, and with heads padded by ``HEAD_PAD`` as proportional attention
@@ -19,7 +22,8 @@
 ``attention``
     Ways to carry the proportional-attention size bias, with DINOv2-S heads
     (6 x 64) at batch 64: plain SDPA (no bias), heads padded by ``HEAD_PAD``
-    channels (what the patched forwards do), an additive mask with the default
+    channels (what the patched forwards do; also on the flash and on the cuDNN
+    kernel alone), an additive mask with the default
     kernel choice, cuDNN and the efficient kernel with that mask, and the
     efficient kernel with only the values padded. Behind "proportional attention
     widens every head by 8 channels" (same README paragraph).
@@ -58,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods import graphs
+from ..methods import graphs, tome_kernels
 from ..methods.tome import merge_step
 from ..metrics.flops import block_flops
 from ..metrics.latency import synchronize
@@ -147,41 +151,57 @@ def graph_max_elements(limit: int) -> Iterator[None]:
 @torch.inference_mode()
 def merge_step_rows(shapes: dict[str, tuple] = MERGE_SHAPES, device: str | torch.device = "cpu",
                     dtype: str | None = None, repeats: int = 50) -> list[dict]:
-    """One row per shape: ``shape``, ``elements`` (largest input), ``eager_ms`` and ``replayed_ms``
-    (every input replayed from a graph, whatever its size; None off CUDA)."""
+    """One row per shape: ``shape``, ``elements`` (largest input); the reference step
+    (:func:`evalsuite.methods.tome.merge_step`) eager, ``eager_ms``, and replayed from a graph,
+    ``replayed_ms`` (every input replayed, whatever its size; None off CUDA); the fused step
+    (:func:`evalsuite.methods.tome_kernels.merge_step`) the same, ``fused_ms`` and
+    ``fused_replayed_ms`` (None where it does not run), and its device time, ``fused_kernel_ms``,
+    against the reference's, ``kernel_ms`` (launches excluded; None off CUDA)."""
     device, torch_dtype = _resolve(device, dtype)
-    print(f"{'shape':<16}{'elements':>10}{'eager ms':>10}{'replayed ms':>13}")
+    print(f"{'shape':<16}{'elements':>10}{'eager ms':>10}{'replayed':>10}{'kernels':>9}"
+          f"{'fused':>8}{'f.replayed':>12}{'f.kernels':>11}")
     rows = []
     for name, shape in shapes.items():
         tensors = merge_inputs(shape, device, torch_dtype)
         r = (shape[2] - 1) // 24
-        eager = wall_ms(lambda: merge_step(*tensors, num_prefix=1, r=r), device, repeats)
-        replayed = None
-        if device.type == "cuda":
-            with graph_max_elements(1 << 62):
-                replayed = wall_ms(lambda: graphs.replay_or_run(merge_step, tensors, num_prefix=1, r=r),
-                                   device, repeats)
-        rows.append(dict(shape=name, elements=max(t.numel() for t in tensors), eager_ms=eager,
-                         replayed_ms=replayed))
-        print(f"{name:<16}{rows[-1]['elements']:>10}{eager:>10.3f}{_opt(replayed, '.3f'):>13}", flush=True)
+        row = dict(shape=name, elements=max(t.numel() for t in tensors))
+        steps = [("", merge_step)]
+        if tome_kernels.supports(tensors[0], tensors[1]):
+            steps.append(("fused_", tome_kernels.merge_step))
+        else:
+            row.update(fused_ms=None, fused_replayed_ms=None, fused_kernel_ms=None)
+        for prefix, step in steps:
+            run = lambda: step(*tensors, num_prefix=1, r=r)  # noqa: E731
+            row[f"{prefix or 'eager_'}ms"] = wall_ms(run, device, repeats)
+            row[f"{prefix}replayed_ms"] = row[f"{prefix}kernel_ms"] = None
+            if device.type == "cuda":
+                with graph_max_elements(1 << 62):
+                    row[f"{prefix}replayed_ms"] = wall_ms(
+                        lambda: graphs.replay_or_run(step, tensors, num_prefix=1, r=r), device, repeats)
+                row[f"{prefix}kernel_ms"] = graph_ms(run, device, repeats)
+        rows.append(row)
+        print(f"{name:<16}{row['elements']:>10}{row['eager_ms']:>10.3f}{_opt(row['replayed_ms'], '.3f'):>10}"
+              f"{_opt(row['kernel_ms'], '.3f'):>9}{_opt(row['fused_ms'], '.3f'):>8}"
+              f"{_opt(row['fused_replayed_ms'], '.3f'):>12}{_opt(row['fused_kernel_ms'], '.3f'):>11}", flush=True)
     return rows
 
 
 @torch.inference_mode()
 def profile_merge_step(shape: tuple[int, int, int, int, int], device: str | torch.device = "cuda",
-                       dtype: str | None = None, row_limit: int = 14) -> None:
-    """Print the top kernels of ten eager merge steps at ``shape`` (diagnosis aid)."""
+                       dtype: str | None = None, row_limit: int = 14, fused: bool = False) -> None:
+    """Print the top kernels of ten eager merge steps at ``shape``, reference or ``fused`` (diagnosis aid)."""
     from torch.profiler import ProfilerActivity, profile
 
     device, torch_dtype = _resolve(device, dtype)
     tensors = merge_inputs(shape, device, torch_dtype)
     r = (shape[2] - 1) // 24
+    step = tome_kernels.merge_step if fused else merge_step
     for _ in range(3):
-        merge_step(*tensors, num_prefix=1, r=r)
+        step(*tensors, num_prefix=1, r=r)
     activity = ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU
     with profile(activities=[activity]) as prof:
         for _ in range(10):
-            merge_step(*tensors, num_prefix=1, r=r)
+            step(*tensors, num_prefix=1, r=r)
         synchronize(device)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=row_limit, max_name_column_width=60))
@@ -345,6 +365,8 @@ def attention_options(batch: int, heads: int, tokens: int, head_dim: int, device
     return {
         "plain": lambda: sdpa(q, k, v),
         "padded": lambda: sdpa(padded, padded, padded),
+        "flash padded": _with_backend(SDPBackend.FLASH_ATTENTION, lambda: sdpa(padded, padded, padded)),
+        "cudnn padded": _with_backend(SDPBackend.CUDNN_ATTENTION, lambda: sdpa(padded, padded, padded)),
         "mask": lambda: sdpa(q, k, v, attn_mask=bias),
         "cudnn+mask": _with_backend(SDPBackend.CUDNN_ATTENTION, lambda: sdpa(q, k, v, attn_mask=bias)),
         "efficient+mask": _with_backend(SDPBackend.EFFICIENT_ATTENTION, lambda: sdpa(q, k, v, attn_mask=bias)),
@@ -465,6 +487,7 @@ def main(argv=None) -> list[dict]:
                       help=f"comma-separated names from: {', '.join(MERGE_SHAPES)}")
     step.add_argument("--profile", choices=list(MERGE_SHAPES), metavar="SHAPE",
                       help="print the top kernels of one shape's step instead")
+    step.add_argument("--fused", action="store_true", help="with --profile: the fused step's kernels")
     step.set_defaults(repeats=50)
 
     scaling = commands.add_parser("block-scaling", parents=[common], help="block time against block FLOPs")
@@ -490,7 +513,7 @@ def main(argv=None) -> list[dict]:
     options = dict(device=args.device, dtype=args.dtype, repeats=args.repeats)
     if args.command == "merge-step":
         if args.profile:
-            profile_merge_step(MERGE_SHAPES[args.profile], args.device, args.dtype)
+            profile_merge_step(MERGE_SHAPES[args.profile], args.device, args.dtype, fused=args.fused)
             return []
         rows = merge_step_rows({name: MERGE_SHAPES[name] for name in args.shapes}, **options)
     elif args.command == "block-scaling":

@@ -16,6 +16,10 @@ most half of the tokens reaching it (a bipartite matching cannot merge more).
 bias off: cheaper on GPU, where the bias rides in one extra channel per head
 (``HEAD_PAD`` in :mod:`evalsuite.patch.runner`) and the fused kernel then runs
 at a wider head size; it costs some fidelity.
+
+:func:`merge_step` below is the reference, in torch. On CUDA, ToMe runs the same
+step as five Triton kernels and a sort (:mod:`evalsuite.methods.tome_kernels`,
+checked against this one per device; ``EVALSUITE_TRITON=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import tome_kernels
 from .base import AttentionRequest, Compressor, fmt
 from .graphs import replay_or_run
 from .state import TokenState
@@ -179,9 +184,10 @@ class ToMe(Compressor):
             return x
         patches = state.num_patch_tokens
         # small batches replay the step from a CUDA graph (launch-bound); the index tensors are the
-        # graph's buffers, read by the token plan at the end of this forward
+        # graph's buffers, read by the token plan at the end of this forward. On CUDA: fused kernels.
+        step = tome_kernels.merge_step if tome_kernels.supports(self._keys, x) else merge_step
         x, state.size, unm_idx, src_idx, dst_idx = replay_or_run(
-            merge_step, (self._keys, x, state.size), num_prefix=state.num_prefix, r=r)
+            step, (self._keys, x, state.size), num_prefix=state.num_prefix, r=r)
         state.remap(lambda: matching_old_to_new(patches, unm_idx, src_idx, dst_idx))
         state.merged = True
         self._keys = None

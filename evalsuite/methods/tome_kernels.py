@@ -1,0 +1,255 @@
+"""ToMe's merge step in five Triton kernels and one sort, for CUDA.
+
+:func:`evalsuite.methods.tome.merge_step` is the reference: about twenty torch
+kernels per block, several of them full passes over large tensors. At batch 64
+and 518 px they took 0.41 ms of H100 time per block (eleven blocks merge): the
+gathers with expanded int64 indices about 0.17 ms, averaging the keys over heads
+and normalising them 0.08 ms, and the [B, Na, Nb] score matrix was written once
+and read back for its row max. At small batches the same twenty kernels cost
+their launches. :func:`merge_step` here computes the same thing (same outputs,
+same order) in 0.16 ms there (``python -m evalsuite.bench.kernels merge-step``):
+
+1. ``_metric_kernel``: the keys averaged over heads and L2-normalised, one read of the keys;
+2. ``_best_partner_kernel``: for every A token (even patch position) its most similar B
+   token (odd position), from score tiles kept in registers (a running max and argmax);
+3. ``argsort`` (torch) of the best scores, descending: the first ``r`` A tokens merge;
+4. ``_keep_rows_kernel``: every surviving row copied once, its source row worked out from
+   the sort (``[prefix, unmerged A by decreasing similarity, B]``, as the reference);
+5. ``_merged_sizes_kernel`` and ``_fold_kernel``: the ``r`` merged sizes added to their
+   partners, then each merged token's ``s_i (x_i - x_d) / S`` added to its partner's row
+   (atomics: several A tokens may pick one B token).
+
+It runs on CUDA tensors when Triton is importable (it ships with PyTorch's CUDA
+wheels), and under ``TRITON_INTERPRET=1`` on CPU tensors, which is how the CPU
+tests compare it with the reference. ``EVALSUITE_TRITON=0`` turns it off.
+Scores accumulate in float32 (IEEE for float32 inputs, no TF32); where two
+partners tie to the last bit, either may be chosen, as with torch's ``max``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - PyTorch's CUDA wheels ship Triton
+    triton = None
+
+ENABLED = os.environ.get("EVALSUITE_TRITON", "1") != "0"
+MAX_HEAD_DIM = 256  # widest metric (key head size) kept in registers
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_ATOMIC_DTYPES = (torch.float32, torch.float16)  # bfloat16 atomics need sm_90: checked per device
+
+
+def supports(keys: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether :func:`merge_step` runs on these inputs (else use the torch reference): on CUDA
+    with a dtype the atomics take, once :func:`_works_on` has checked this device and dtype."""
+    if triton is None or not ENABLED or keys.shape[-1] > MAX_HEAD_DIM:
+        return False
+    if x.is_cuda:
+        if x.dtype not in _ATOMIC_DTYPES and not (
+                x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)):
+            return False
+        return _works_on(x.device, x.dtype)
+    return _INTERPRET and x.device.type == "cpu" and x.dtype in _ATOMIC_DTYPES
+
+
+_WORKS: dict[tuple, bool] = {}
+
+
+def _works_on(device: torch.device, dtype: torch.dtype) -> bool:
+    """Build and run the fused step once per device and dtype on a small input. If Triton cannot
+    build it here, or its merge is not the size-weighted mean of its own matching (float32: not the
+    reference's result), warn once and let ToMe use the torch reference."""
+    key = (device, dtype)
+    if key not in _WORKS:
+        from . import tome
+
+        g = torch.Generator(device=device).manual_seed(0)
+        keys = torch.randn(2, 2, 1 + 40, 16, device=device, generator=g).to(dtype)
+        x = torch.randn(2, 1 + 40, 24, device=device, generator=g).to(dtype)
+        size = torch.randint(1, 4, (2, 1 + 40, 1), device=device, generator=g).to(dtype)
+        try:
+            out, out_size, unm, src, dst = got = merge_step(keys, x, size, num_prefix=1, r=7)
+            want_x, want_size = tome.merge_weighted(x.float(), size.float(), 1, unm, src, dst)
+            works = (torch.equal(out_size.float(), want_size)
+                     and torch.allclose(out.float(), want_x, atol=0.05, rtol=0.02))
+            if dtype == torch.float32:
+                works = works and all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in
+                                      zip(got, tome.merge_step(keys, x, size, num_prefix=1, r=7)))
+            problem = "its result disagreed with the torch reference"
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # Triton's build and launch errors share no base class
+            works, problem = False, f"{type(exc).__name__}: {exc}"
+        _WORKS[key] = works
+        if not works:
+            warnings.warn(f"evalsuite: the fused ToMe step does not run on {device} ({dtype}): {problem}; "
+                          "using the torch reference", RuntimeWarning, stacklevel=3)
+    return _WORKS[key]
+
+
+def merge_step(keys: torch.Tensor, x: torch.Tensor, size: torch.Tensor, *, num_prefix: int,
+               r: int) -> tuple[torch.Tensor, ...]:
+    """:func:`evalsuite.methods.tome.merge_step` in fused kernels: ``keys`` [B, H, N, D], ``x``
+    [B, N, C], ``size`` [B, N, 1] -> ``(x [B, N - r, C], size [B, N - r, 1], unm_idx, src_idx,
+    dst_idx)``. Needs ``0 < r <= (N - num_prefix) // 2``."""
+    batch, tokens, channels = x.shape
+    patches = tokens - num_prefix
+    metric = torch.empty(batch, patches, keys.shape[-1], device=x.device, dtype=keys.dtype)
+    _metric_kernel[(triton.cdiv(patches, 32), batch)](
+        keys, metric, patches, keys.shape[-1], num_prefix, *keys.stride(), *metric.stride(),
+        HEADS=keys.shape[1], BLOCK_T=32, BLOCK_D=_pow2(keys.shape[-1]))
+    best, node_idx = best_partner(metric)
+    edge_idx = best.argsort(dim=-1, descending=True)
+    num_unm = (patches + 1) // 2 - r
+    out = torch.empty(batch, tokens - r, channels, device=x.device, dtype=x.dtype)
+    out_size = torch.empty(batch, tokens - r, 1, device=x.device, dtype=size.dtype)
+    block_c = min(_pow2(channels), 1024)
+    _keep_rows_kernel[(triton.cdiv(tokens - r, 8), batch)](
+        x, size, edge_idx, out, out_size, tokens - r, channels, num_prefix, num_unm, r,
+        *x.stride(), size.stride(0), size.stride(1), edge_idx.stride(0), *out.stride(),
+        out_size.stride(0), out_size.stride(1),
+        BLOCK_R=8, BLOCK_C=block_c)
+    sizes = (x, size, edge_idx, node_idx, out, out_size, channels, num_prefix, num_unm, r,
+             *x.stride(), size.stride(0), size.stride(1), edge_idx.stride(0), node_idx.stride(0),
+             *out.stride(), out_size.stride(0), out_size.stride(1))
+    _merged_sizes_kernel[(batch,)](*sizes, BLOCK_K=_pow2(min(r, 256)))
+    _fold_kernel[(triton.cdiv(r, 16), batch)](*sizes, BLOCK_K=16, BLOCK_C=block_c)
+    src_idx, unm_idx = edge_idx[:, :r], edge_idx[:, r:]
+    return out, out_size, unm_idx, src_idx, node_idx.gather(1, src_idx)
+
+
+def best_partner(metric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For unit-norm ``metric`` [B, P, C]: ``(node_max float32, node_idx)`` [B, ceil(P/2)], the largest
+    ``a_i . b_j`` over B tokens ``b_j = metric[:, 2j + 1]`` of every A token ``a_i = metric[:, 2i]``,
+    and its ``j``."""
+    batch, patches, channels = metric.shape
+    num_a, num_b = (patches + 1) // 2, patches // 2
+    node_max = torch.empty(batch, num_a, device=metric.device, dtype=torch.float32)
+    node_idx = torch.empty(batch, num_a, device=metric.device, dtype=torch.int64)
+    block_c = max(16, _pow2(channels))
+    block_m = 64 if block_c <= 128 else 32
+    _best_partner_kernel[(triton.cdiv(num_a, block_m), batch)](
+        metric, node_max, node_idx, num_a, num_b, channels, *metric.stride(),
+        BLOCK_M=block_m, BLOCK_N=64, BLOCK_C=block_c, IEEE=metric.dtype == torch.float32)
+    return node_max, node_idx
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+if triton is not None:
+
+    @triton.jit
+    def _metric_kernel(keys, metric, patches, head_dim, num_prefix,
+                       sk_b, sk_h, sk_n, sk_d, sm_b, sm_n, sm_d,
+                       HEADS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+        """metric[b, t] = mean_h keys[b, h, prefix + t] / its norm, for BLOCK_T patch tokens."""
+        b = tl.program_id(1).to(tl.int64)
+        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        d = tl.arange(0, BLOCK_D)
+        mask = (t[:, None] < patches) & (d[None, :] < head_dim)
+        where = keys + b * sk_b + (num_prefix + t)[:, None] * sk_n + d[None, :] * sk_d
+        acc = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+        for h in tl.static_range(HEADS):
+            acc += tl.load(where + h * sk_h, mask=mask, other=0.0).to(tl.float32)
+        acc = acc / HEADS
+        acc = acc / tl.sqrt(tl.sum(acc * acc, axis=1))[:, None]
+        tl.store(metric + b * sm_b + t[:, None] * sm_n + d[None, :] * sm_d,
+                 acc.to(metric.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _best_partner_kernel(metric, node_max, node_idx, num_a, num_b, channels,
+                             stride_b, stride_n, stride_c,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                             IEEE: tl.constexpr):
+        """BLOCK_M A tokens of one image against all B tokens, BLOCK_N at a time."""
+        b = tl.program_id(1).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        image = metric + b * stride_b
+        ch = tl.arange(0, BLOCK_C)
+        ch_ok = ch[None, :] < channels
+        a = tl.load(image + (2 * rows)[:, None] * stride_n + ch[None, :] * stride_c,
+                    mask=(rows[:, None] < num_a) & ch_ok, other=0.0)
+        best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        best_j = tl.zeros([BLOCK_M], tl.int32)
+        for start in range(0, num_b, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            other = tl.load(image + (2 * cols + 1)[:, None] * stride_n + ch[None, :] * stride_c,
+                            mask=(cols[:, None] < num_b) & ch_ok, other=0.0)
+            if IEEE:
+                scores = tl.dot(a, tl.trans(other), input_precision="ieee")
+            else:
+                scores = tl.dot(a, tl.trans(other))
+            scores = tl.where(cols[None, :] < num_b, scores, float("-inf"))
+            tile_best = tl.max(scores, axis=1)
+            tile_j = tl.argmax(scores, axis=1).to(tl.int32) + start
+            better = tile_best > best  # strict: of equal maxima the first tile's stays
+            best = tl.where(better, tile_best, best)
+            best_j = tl.where(better, tile_j, best_j)
+        out = b * num_a + rows
+        tl.store(node_max + out, best, mask=rows < num_a)
+        tl.store(node_idx + out, best_j.to(tl.int64), mask=rows < num_a)
+
+    @triton.jit
+    def _keep_rows_kernel(x, size, edge_idx, out, out_size, num_out, channels, num_prefix, num_unm, r,
+                          sx_b, sx_n, sx_c, ss_b, ss_n, se_b, so_b, so_n, so_c, sos_b, sos_n,
+                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        """out rows [prefix, A tokens edge_idx[r:], B tokens] copied from x (and their sizes)."""
+        b = tl.program_id(1).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        valid = rows < num_out
+        unmerged = (rows >= num_prefix) & (rows < num_prefix + num_unm)
+        a = tl.load(edge_idx + b * se_b + r + rows - num_prefix, mask=valid & unmerged, other=0)
+        src = tl.where(rows < num_prefix, rows,
+                       tl.where(unmerged, num_prefix + 2 * a, 2 * rows - num_prefix - 2 * num_unm + 1))
+        for c0 in range(0, channels, BLOCK_C):
+            ch = c0 + tl.arange(0, BLOCK_C)
+            mask = valid[:, None] & (ch[None, :] < channels)
+            values = tl.load(x + b * sx_b + src[:, None] * sx_n + ch[None, :] * sx_c, mask=mask)
+            tl.store(out + b * so_b + rows[:, None] * so_n + ch[None, :] * so_c, values, mask=mask)
+        tl.store(out_size + b * sos_b + rows * sos_n, tl.load(size + b * ss_b + src * ss_n, mask=valid),
+                 mask=valid)
+
+    @triton.jit
+    def _merged_sizes_kernel(x, size, edge_idx, node_idx, out, out_size, channels, num_prefix, num_unm, r,
+                             sx_b, sx_n, sx_c, ss_b, ss_n, se_b, sn_b, so_b, so_n, so_c, sos_b, sos_n,
+                             BLOCK_K: tl.constexpr):
+        """out_size[partner] += size[merged A token], for the r merged tokens of one image."""
+        b = tl.program_id(0).to(tl.int64)
+        for k0 in range(0, r, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            ok = k < r
+            a = tl.load(edge_idx + b * se_b + k, mask=ok, other=0)
+            d = tl.load(node_idx + b * sn_b + a, mask=ok, other=0)
+            s = tl.load(size + b * ss_b + (num_prefix + 2 * a) * ss_n, mask=ok, other=0.0)
+            tl.atomic_add(out_size + b * sos_b + (num_prefix + num_unm + d) * sos_n, s, mask=ok)
+
+    @triton.jit
+    def _fold_kernel(x, size, edge_idx, node_idx, out, out_size, channels, num_prefix, num_unm, r,
+                     sx_b, sx_n, sx_c, ss_b, ss_n, se_b, sn_b, so_b, so_n, so_c, sos_b, sos_n,
+                     BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
+        """out[partner] += s_i (x_i - x_partner) / S_partner for BLOCK_K merged tokens (S: merged size)."""
+        b = tl.program_id(1).to(tl.int64)
+        k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+        ok = k < r
+        a = tl.load(edge_idx + b * se_b + k, mask=ok, other=0)
+        d = tl.load(node_idx + b * sn_b + a, mask=ok, other=0)
+        src, partner, row = num_prefix + 2 * a, num_prefix + 2 * d + 1, num_prefix + num_unm + d
+        s = tl.load(size + b * ss_b + src * ss_n, mask=ok, other=0.0).to(tl.float32)
+        total = tl.load(out_size + b * sos_b + row * sos_n, mask=ok, other=1.0).to(tl.float32)
+        weight = s / total
+        for c0 in range(0, channels, BLOCK_C):
+            ch = c0 + tl.arange(0, BLOCK_C)
+            mask = ok[:, None] & (ch[None, :] < channels)
+            xs = tl.load(x + b * sx_b + src[:, None] * sx_n + ch[None, :] * sx_c, mask=mask, other=0.0)
+            xd = tl.load(x + b * sx_b + partner[:, None] * sx_n + ch[None, :] * sx_c, mask=mask, other=0.0)
+            delta = (xs.to(tl.float32) - xd.to(tl.float32)) * weight[:, None]
+            tl.atomic_add(out + b * so_b + row[:, None] * so_n + ch[None, :] * so_c,
+                          delta.to(out.dtype.element_ty), mask=mask)

@@ -1,0 +1,130 @@
+"""The fused ToMe step (evalsuite.methods.tome_kernels) against the torch reference (evalsuite.methods.tome).
+
+On CPU the Triton kernels run under Triton's interpreter (``TRITON_INTERPRET=1``,
+read when Triton compiles the module, hence a subprocess); on a GPU they run
+compiled, marked ``gpu``.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evalsuite.methods import build, tome, tome_kernels
+
+triton = pytest.importorskip("triton")
+
+CASES = [  # (batch, heads, tokens, head_dim, channels, prefix tokens, r)
+    (2, 3, 1 + 40, 16, 32, 1, 7),  # CLS token, even patch count
+    (2, 2, 2 + 33, 8, 24, 2, 16),  # two prefix tokens, odd patch count, r at its largest
+    (1, 4, 50, 16, 40, 0, 25),  # no prefix, every A token merged (several into one partner)
+    (3, 2, 1 + 96, 64, 1100, 1, 20),  # channels beyond one 1024-wide block
+]
+
+
+def inputs(case, device, dtype, seed=0):
+    """keys [B, H, N, D] as a strided view of a qkv output (as models hand them over), x [B, N, C],
+    integer sizes 1..4 [B, N, 1]."""
+    batch, heads, tokens, head_dim, channels, _, _ = case
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(batch, tokens, 3, heads, head_dim, generator=g)[:, :, 1].transpose(1, 2)
+    x = torch.randn(batch, tokens, channels, generator=g)
+    size = torch.randint(1, 5, (batch, tokens, 1), generator=g).float()
+    return keys.to(device, dtype), x.to(device, dtype), size.to(device, dtype)
+
+
+def check_against_reference(device: str) -> None:
+    """float32: the same matching and the same merged tokens and sizes as the reference.
+    float16 (and bfloat16 where it runs): tokens and sizes are the size-weighted means of the
+    matching the fused step chose."""
+    for dtype in (torch.float32, torch.float16):  # the check ToMe makes before it uses the fused step
+        assert tome_kernels._works_on(torch.device(device), dtype)
+    several_into_one = False
+    for case in CASES:
+        *_, prefix, r = case
+        tensors = inputs(case, device, torch.float32)
+        assert tome_kernels.supports(tensors[0], tensors[1]), case
+        want = tome.merge_step(*tensors, num_prefix=prefix, r=r)
+        got = tome_kernels.merge_step(*tensors, num_prefix=prefix, r=r)
+        for name, w, g in zip(("x", "size", "unm_idx", "src_idx", "dst_idx"), want, got):
+            assert g.shape == w.shape and g.dtype == w.dtype, (case, name)
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5, msg=lambda m: f"{case} {name}: {m}")
+        several_into_one |= bool((got[4].sort(dim=1).values.diff(dim=1) == 0).any())
+        dtypes = [torch.float16]
+        if device == "cpu" or torch.cuda.get_device_capability() >= (9, 0):
+            dtypes.append(torch.bfloat16)
+        for dtype in dtypes:
+            keys, x, size = inputs(case, device, dtype)
+            if not tome_kernels.supports(keys, x):
+                continue
+            out, out_size, unm, src, dst = tome_kernels.merge_step(keys, x, size, num_prefix=prefix, r=r)
+            want_x, want_size = tome.merge_weighted(x.float(), size.float(), prefix, unm, src, dst)
+            torch.testing.assert_close(out_size.float(), want_size, atol=0, rtol=0)
+            torch.testing.assert_close(out.float(), want_x, atol=0.05, rtol=0.02)
+    assert several_into_one, "no case merged several tokens into one partner"
+
+
+@pytest.mark.skipif(tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 8),
+                    reason="Triton's interpreter before 3.8 cannot loop to a run-time bound under NumPy 2")
+def test_fused_step_equals_the_reference_interpreted_on_cpu():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
+    code = "from tests.test_tome_kernels import check_against_reference; check_against_reference('cpu')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_fused_step_is_used_only_where_it_runs(monkeypatch):
+    keys, x, _ = inputs(CASES[0], "cpu", torch.float32)
+    monkeypatch.setattr(tome_kernels, "_INTERPRET", False)
+    assert not tome_kernels.supports(keys, x)  # compiled Triton needs a GPU
+    monkeypatch.setattr(tome_kernels, "_INTERPRET", True)
+    assert tome_kernels.supports(keys, x)
+    assert not tome_kernels.supports(keys.double(), x.double())  # no float64 atomics path
+    assert not tome_kernels.supports(torch.zeros(1, 1, 4, tome_kernels.MAX_HEAD_DIM + 1), x)
+    monkeypatch.setattr(tome_kernels, "ENABLED", False)  # EVALSUITE_TRITON=0
+    assert not tome_kernels.supports(keys, x)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_fused_step_equals_the_reference_on_cuda():
+    with torch.inference_mode():
+        check_against_reference("cuda")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_compressed_forward_with_fused_steps_equals_the_reference_on_cuda(adapter, pixels, monkeypatch):
+    """Whole ToMe forwards in float32: the fused step gives the reference's tokens, sizes and plans."""
+    adapter.to("cuda", torch.float32)
+    try:
+        comp = build("tome", {"merge_factor": 0.5}, adapter.num_layers)
+        px = pixels.to("cuda")
+        fused = adapter.compressed(px, comp)
+        monkeypatch.setattr(tome_kernels, "ENABLED", False)
+        reference = adapter.compressed(px, comp)
+        torch.testing.assert_close(fused.tokens, reference.tokens, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fused.sizes, reference.sizes, atol=0, rtol=0)
+        assert all((a.group_ids == b.group_ids).all() for a, b in zip(fused.plans, reference.plans))
+    finally:
+        adapter.to("cpu", torch.float32)
+
+
+def test_a_device_where_the_fused_step_fails_falls_back_to_the_reference_with_a_warning(monkeypatch):
+    """Triton failing to build the kernels (or a wrong result) on some device: ToMe keeps working."""
+    monkeypatch.setattr(tome_kernels, "_WORKS", {})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PassManager::run failed")  # what a Triton build error reads like
+
+    monkeypatch.setattr(tome_kernels, "merge_step", broken)
+    with pytest.warns(RuntimeWarning, match="does not run on cpu .*PassManager::run failed.*torch reference"):
+        assert not tome_kernels._works_on(torch.device("cpu"), torch.float32)
+    assert not tome_kernels._works_on(torch.device("cpu"), torch.float32)  # decided once, no second warning
