@@ -115,11 +115,11 @@ def merge_step(keys: torch.Tensor, x: torch.Tensor, size: torch.Tensor, *, num_p
         *x.stride(), size.stride(0), size.stride(1), edge_idx.stride(0), *out.stride(),
         out_size.stride(0), out_size.stride(1),
         BLOCK_R=8, BLOCK_C=block_c)
-    sizes = (x, size, edge_idx, node_idx, out, out_size, channels, num_prefix, num_unm, r,
-             *x.stride(), size.stride(0), size.stride(1), edge_idx.stride(0), node_idx.stride(0),
-             *out.stride(), out_size.stride(0), out_size.stride(1))
-    _merged_sizes_kernel[(batch,)](*sizes, BLOCK_K=_pow2(min(r, 256)))
-    _fold_kernel[(triton.cdiv(r, 16), batch)](*sizes, BLOCK_K=16, BLOCK_C=block_c)
+    merge_args = (x, size, edge_idx, node_idx, out, out_size, channels, num_prefix, num_unm, r,
+                  *x.stride(), size.stride(0), size.stride(1), edge_idx.stride(0), node_idx.stride(0),
+                  *out.stride(), out_size.stride(0), out_size.stride(1))  # the two kernels' shared arguments
+    _merged_sizes_kernel[(batch,)](*merge_args, BLOCK_K=_pow2(min(r, 256)))  # partner sizes first ...
+    _fold_kernel[(triton.cdiv(r, 16), batch)](*merge_args, BLOCK_K=16, BLOCK_C=block_c)  # ... then the weights
     src_idx, unm_idx = edge_idx[:, :r], edge_idx[:, r:]
     return out, out_size, unm_idx, src_idx, node_idx.gather(1, src_idx)
 
