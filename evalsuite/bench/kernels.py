@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -148,6 +149,9 @@ def graph_max_elements(limit: int) -> Iterator[None]:
         graphs.GRAPH_MAX_ELEMENTS = saved
 
 
+MERGE_STEP_COLUMNS = ("eager_ms", "replayed_ms", "kernel_ms", "fused_ms", "fused_replayed_ms", "fused_kernel_ms")
+
+
 @torch.inference_mode()
 def merge_step_rows(shapes: dict[str, tuple] = MERGE_SHAPES, device: str | torch.device = "cpu",
                     dtype: str | None = None, repeats: int = 50) -> list[dict]:
@@ -159,29 +163,26 @@ def merge_step_rows(shapes: dict[str, tuple] = MERGE_SHAPES, device: str | torch
     against the reference's, ``kernel_ms`` (launches excluded; None off CUDA)."""
     device, torch_dtype = _resolve(device, dtype)
     print(f"{'shape':<16}{'elements':>10}{'eager ms':>10}{'replayed':>10}{'kernels':>9}"
-          f"{'fused':>8}{'f.replayed':>12}{'f.kernels':>11}")
+          f"{'fused':>10}{'f.replayed':>12}{'f.kernels':>11}")
     rows = []
     for name, shape in shapes.items():
         tensors = merge_inputs(shape, device, torch_dtype)
         r = (shape[2] - 1) // 24
-        row = dict(shape=name, elements=max(t.numel() for t in tensors))
-        steps = [("", merge_step)]
+        row = dict(shape=name, elements=max(t.numel() for t in tensors), **dict.fromkeys(MERGE_STEP_COLUMNS))
+        steps = [(merge_step, "eager_ms", "replayed_ms", "kernel_ms")]
         if tome_kernels.supports(tensors[0], tensors[1]):
-            steps.append(("fused_", tome_kernels.merge_step))
-        else:
-            row.update(fused_ms=None, fused_replayed_ms=None, fused_kernel_ms=None)
-        for prefix, step in steps:
-            run = lambda: step(*tensors, num_prefix=1, r=r)  # noqa: E731
-            row[f"{prefix or 'eager_'}ms"] = wall_ms(run, device, repeats)
-            row[f"{prefix}replayed_ms"] = row[f"{prefix}kernel_ms"] = None
+            steps.append((tome_kernels.merge_step, "fused_ms", "fused_replayed_ms", "fused_kernel_ms"))
+        for step, eager, replayed, kernel in steps:
+            run = functools.partial(step, *tensors, num_prefix=1, r=r)
+            row[eager] = wall_ms(run, device, repeats)
             if device.type == "cuda":
                 with graph_max_elements(1 << 62):
-                    row[f"{prefix}replayed_ms"] = wall_ms(
-                        lambda: graphs.replay_or_run(step, tensors, num_prefix=1, r=r), device, repeats)
-                row[f"{prefix}kernel_ms"] = graph_ms(run, device, repeats)
+                    row[replayed] = wall_ms(functools.partial(graphs.replay_or_run, step, tensors, num_prefix=1, r=r),
+                                            device, repeats)
+                row[kernel] = graph_ms(run, device, repeats)
         rows.append(row)
         print(f"{name:<16}{row['elements']:>10}{row['eager_ms']:>10.3f}{_opt(row['replayed_ms'], '.3f'):>10}"
-              f"{_opt(row['kernel_ms'], '.3f'):>9}{_opt(row['fused_ms'], '.3f'):>8}"
+              f"{_opt(row['kernel_ms'], '.3f'):>9}{_opt(row['fused_ms'], '.3f'):>10}"
               f"{_opt(row['fused_replayed_ms'], '.3f'):>12}{_opt(row['fused_kernel_ms'], '.3f'):>11}", flush=True)
     return rows
 

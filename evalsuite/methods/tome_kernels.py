@@ -46,14 +46,11 @@ _ATOMIC_DTYPES = (torch.float32, torch.float16)  # bfloat16 atomics need sm_90: 
 
 
 def supports(keys: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether :func:`merge_step` runs on these inputs (else use the torch reference): on CUDA
-    with a dtype the atomics take, once :func:`_works_on` has checked this device and dtype."""
+    """Whether :func:`merge_step` runs on these inputs (else use the torch reference): on CUDA once
+    :func:`_works_on` has accepted the device and dtype, on CPU under Triton's interpreter."""
     if triton is None or not ENABLED or keys.shape[-1] > MAX_HEAD_DIM:
         return False
     if x.is_cuda:
-        if x.dtype not in _ATOMIC_DTYPES and not (
-                x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)):
-            return False
         return _works_on(x.device, x.dtype)
     return _INTERPRET and x.device.type == "cpu" and x.dtype in _ATOMIC_DTYPES
 
@@ -62,11 +59,16 @@ _WORKS: dict[tuple, bool] = {}
 
 
 def _works_on(device: torch.device, dtype: torch.dtype) -> bool:
-    """Build and run the fused step once per device and dtype on a small input. If Triton cannot
-    build it here, or its merge is not the size-weighted mean of its own matching (float32: not the
+    """Decided once per device and dtype (ToMe asks in every block). The dtype must be one the
+    atomics take; then the fused step is built and run on a small input. If Triton cannot build it
+    here, or its merge is not the size-weighted mean of its own matching (float32: not the
     reference's result), warn once and let ToMe use the torch reference."""
     key = (device, dtype)
     if key not in _WORKS:
+        bf16_atomics = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+        if dtype not in _ATOMIC_DTYPES and not (dtype == torch.bfloat16 and bf16_atomics):
+            _WORKS[key] = False
+            return False
         from . import tome
 
         g = torch.Generator(device=device).manual_seed(0)
@@ -103,13 +105,13 @@ def merge_step(keys: torch.Tensor, x: torch.Tensor, size: torch.Tensor, *, num_p
     metric = torch.empty(batch, patches, keys.shape[-1], device=x.device, dtype=keys.dtype)
     _metric_kernel[(triton.cdiv(patches, 32), batch)](
         keys, metric, patches, keys.shape[-1], num_prefix, *keys.stride(), *metric.stride(),
-        HEADS=keys.shape[1], BLOCK_T=32, BLOCK_D=_pow2(keys.shape[-1]))
+        HEADS=keys.shape[1], BLOCK_T=32, BLOCK_D=triton.next_power_of_2(keys.shape[-1]))
     best, node_idx = best_partner(metric)
     edge_idx = best.argsort(dim=-1, descending=True)
     num_unm = (patches + 1) // 2 - r
     out = torch.empty(batch, tokens - r, channels, device=x.device, dtype=x.dtype)
     out_size = torch.empty(batch, tokens - r, 1, device=x.device, dtype=size.dtype)
-    block_c = min(_pow2(channels), 1024)
+    block_c = min(triton.next_power_of_2(channels), 1024)
     _keep_rows_kernel[(triton.cdiv(tokens - r, 8), batch)](
         x, size, edge_idx, out, out_size, tokens - r, channels, num_prefix, num_unm, r,
         *x.stride(), size.stride(0), size.stride(1), edge_idx.stride(0), *out.stride(),
@@ -118,7 +120,8 @@ def merge_step(keys: torch.Tensor, x: torch.Tensor, size: torch.Tensor, *, num_p
     merge_args = (x, size, edge_idx, node_idx, out, out_size, channels, num_prefix, num_unm, r,
                   *x.stride(), size.stride(0), size.stride(1), edge_idx.stride(0), node_idx.stride(0),
                   *out.stride(), out_size.stride(0), out_size.stride(1))  # the two kernels' shared arguments
-    _merged_sizes_kernel[(batch,)](*merge_args, BLOCK_K=_pow2(min(r, 256)))  # partner sizes first ...
+    sizes_block = max(16, triton.next_power_of_2(min(r, 256)))  # next_power_of_2(0) is 0: r = 0 folds nothing
+    _merged_sizes_kernel[(batch,)](*merge_args, BLOCK_K=sizes_block)  # partner sizes first ...
     _fold_kernel[(triton.cdiv(r, 16), batch)](*merge_args, BLOCK_K=16, BLOCK_C=block_c)  # ... then the weights
     src_idx, unm_idx = edge_idx[:, :r], edge_idx[:, r:]
     return out, out_size, unm_idx, src_idx, node_idx.gather(1, src_idx)
@@ -132,16 +135,12 @@ def best_partner(metric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     num_a, num_b = (patches + 1) // 2, patches // 2
     node_max = torch.empty(batch, num_a, device=metric.device, dtype=torch.float32)
     node_idx = torch.empty(batch, num_a, device=metric.device, dtype=torch.int64)
-    block_c = max(16, _pow2(channels))
+    block_c = max(16, triton.next_power_of_2(channels))
     block_m = 64 if block_c <= 128 else 32
     _best_partner_kernel[(triton.cdiv(num_a, block_m), batch)](
         metric, node_max, node_idx, num_a, num_b, channels, *metric.stride(),
         BLOCK_M=block_m, BLOCK_N=64, BLOCK_C=block_c, IEEE=metric.dtype == torch.float32)
     return node_max, node_idx
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 if triton is not None:
