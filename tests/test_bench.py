@@ -119,6 +119,7 @@ def test_attention_rows_time_what_the_device_runs_and_mark_the_rest(capsys):
         assert r["plain"] > 0 and r["padded"] > 0 and r["mask"] > 0 and "plain" not in r["errors"]
         for option in ("cudnn+mask", "efficient+mask"):  # CUDA-only SDPA backends
             assert r[option] is None and r["errors"][option] == "RuntimeError"
+        assert r["bias kernel"] is None and r["errors"]["bias kernel"] == "NotImplementedError"  # compiled Triton: GPU
     assert "- (RuntimeError)" in capsys.readouterr().out
 
 

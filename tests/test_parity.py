@@ -62,8 +62,12 @@ def test_zero_compression_matches_unpatched_model_on_cuda(adapter, pixels, metho
 
 
 def _with_padded_heads(adapter, pixels, padded: bool, monkeypatch):
+    """ToMe f0.5 with the size bias as an attn_mask, or in padded heads (the bias kernel, where it
+    runs, is checked in test_attention_kernels)."""
+    from evalsuite.patch import attention_kernels
     from evalsuite.patch.runner import CompressedForward
 
+    monkeypatch.setattr(attention_kernels, "ENABLED", False)
     monkeypatch.setattr(CompressedForward, "fold_bias_devices", (pixels.device.type,) if padded else ())
     return adapter.compressed(pixels, build("tome", {"merge_factor": 0.5}, adapter.num_layers))
 

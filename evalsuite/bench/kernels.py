@@ -21,9 +21,10 @@
     80% of its FLOP ideal" (README, after the H100 bench table).
 ``attention``
     Ways to carry the proportional-attention size bias, with DINOv2-S heads
-    (6 x 64) at batch 64: plain SDPA (no bias), heads padded by ``HEAD_PAD``
-    channels (what the patched forwards do; also on the flash and on the cuDNN
-    kernel alone), an additive mask with the default
+    (6 x 64) at batch 64: the bias kernel (:mod:`evalsuite.patch.attention_kernels`,
+    what the patched forwards run where it runs), plain SDPA (no bias), heads
+    padded by ``HEAD_PAD`` channels (the fallback; also on the flash and on the
+    cuDNN kernel alone), an additive mask with the default
     kernel choice, cuDNN and the efficient kernel with that mask, and the
     efficient kernel with only the values padded. Behind "proportional attention
     widens every head by 8 channels" (same README paragraph).
@@ -69,6 +70,7 @@ from ..metrics.flops import block_flops
 from ..metrics.latency import synchronize
 from ..metrics.similarity import percentile
 from ..models import MODELS
+from ..patch import attention_kernels
 from ..patch.runner import HEAD_PAD
 from . import _opt, _step_times
 
@@ -362,8 +364,16 @@ def attention_options(batch: int, heads: int, tokens: int, head_dim: int, device
     q, k, v = randn(head_dim), randn(head_dim), randn(head_dim)
     padded, v_padded = randn(head_dim + HEAD_PAD), randn(head_dim + HEAD_PAD)
     bias = torch.rand(batch, 1, 1, tokens, device=device, dtype=dtype).log().expand(batch, heads, tokens, tokens)
+    qkv = torch.randn(batch, tokens, 3, heads, head_dim, device=device, dtype=dtype).permute(2, 0, 3, 1, 4)
     sdpa = F.scaled_dot_product_attention
+
+    def bias_kernel():  # what the patched forwards run: q, k, v as views of the projection's output
+        if not attention_kernels.supports(qkv, head_dim):
+            raise NotImplementedError(f"attention_kernels on {device} {dtype}")
+        return attention_kernels.attention(*qkv.unbind(0), bias[:, 0, 0], head_dim ** -0.5)
+
     return {
+        "bias kernel": bias_kernel,
         "plain": lambda: sdpa(q, k, v),
         "padded": lambda: sdpa(padded, padded, padded),
         "flash padded": _with_backend(SDPBackend.FLASH_ATTENTION, lambda: sdpa(padded, padded, padded)),

@@ -13,9 +13,10 @@ ToMe's constant schedule, i.e. ``r = floor(f * P / L)`` per block for P patches
 and L blocks. ``r`` may also be given directly. Either way each block merges at
 most half of the tokens reaching it (a bipartite matching cannot merge more).
 ``proportional_attention = false`` (case id suffix ``_nopa``) turns the size
-bias off: cheaper on GPU, where the bias rides in one extra channel per head
-(``HEAD_PAD`` in :mod:`evalsuite.patch.runner`) and the fused kernel then runs
-at a wider head size; it costs some fidelity.
+bias off: a little cheaper on GPU, where the bias needs evalsuite's own attention
+kernel (:mod:`evalsuite.patch.attention_kernels`, slower than PyTorch's flash
+kernel without bias) or heads one channel wider (``HEAD_PAD`` in
+:mod:`evalsuite.patch.runner`); it costs some fidelity.
 
 :func:`merge_step` below is the reference, in torch. On CUDA, ToMe runs the same
 step as five Triton kernels and a sort (:mod:`evalsuite.methods.tome_kernels`,

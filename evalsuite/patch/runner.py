@@ -3,8 +3,9 @@
 A family patch (``timm_vit.py``, ``hf_dinov2.py``) walks its model's own
 modules and calls a :class:`CompressedForward` at fixed points; this class
 holds the token state, runs the method's hooks, computes attention (fused
-SDPA; proportional attention as an additive bias on CPU, on CUDA as an extra
-channel per head: :func:`padded_projection`), times the compression work and
+SDPA; proportional attention as an additive bias on CPU, on CUDA in
+:mod:`evalsuite.patch.attention_kernels` or else as an extra channel per head:
+:func:`padded_projection`), times the compression work and
 turns the final state into per-image token plans. The model's weights and
 classes are never modified (padded projections are cached copies).
 """
@@ -23,6 +24,7 @@ from ..methods.base import Compressor
 from ..methods.state import TokenState
 from ..metrics.latency import synchronize
 from ..plan import TokenPlan
+from . import attention_kernels
 
 RECEIVED_ATTENTION_CHUNK = 256  # queries per chunk when a model has no class token
 HEAD_PAD = 8  # channels added to every head to carry the proportional-attention bias (keeps heads a multiple of 8)
@@ -131,28 +133,48 @@ class CompressedForward:
         self._requests = [self.compressor.attention_request(i) for i in range(self.compressor.num_layers)]
 
     # -- per block --------------------------------------------------------------
-    fold_bias_devices = ("cuda",)  # where the size bias rides in padded heads instead of an attn_mask
+    fold_bias_devices = ("cuda",)  # where the size bias cannot be an attn_mask (it would leave the fused kernels)
 
     @property
-    def pads_heads(self) -> bool:
-        """True once merged tokens need the size bias and the fused kernel cannot take a mask.
+    def size_biased(self) -> bool:
+        """True once merged tokens need the size bias and the fused SDPA kernels cannot take it as a mask.
 
-        The family patch then calls :meth:`padded_attention` instead of :meth:`attend`: every
-        head is ``HEAD_PAD`` channels wider and the bias costs one strided write per block
-        instead of copies of q, k and v.
+        The family patch then calls :meth:`size_biased_attention` instead of :meth:`attend`,
+        handing over its projections rather than q, k and v.
         """
         state = self.state
         return state.merged and state.proportional_attention and state.size.device.type in self.fold_bias_devices
 
+    def size_biased_attention(self, layer: int, x: torch.Tensor, qkv: tuple[torch.nn.Linear, ...],
+                              out_proj: torch.nn.Linear, head_dim: int, scale: float) -> torch.Tensor:
+        """Block ``layer``'s attention on x [B, N, C] with the size bias, from the block's input
+        projections ``qkv`` (timm's fused qkv, or transformers' q, k and v) and its ``out_proj``.
+
+        Where :mod:`evalsuite.patch.attention_kernels` runs, its kernel adds the bias to the
+        scores of heads of their own width, reading q, k and v from one projection GEMM and
+        writing what ``out_proj`` reads. Elsewhere the bias rides in padded heads
+        (:meth:`padded_attention`). Returns [B, N, C].
+        """
+        batch, tokens, _ = x.shape
+        if not attention_kernels.supports(x, head_dim):
+            return self.padded_attention(layer, x, qkv, out_proj, head_dim, scale)
+        projected = F.linear(x, *fused_projection(qkv))
+        q, k, v = projected.view(batch, tokens, 3, -1, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.state.attention_bias(q.dtype)  # the values the mask and the padded heads get
+        out = attention_kernels.attention(q, k, v, bias[:, 0, 0], scale)  # [B, N, H, D]
+        request = self._requests[layer]
+        if request is not None:
+            self._observe(layer, request, q, k, scale, bias)
+        return out_proj(out.view(batch, tokens, -1))
+
     def padded_attention(self, layer: int, x: torch.Tensor, qkv: tuple[torch.nn.Linear, ...],
                          out_proj: torch.nn.Linear, head_dim: int, scale: float) -> torch.Tensor:
-        """Block ``layer``'s attention on x [B, N, C] with the size bias carried in padded heads.
+        """:meth:`size_biased_attention` on SDPA's flash kernel: the bias carried in padded heads.
 
-        ``qkv`` are the block's input projections (timm's fused qkv, or transformers' q, k and
-        v); :func:`padded_projection` makes them one GEMM whose query pad channel is 1, and key
-        channel D is set here to ``log(size) / scale``, so ``scale * q.k`` gains exactly the size
-        bias. ``out_proj`` reads the heads through :func:`padded_output`, which ignores the pad.
-        Returns [B, N, C].
+        :func:`padded_projection` makes ``qkv`` one GEMM whose heads are ``HEAD_PAD`` channels
+        wider and whose query pad channel is 1; key channel D is set here to ``log(size) / scale``,
+        so ``scale * q.k`` gains exactly the size bias. ``out_proj`` reads the heads through
+        :func:`padded_output`, which ignores the pad. Returns [B, N, C].
         """
         batch, tokens, _ = x.shape
         projected = F.linear(x, *padded_projection(qkv, head_dim, (1.0, 0.0, 0.0)))
@@ -169,10 +191,10 @@ class CompressedForward:
                          v_proj: torch.nn.Linear, out_proj: torch.nn.Linear, head_dim: int,
                          scale: float) -> torch.Tensor:
         """Block ``layer``'s attention on x [B, N, C] for transformers' layout (separate q, k, v and
-        output projections, as in ``Dinov2Attention`` and ``CLIPAttention``): :meth:`padded_attention`
+        output projections, as in ``Dinov2Attention`` and ``CLIPAttention``): :meth:`size_biased_attention`
         once proportional attention needs it, else the model's own computation around :meth:`attend`."""
-        if self.pads_heads:
-            return self.padded_attention(layer, x, (q_proj, k_proj, v_proj), out_proj, head_dim, scale)
+        if self.size_biased:
+            return self.size_biased_attention(layer, x, (q_proj, k_proj, v_proj), out_proj, head_dim, scale)
         shape = (*x.shape[:-1], -1, head_dim)
         q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (q_proj, k_proj, v_proj))
         out = self.attend(layer, q, k, v, scale)
@@ -181,10 +203,12 @@ class CompressedForward:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """Fused attention over q, k, v [B, H, N, D] -> [B, H, N, D], plus what the method asked for."""
         bias = self.state.attention_bias(q.dtype)
-        if bias is not None and q.is_cuda:
-            out = folded_bias_attention(q, k, v, bias, scale)
-        else:
+        if bias is None or q.device.type not in self.fold_bias_devices:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        elif attention_kernels.supports(q, q.shape[-1]):
+            out = attention_kernels.attention(q, k, v, bias[:, 0, 0], scale).transpose(1, 2)
+        else:
+            out = folded_bias_attention(q, k, v, bias, scale)
         request = self._requests[layer]
         if request is not None:
             self._observe(layer, request, q, k, scale, bias)
@@ -281,6 +305,20 @@ def weights_state(t: torch.Tensor) -> tuple:
     return t.data_ptr(), 0 if t.is_inference() else t._version, t.dtype, t.device
 
 
+def fused_projection(linears: tuple[torch.nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One projection doing the work of ``linears`` (their outputs side by side); the given
+    tuple itself when it is one layer. Returns (weight, bias) for ``F.linear``."""
+    if len(linears) == 1:
+        return linears[0].weight, linears[0].bias
+    return _cached(tuple(linears), "fused", lambda: _joined(linears))
+
+
+def _joined(linears: tuple[torch.nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights and biases (zeros where a layer has none) of ``linears``, concatenated."""
+    weight = torch.cat([m.weight for m in linears])
+    return weight, torch.cat([m.bias if m.bias is not None else weight.new_zeros(m.out_features) for m in linears])
+
+
 def padded_projection(linears: tuple[torch.nn.Linear, ...], head_dim: int,
                       first_pad: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """One projection doing the work of ``linears`` (their outputs side by side: ``len(first_pad)``
@@ -290,14 +328,13 @@ def padded_projection(linears: tuple[torch.nn.Linear, ...], head_dim: int,
     The model's own parameters are read, never changed."""
 
     def build():
-        weight = torch.cat([m.weight for m in linears])
-        bias = [m.bias if m.bias is not None else weight.new_zeros(m.out_features) for m in linears]
+        weight, bias = _joined(linears)
         groups, (out_features, in_features) = len(first_pad), weight.shape
         heads = out_features // (groups * head_dim)
         w = weight.new_zeros(groups, heads, head_dim + HEAD_PAD, in_features)
         w[:, :, :head_dim] = weight.view(groups, heads, head_dim, in_features)
         b = weight.new_zeros(groups, heads, head_dim + HEAD_PAD)
-        b[:, :, :head_dim] = torch.cat(bias).view(groups, heads, head_dim)
+        b[:, :, :head_dim] = bias.view(groups, heads, head_dim)
         b[:, :, head_dim] = torch.tensor(first_pad, dtype=b.dtype, device=b.device)[:, None]
         return w.view(-1, in_features), b.view(-1)
 

@@ -34,8 +34,9 @@ def check_supported(model: nn.Module) -> None:
 def _attention(attn: nn.Module, x: torch.Tensor, run: CompressedForward, layer: int) -> torch.Tensor:
     # copied from timm 1.0.31 Attention.forward (fused path, no attn_mask)
     B, N, _ = x.shape
-    if run.pads_heads and _plain_heads(attn):  # evalsuite: size bias in padded heads, no q/k copies
-        return attn.proj_drop(run.padded_attention(layer, x, (attn.qkv,), attn.proj, attn.head_dim, attn.scale))
+    if run.size_biased and _plain_heads(attn):  # evalsuite: size bias in the attention kernel, no q/k copies
+        return attn.proj_drop(run.size_biased_attention(layer, x, (attn.qkv,), attn.proj, attn.head_dim,
+                                                        attn.scale))
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
