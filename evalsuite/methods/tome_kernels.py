@@ -29,9 +29,10 @@ partners tie to the last bit, either may be chosen, as with torch's ``max``.
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
+
+from .. import triton_probe
 
 try:
     import triton
@@ -60,39 +61,31 @@ _WORKS: dict[tuple, bool] = {}
 
 def _works_on(device: torch.device, dtype: torch.dtype) -> bool:
     """Decided once per device and dtype (ToMe asks in every block). The dtype must be one the
-    atomics take; then the fused step is built and run on a small input. If Triton cannot build it
-    here, or its merge is not the size-weighted mean of its own matching (float32: not the
-    reference's result), warn once and let ToMe use the torch reference."""
-    key = (device, dtype)
-    if key not in _WORKS:
+    atomics take; then the fused step is built and run on a small input
+    (:func:`evalsuite.triton_probe.decided`). If Triton cannot build it here, or its merge is not
+    the size-weighted mean of its own matching (float32: not the reference's result), ToMe uses
+    the torch reference."""
+    if (device, dtype) not in _WORKS and dtype not in _ATOMIC_DTYPES:
         bf16_atomics = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
-        if dtype not in _ATOMIC_DTYPES and not (dtype == torch.bfloat16 and bf16_atomics):
-            _WORKS[key] = False
-            return False
+        if not (dtype == torch.bfloat16 and bf16_atomics):
+            _WORKS[(device, dtype)] = False  # kept: the capability is not read again in every block
+
+    def check() -> str | None:
         from . import tome
 
         g = torch.Generator(device=device).manual_seed(0)
         keys = torch.randn(2, 2, 1 + 40, 16, device=device, generator=g).to(dtype)
         x = torch.randn(2, 1 + 40, 24, device=device, generator=g).to(dtype)
         size = torch.randint(1, 4, (2, 1 + 40, 1), device=device, generator=g).to(dtype)
-        try:
-            out, out_size, unm, src, dst = got = merge_step(keys, x, size, num_prefix=1, r=7)
-            want_x, want_size = tome.merge_weighted(x.float(), size.float(), 1, unm, src, dst)
-            works = (torch.equal(out_size.float(), want_size)
-                     and torch.allclose(out.float(), want_x, atol=0.05, rtol=0.02))
-            if dtype == torch.float32:
-                works = works and all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in
-                                      zip(got, tome.merge_step(keys, x, size, num_prefix=1, r=7)))
-            problem = "its result disagreed with the torch reference"
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:  # Triton's build and launch errors share no base class
-            works, problem = False, f"{type(exc).__name__}: {exc}"
-        _WORKS[key] = works
-        if not works:
-            warnings.warn(f"evalsuite: the fused ToMe step does not run on {device} ({dtype}): {problem}; "
-                          "using the torch reference", RuntimeWarning, stacklevel=3)
-    return _WORKS[key]
+        out, out_size, unm, src, dst = got = merge_step(keys, x, size, num_prefix=1, r=7)
+        want_x, want_size = tome.merge_weighted(x.float(), size.float(), 1, unm, src, dst)
+        works = torch.equal(out_size.float(), want_size) and torch.allclose(out.float(), want_x, atol=0.05, rtol=0.02)
+        if dtype == torch.float32:
+            works = works and all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in
+                                  zip(got, tome.merge_step(keys, x, size, num_prefix=1, r=7)))
+        return None if works else "its result disagreed with the torch reference"
+
+    return triton_probe.decided(_WORKS, device, dtype, check, "the fused ToMe step", "the torch reference")
 
 
 def merge_step(keys: torch.Tensor, x: torch.Tensor, size: torch.Tensor, *, num_prefix: int,

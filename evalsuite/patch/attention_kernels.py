@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 
 import torch
+
+from .. import triton_probe
 
 try:
     import triton
@@ -71,28 +72,19 @@ _WORKS: dict[tuple, bool] = {}
 
 
 def _works_on(device: torch.device, dtype: torch.dtype) -> bool:
-    """Decided once per device and dtype (asked in every block): the kernel is built and run on a
-    small input and compared with SDPA given the bias as a mask. If Triton cannot build it here, or
-    it disagrees, warn once and let the caller use its fallback."""
-    key = (device, dtype)
-    if key not in _WORKS:
+    """The kernel against SDPA given the bias as a mask, on a small input, once per device and
+    dtype (:func:`evalsuite.triton_probe.decided`); where it fails, the caller pads its heads."""
+
+    def check() -> str | None:
         g = torch.Generator(device=device).manual_seed(0)
         q, k, v = torch.randn(3, 2, 2, 1 + 80, 64, device=device, generator=g).to(dtype).unbind(0)
         bias = torch.randint(1, 5, (2, 1 + 80), device=device, generator=g).float().log()
-        try:
-            got = attention(q, k, v, bias, 0.125).transpose(1, 2).float()
-            want = reference(q.float(), k.float(), v.float(), bias, 0.125)
-            works = torch.allclose(got, want, atol=2e-2 if dtype != torch.float32 else 1e-5, rtol=2e-2)
-            problem = "its result disagreed with SDPA's"
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:  # Triton's build and launch errors share no base class
-            works, problem = False, f"{type(exc).__name__}: {exc}"
-        _WORKS[key] = works
-        if not works:
-            warnings.warn(f"evalsuite: the biased attention kernel does not run on {device} ({dtype}): {problem}; "
-                          "using padded heads", RuntimeWarning, stacklevel=3)
-    return _WORKS[key]
+        got = attention(q, k, v, bias, 0.125).transpose(1, 2).float()
+        want = reference(q.float(), k.float(), v.float(), bias, 0.125)
+        tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+        return None if torch.allclose(got, want, atol=tolerance, rtol=tolerance) else "its result disagreed with SDPA's"
+
+    return triton_probe.decided(_WORKS, device, dtype, check, "the biased attention kernel", "padded heads")
 
 
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
