@@ -13,7 +13,6 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,24 +28,10 @@ from .models.base import EncoderOutput, ModelAdapter
 from .patch.runner import StepTimer
 from .plan import TokenPlan
 from .results import CaseResult, SampleRecord
+from .settings import EngineSettings
 from .workers import thread_map
 
 OOM_RETRIES = 3
-
-
-@dataclass
-class EngineSettings:
-    data_root: Path | None = None
-    seed: int = 0
-    batch_size: int = 8
-    timing_batch: int = 1
-    timing_repeats: int = 10
-    timing_warmup: int = 2
-    ocr_engine: str | None = "rapidocr"  # None: no OCR KPIs
-    ocr_workers: int = 0  # 0: one per available core
-    export_dir: Path | None = None  # per-case .npz of what the model still sees
-    worker_index: int = 0  # pytest-xdist worker number, picks the GPU
-    device_override: str | None = None  # "cpu" or "cuda": wins over the matrix's device
 
 
 @dataclass

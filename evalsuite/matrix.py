@@ -20,6 +20,9 @@ A matrix file::
     # limit = 20                  # every other key goes to the loader
 
 Every error names the file and the key, and suggests the closest valid name.
+Loading is two steps: :func:`read` checks a file without importing torch (all
+that the pytest-xdist controller needs), :func:`expand` builds every method,
+which checks its parameters (in the processes that run cases).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import itertools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .registry import UnknownNameError
 
@@ -78,20 +81,84 @@ class CaseSpec:
         return f"{self.model.id}-{self.method_id}-{self.dataset.id}"
 
 
+@dataclass(frozen=True)
+class MethodSpec:
+    """One parameter set of a method as its file declares it; building it (:func:`expand`) checks the values."""
+
+    name: str
+    params: dict[str, Any]
+    where: str  # "FILE: [methods.NAME]", for errors
+
+
+@dataclass(frozen=True)
+class MatrixFile:
+    """One matrix file, read and checked up to its methods' parameters (see :func:`read`)."""
+
+    path: Path
+    models: list[ModelSpec]
+    methods: list[MethodSpec]
+    datasets: list[DatasetSpec]
+    settings: dict[str, int]
+
+
 def load(paths: list[Path], defaults: dict[str, int] | None = None) -> list[CaseSpec]:
-    """Parse matrix files; duplicated case ids across files are an error."""
+    """Parse matrix files into cases, every method's parameters checked; duplicated case ids across
+    files are an error."""
+    return expand(read(paths, defaults))
+
+
+def read(paths: list[Path], defaults: dict[str, int] | None = None) -> list[MatrixFile]:
+    """Parse matrix files and check everything but the methods' parameters: run settings, models,
+    datasets and method names against their registries.
+
+    Imports no torch (the method classes do): the pytest-xdist controller reads the matrix with this
+    alone, since it runs no case and its start-up is on the critical path of every gate run; the
+    workers :func:`expand` the files, which checks the rest.
+    """
+    return [_read_file(Path(path), dict(defaults or {})) for path in paths]
+
+
+def expand(files: list[MatrixFile]) -> list[CaseSpec]:
+    """Every model x method(+params) x dataset of ``files``. Each method is built here, which checks
+    its parameters before the run starts and gives the method part of the case ids."""
+    from .methods import build
+
     cases: dict[str, CaseSpec] = {}
-    for path in paths:
-        for case in _load_file(Path(path), dict(defaults or {})):
+    for file in files:
+        methods: list[tuple[MethodSpec, str]] = []
+        for method in file.methods:
+            try:
+                methods.append((method, build(method.name, method.params).id_part))
+            except (ValueError, TypeError) as exc:
+                raise MatrixError(f"{method.where}: {exc}") from None
+        for model, (method, method_id), dataset in itertools.product(file.models, methods, file.datasets):
+            case = CaseSpec(model, method.name, method.params, method_id, dataset, dict(file.settings),
+                            str(file.path))
             if case.id in cases:
-                raise MatrixError(f"{path}: case {case.id} is also declared in {cases[case.id].source}")
+                raise MatrixError(f"{file.path}: case {case.id} is also declared in {cases[case.id].source}")
             cases[case.id] = case
     return list(cases.values())
 
 
-def _load_file(path: Path, settings: dict[str, int]) -> list[CaseSpec]:
+def split_case_id(case_id: str, model_ids: Iterable[str], dataset_ids: Iterable[str]) -> tuple[str, str] | None:
+    """``(model id, dataset id)`` of a case id ``MODEL-METHODID-DATASET``, without building any method:
+    the longest model id it starts with and the longest dataset id it ends with; None when none fits.
+
+    >>> split_case_id("dinov2_s14_518-tome_f0.5-sroie", ["dinov2_s14", "dinov2_s14_518"], ["sroie"])
+    ('dinov2_s14_518', 'sroie')
+    >>> split_case_id("dinov2_s14-sroie", ["dinov2_s14"], ["sroie"]) is None  # no method part
+    True
+    """
+    model = max((m for m in model_ids if case_id.startswith(f"{m}-")), key=len, default=None)
+    dataset = max((d for d in dataset_ids if case_id.endswith(f"-{d}")), key=len, default=None)
+    if model is None or dataset is None or len(model) + len(dataset) + 2 >= len(case_id):
+        return None
+    return model, dataset
+
+
+def _read_file(path: Path, settings: dict[str, int]) -> MatrixFile:
     from .data.datasets import DATASETS
-    from .methods import METHODS, build
+    from .methods import METHODS
     from .models import MODELS
 
     try:
@@ -116,7 +183,7 @@ def _load_file(path: Path, settings: dict[str, int]) -> list[CaseSpec]:
 
     models = [_model(path, mid, table, MODELS) for mid, table in raw["models"].items()]
     datasets = [_dataset(path, did, table, DATASETS) for did, table in raw["datasets"].items()]
-    methods: list[tuple[str, dict[str, Any], str]] = []
+    methods: list[MethodSpec] = []
     for name, tables in raw["methods"].items():
         where = f"{path}: [methods.{name}]"
         if name not in METHODS:
@@ -124,17 +191,8 @@ def _load_file(path: Path, settings: dict[str, int]) -> list[CaseSpec]:
         for table in tables if isinstance(tables, list) else [tables]:
             if not isinstance(table, dict):
                 raise MatrixError(f"{where}: must be a table of parameters")
-            for params in _grid(table):
-                try:  # validate the parameters now, not in the middle of the run
-                    method_id = build(name, params).id_part
-                except (ValueError, TypeError) as exc:
-                    raise MatrixError(f"{where}: {exc}") from None
-                methods.append((name, params, method_id))
-
-    return [
-        CaseSpec(model, name, params, method_id, dataset, dict(settings), str(path))
-        for model, (name, params, method_id), dataset in itertools.product(models, methods, datasets)
-    ]
+            methods.extend(MethodSpec(name, params, where) for params in _grid(table))
+    return MatrixFile(path, models, methods, datasets, settings)
 
 
 def _model(path: Path, model_id: str, table: Any, registry) -> ModelSpec:

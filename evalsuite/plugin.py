@@ -3,12 +3,18 @@
 Loaded through the ``pytest11`` entry point. Options live in one group with
 one prefix (``--evalsuite-*``) and have ini twins (``evalsuite_*``) so a
 project pins its defaults in ``pytest.ini``.
+
+Under pytest-xdist the controller's hooks import no torch (see
+:mod:`evalsuite.distribution`): ``-n auto`` asks the CUDA driver for the GPUs
+(:mod:`evalsuite.cuda_probe`), and what needs torch is checked by the workers.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from .cuda_probe import visible_gpus
+from .distribution import runs_cases, worker_usage_error
 from .session import EvalSession
 
 SESSION_KEY = pytest.StashKey[EvalSession]()
@@ -93,11 +99,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto`` for the GPU gate: one worker per visible GPU (xdist would start one per core).
-    Module-level: xdist asks before ``pytest_configure``."""
+    Module-level: xdist asks before ``pytest_configure``. Asked of the CUDA driver: this is the
+    controller, which imports no torch (0.2 s on an H100 host against 3.6 s or more for torch)."""
     if _selects_gpu_cases_only(config):
-        import torch
-
-        return max(1, torch.cuda.device_count())
+        return max(1, visible_gpus().count)
     return None
 
 
@@ -109,6 +114,16 @@ class _XdistHooks:
 
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log):
         return config.stash[SESSION_KEY].make_scheduler(log)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        """A worker that refused its configuration (a usage error: a bad method parameter in a matrix
+        file or ``-m gpu`` without CUDA, which only workers check) ends the run with its message, as a
+        run without xdist does; xdist would print its traceback and restart it, to fail alike, up to
+        8 times."""
+        message = worker_usage_error(error)
+        if message is not None:
+            raise pytest.UsageError(message)
 
 
 class _ReportHooks:
@@ -135,8 +150,10 @@ def _selects_gpu_cases_only(config: pytest.Config) -> bool:
 
 
 def _refuse_gpu_without_cuda(config: pytest.Config) -> None:
-    """`pytest -m gpu` on a machine without CUDA is a usage error, not a silent all-skip."""
-    if _selects_gpu_cases_only(config):
+    """`pytest -m gpu` on a machine without CUDA is a usage error, not a silent all-skip. Checked where
+    the cases run, with torch: an xdist controller reports its workers' refusal
+    (:meth:`_XdistHooks.pytest_testnodedown`) rather than delay every run to check it too."""
+    if _selects_gpu_cases_only(config) and runs_cases(config):
         import torch
 
         if not torch.cuda.is_available():

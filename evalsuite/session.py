@@ -9,6 +9,12 @@ an xdist worker or the controller (or both, without xdist):
   report's ``user_properties``;
 * only the controller collects results, writes them to the sinks (ClickHouse
   or the spool) and prints the KPI table. Workers never open the database.
+
+A controller that hands the cases out to xdist workers never imports torch:
+its start-up is on the critical path of every gate run (the workers start
+after it), and torch took 2.5-3 s of it. It reads the matrix without building
+the methods (:func:`evalsuite.matrix.read`); the workers build them, which
+checks their parameters, as a run without xdist does.
 """
 
 from __future__ import annotations
@@ -21,15 +27,20 @@ import subprocess
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from . import matrix, paths
 from .data.datasets import DatasetUnavailable
-from .engine import Engine, EngineSettings
+from .distribution import runs_cases
 from .results import CaseResult, RunInfo
+from .settings import EngineSettings
 from .thresholds import Thresholds, ThresholdsError
 from .workers import cores_per_worker, xdist_workers
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 RESULT_PROPERTY = "evalsuite_result"
 
@@ -44,6 +55,7 @@ class EvalSession:
         self.rootdir = Path(config.rootpath)
         self.worker_id = os.environ.get("PYTEST_XDIST_WORKER")  # None on the controller
         self.is_controller = not hasattr(config, "workerinput")
+        self.runs_cases = runs_cases(config)
         self.results: list[CaseResult] = []
         self.process_start = _process_start_time()
         self.first_case_start: float | None = None  # epoch seconds, from the test reports
@@ -54,12 +66,16 @@ class EvalSession:
         self.run_id = workerinput.get("evalsuite_run_id") or option(config, "run_id") or _new_run_id()
         try:
             self.thresholds = Thresholds.load(self._path(option(config, "thresholds")))
-            self.cases = matrix.load([self._path(p) for p in option(config, "matrix")], self.defaults())
+            files = matrix.read([self._path(p) for p in option(config, "matrix")], self.defaults())
+            self.model_ids = {model.id for file in files for model in file.models}
+            self.dataset_ids = {dataset.id for file in files for dataset in file.datasets}
+            # Only processes that collect need the cases (see the module docstring).
+            self.cases: list[matrix.CaseSpec] | None = matrix.expand(files) if self.runs_cases else None
             from .methods import METHODS
             from .data.datasets import DATASETS
 
-            self.thresholds.validate_names({c.model.id for c in self.cases}, set(METHODS.names()),
-                                           {c.dataset.id for c in self.cases} | set(DATASETS.names()))
+            self.thresholds.validate_names(self.model_ids, set(METHODS.names()),
+                                           self.dataset_ids | set(DATASETS.names()))
         except (ThresholdsError, matrix.MatrixError) as exc:
             raise pytest.UsageError(str(exc)) from None
 
@@ -98,15 +114,15 @@ class EvalSession:
         return AffinityScheduling(self.config, log, self._describe, self._costs())
 
     def _describe(self, collection: list[str]) -> list:
-        """Collected node ids -> scheduling items: model and model x dataset of each case."""
+        """Collected node ids -> scheduling items: model and model x dataset of each case, told from
+        the ids alone (the controller has no cases: see the module docstring)."""
         from .scheduling import Item
 
-        by_id = {case.id: case for case in self.cases}
         items = []
         for index, nodeid in enumerate(collection):
-            case = by_id.get(nodeid.rpartition("[")[2].removesuffix("]")) if nodeid.endswith("]") else None
-            items.append(Item(index) if case is None else
-                         Item(index, case.id, case.model.id, f"{case.model.id}/{case.dataset.id}"))
+            case_id = nodeid.rpartition("[")[2].removesuffix("]") if nodeid.endswith("]") else ""
+            split = matrix.split_case_id(case_id, self.model_ids, self.dataset_ids)
+            items.append(Item(index) if split is None else Item(index, case_id, split[0], "/".join(split)))
         return items
 
     @property
@@ -148,6 +164,8 @@ class EvalSession:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            from .engine import Engine
+
             worker = int(self.worker_id.removeprefix("gw")) if self.worker_id else 0
             _share_cpu_threads()
             data = option(self.config, "data")

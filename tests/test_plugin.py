@@ -39,16 +39,49 @@ limit = 2
 """
 
 
+# A plugin for the nested runs: where the xdist controller first imported torch, if it did
+# (its start-up is on the critical path of every gate run; see evalsuite.distribution).
+WATCH_TORCH = """
+import os, sys, traceback
+
+class FirstTorchImport:
+    stack = None
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and self.stack is None:
+            self.stack = "".join(traceback.format_stack(limit=15))
+        return None
+
+WATCH = FirstTorchImport()
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    sys.meta_path.insert(0, WATCH)
+
+def pytest_unconfigure(config):
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        seen = WATCH.stack or ("imported before the watch" if "torch" in sys.modules else "never imported")
+        with open("controller_torch.txt", "w") as fh:
+            fh.write(seen)
+"""
+
+
+def controller_torch(tmp_path: Path) -> str:
+    """What the ``watch_torch`` plugin saw of torch in the controller of the last nested run."""
+    return (tmp_path / "controller_torch.txt").read_text()
+
+
 def run_pytest(tmp_path: Path, matrix: str, *args: str, thresholds: str | None = None,
                env: dict | None = None, cache: bool = False) -> subprocess.CompletedProcess:
     (tmp_path / "test_cases.py").write_text(TEST_MODULE)
     (tmp_path / "matrix.toml").write_text(matrix)
+    (tmp_path / "watch_torch.py").write_text(WATCH_TORCH)
     limits = tmp_path / "thresholds.toml"
     limits.write_text(thresholds if thresholds is not None else (REPO / "thresholds.toml").read_text())
     command = [sys.executable, "-m", "pytest", str(tmp_path / "test_cases.py"),
                *(() if cache else ("-p", "no:cacheprovider")), "--rootdir", str(tmp_path), "-c", os.devnull, "--evalsuite-matrix", str(tmp_path / "matrix.toml"),
-               "--evalsuite-thresholds", str(limits), "--evalsuite-dsn", f"spool://{tmp_path / 'spool'}", *args]
-    full_env = {**os.environ, **(env or {})}
+               "--evalsuite-thresholds", str(limits), "--evalsuite-dsn", f"spool://{tmp_path / 'spool'}",
+               "-p", "watch_torch", *args]
+    python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))  # watch_torch
+    full_env = {**os.environ, "PYTHONPATH": python_path, **(env or {})}
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=full_env)
 
 
@@ -81,11 +114,24 @@ def test_matrix_expands_into_readable_case_ids_selectable_with_k(tmp_path):
                    "dinov2_s14-tome_f0.7-samples", "dinov2_s14-tome_f0.7-sroie"]
 
 
+def test_bad_method_parameter_under_xdist_is_the_same_usage_error(tmp_path):
+    """Only the workers build the methods (the controller imports no torch): the first worker's
+    refusal ends the run with its message, not with xdist's tracebacks of restarted workers."""
+    bad = SMALL_MATRIX.replace("merge_factor = 0.5", "merge_factor = 1.5")
+    proc = run_pytest(tmp_path, bad, "-n", "1", "-p", "xdist")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "matrix.toml: [methods.tome]: tome: merge_factor must be in [0, 1)" in proc.stderr
+    assert "node down" not in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+    assert controller_torch(tmp_path) == "never imported"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
-def test_gpu_selection_without_cuda_fails_clearly(tmp_path):
-    proc = run_pytest(tmp_path, SMALL_MATRIX, "-m", "gpu")
-    assert proc.returncode == 4
+@pytest.mark.parametrize("workers", [(), ("-n", "2", "-p", "xdist")], ids=["no-xdist", "two-workers"])
+def test_gpu_selection_without_cuda_fails_clearly(tmp_path, workers):
+    proc = run_pytest(tmp_path, SMALL_MATRIX, "-m", "gpu", *workers)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "selects GPU cases but CUDA is not available" in proc.stderr
+    assert "node down" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
@@ -136,7 +182,7 @@ def test_gpu_matrix_runs_on_cpu_only_when_asked(tmp_path):
 def test_two_workers_share_the_cases_and_the_controller_keeps_every_result(tmp_path):
     """``-n 2``: cases run in two worker processes; their results reach the controller, which alone
     writes them (every case of both models in the spool), prints the table and keeps the measured
-    costs for the next run's scheduler."""
+    costs for the next run's scheduler, all without importing torch."""
     matrix = """
 timing_repeats = 2
 timing_warmup = 1
@@ -163,20 +209,25 @@ limit = 1
     assert {r["case"]["case_id"] for r in rows if r["type"] == "case"} == {f"{m}-{x}-samples" for m in ("dinov2_s14", "vit_b16_random")
                                           for x in ("none", "tome_f0.5")}
     assert "vit_b16_random-tome_f0.5-samples" in proc.stdout.split("time per stage")[0]  # the KPI table
+    assert controller_torch(tmp_path) == "never imported"
 
 
 def test_n_auto_starts_one_worker_per_gpu_for_the_gpu_gate(monkeypatch):
     """xdist's ``-n auto`` would start one worker per core; ``-m gpu`` gets one per GPU."""
     from types import SimpleNamespace
 
+    from evalsuite import plugin
+    from evalsuite.cuda_probe import GpuCount
     from evalsuite.plugin import pytest_xdist_auto_num_workers
 
     def config(markexpr, device=None):
         options = {"markexpr": markexpr, "evalsuite_device": device}
         return SimpleNamespace(getoption=lambda name, default=None: options.get(name, default))
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(plugin, "visible_gpus", lambda: GpuCount(3))  # the driver's count: no torch there
     assert pytest_xdist_auto_num_workers(config("gpu")) == 3
     assert pytest_xdist_auto_num_workers(config("gpu and not slow")) == 3
     assert pytest_xdist_auto_num_workers(config("not gpu")) is None  # xdist decides (cores)
     assert pytest_xdist_auto_num_workers(config("gpu", device="cpu")) is None
+    monkeypatch.setattr(plugin, "visible_gpus", lambda: GpuCount(0, "no CUDA driver"))
+    assert pytest_xdist_auto_num_workers(config("gpu")) == 1  # which refuses: no CUDA

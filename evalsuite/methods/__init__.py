@@ -2,17 +2,21 @@
 
 A new method is one file plus one line here (or an ``evalsuite.methods``
 entry point); the family patches in :mod:`evalsuite.patch` run any of them.
+Every entry is a lazy ``"module:attr"`` string, so that knowing the names
+imports no torch (the pytest-xdist controller checks matrix files with them).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..registry import Registry
-from .base import Compressor
+
+if TYPE_CHECKING:
+    from .base import Compressor
 
 METHODS: Registry[type[Compressor]] = Registry("method", "evalsuite.methods")
-METHODS.register("none", Compressor)
+METHODS.register("none", "evalsuite.methods.base:Compressor")
 METHODS.register("tome", "evalsuite.methods.tome:ToMe")
 METHODS.register("v2drop", "evalsuite.methods.v2drop:V2Drop")
 METHODS.register("avit", "evalsuite.methods.avit:AViT")
