@@ -23,6 +23,19 @@ COMPRESSING = [
 ]
 
 
+def tome_merging_once(num_layers: int, r: int = 16):
+    """ToMe that merges ``r`` tokens in the first block only. Later blocks still attend with the size
+    bias, but no later matching can go another way: two ways of computing attention that round
+    differently in half precision would otherwise flip near ties in ToMe's matching, and the
+    tokens would differ by whole merges."""
+    from evalsuite.methods import build
+
+    comp = build("tome", {"r": r}, num_layers)
+    merge = comp.after_attention
+    comp.after_attention = lambda layer, x, state: merge(layer, x, state) if layer == 0 else x
+    return comp
+
+
 def tiny_timm(**overrides):
     """A 4-block timm ViT (real timm code, random weights) with the features that broke ToMe's patches."""
     from evalsuite.models.timm_vit import TimmViT

@@ -19,7 +19,7 @@ from evalsuite.methods import build
 from evalsuite.patch import attention_kernels
 from evalsuite.patch.runner import CompressedForward
 
-from .conftest import FAMILIES
+from .conftest import FAMILIES, tome_merging_once
 
 triton = pytest.importorskip("triton")
 
@@ -55,11 +55,10 @@ def check_against_reference(device: str, dtypes=(torch.float32, torch.float16)) 
 
 
 def check_size_bias_ways(device: str, dtype=torch.float32, atol=1e-5) -> None:
-    """ToMe f0.5 forwards on every family, the size bias as an attn_mask, in padded heads and in the
-    kernel: the same tokens and merges, and the kernel really ran. In half precision the three
-    round differently and a near tie in ToMe's matching can then go either way, so there the
-    tokens need only point the same way (the kernel's own half-precision error is
-    :func:`check_against_reference`'s)."""
+    """ToMe forwards on every family, the size bias as an attn_mask, in padded heads and in the
+    kernel: the same tokens and merges, and the kernel really ran. float32: ToMe f0.5. Half
+    precision: ToMe merging in the first block only (:func:`tome_merging_once`; the three ways
+    round differently, which would flip near ties of later matchings)."""
     torch.manual_seed(1)
     pixels = torch.randn(3, 3, 64, 64).to(device, dtype)
     calls = []
@@ -68,7 +67,8 @@ def check_size_bias_ways(device: str, dtype=torch.float32, atol=1e-5) -> None:
     for name, make in FAMILIES.items():
         adapter = make()
         adapter.to(device, dtype)
-        comp = build("tome", {"merge_factor": 0.5}, adapter.num_layers)
+        comp = (build("tome", {"merge_factor": 0.5}, adapter.num_layers) if dtype == torch.float32
+                else tome_merging_once(adapter.num_layers))
         outs = {}
         for way, folds, kernel in (("mask", (), False), ("padded", (device,), False), ("kernel", (device,), True)):
             CompressedForward.fold_bias_devices, attention_kernels.ENABLED = folds, kernel
@@ -76,12 +76,8 @@ def check_size_bias_ways(device: str, dtype=torch.float32, atol=1e-5) -> None:
             outs[way] = adapter.compressed(pixels, comp)
             assert (len(calls) > before) == kernel, (name, way, len(calls) - before)
         for way in ("padded", "kernel"):
-            got, want = outs[way].tokens.float(), outs["mask"].tokens.float()
-            if dtype != torch.float32:
-                cosine = torch.nn.functional.cosine_similarity(got, want, dim=-1)
-                assert cosine.mean() > 0.99, (name, way, cosine.mean().item())
-                continue
-            torch.testing.assert_close(got, want, atol=atol, rtol=0, msg=lambda m: f"{name} {way}: {m}")
+            torch.testing.assert_close(outs[way].tokens.float(), outs["mask"].tokens.float(), atol=atol, rtol=0,
+                                       msg=lambda m: f"{name} {way}: {m}")
             assert all((a.group_ids == b.group_ids).all() for a, b in zip(outs[way].plans, outs["mask"].plans))
 
 

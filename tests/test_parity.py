@@ -11,7 +11,7 @@ import torch
 
 from evalsuite.methods import build
 
-from .conftest import ZERO_COMPRESSION
+from .conftest import ZERO_COMPRESSION, tome_merging_once
 
 ATOL = 1e-5
 
@@ -69,7 +69,9 @@ def _with_padded_heads(adapter, pixels, padded: bool, monkeypatch):
 
     monkeypatch.setattr(attention_kernels, "ENABLED", False)
     monkeypatch.setattr(CompressedForward, "fold_bias_devices", (pixels.device.type,) if padded else ())
-    return adapter.compressed(pixels, build("tome", {"merge_factor": 0.5}, adapter.num_layers))
+    comp = (build("tome", {"merge_factor": 0.5}, adapter.num_layers) if pixels.dtype == torch.float32
+            else tome_merging_once(adapter.num_layers))  # half precision: see tome_merging_once
+    return adapter.compressed(pixels, comp)
 
 
 def test_size_bias_in_padded_heads_equals_attention_mask(adapter, pixels, monkeypatch):
