@@ -7,14 +7,22 @@ it on a small input against its torch reference: Triton may fail to build it on
 a device (its build and launch errors share no base class), or build something
 that computes the wrong thing. Either way the run goes on with the reference,
 after one warning.
+
+``EVALSUITE_TRITON=0`` turns every such kernel off (:data:`ENABLED`); under
+``TRITON_INTERPRET=1`` (:data:`INTERPRET`) they run on CPU tensors in Triton's
+interpreter, which is how the CPU tests check them.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Callable
 
 import torch
+
+ENABLED = os.environ.get("EVALSUITE_TRITON", "1") != "0"
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read by Triton when it compiles a module
 
 
 def decided(answers: dict[tuple, bool], device: torch.device, dtype: torch.dtype,

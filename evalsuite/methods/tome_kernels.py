@@ -28,7 +28,6 @@ partners tie to the last bit, either may be chosen, as with torch's ``max``.
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -40,9 +39,9 @@ try:
 except ImportError:  # pragma: no cover - PyTorch's CUDA wheels ship Triton
     triton = None
 
-ENABLED = os.environ.get("EVALSUITE_TRITON", "1") != "0"
+ENABLED = triton_probe.ENABLED  # per module, so that one kernel can be turned off alone
 MAX_HEAD_DIM = 256  # widest metric (key head size) kept in registers
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET = triton_probe.INTERPRET
 _ATOMIC_DTYPES = (torch.float32, torch.float16)  # bfloat16 atomics need sm_90: checked per device
 
 
@@ -65,10 +64,8 @@ def _works_on(device: torch.device, dtype: torch.dtype) -> bool:
     (:func:`evalsuite.triton_probe.decided`). If Triton cannot build it here, or its merge is not
     the size-weighted mean of its own matching (float32: not the reference's result), ToMe uses
     the torch reference."""
-    if (device, dtype) not in _WORKS and dtype not in _ATOMIC_DTYPES:
-        bf16_atomics = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
-        if not (dtype == torch.bfloat16 and bf16_atomics):
-            _WORKS[(device, dtype)] = False  # kept: the capability is not read again in every block
+    if (device, dtype) not in _WORKS and not _atomics_take(device, dtype):
+        _WORKS[(device, dtype)] = False  # kept: the capability is not read again in every block
 
     def check() -> str | None:
         from . import tome
@@ -86,6 +83,13 @@ def _works_on(device: torch.device, dtype: torch.dtype) -> bool:
         return None if works else "its result disagreed with the torch reference"
 
     return triton_probe.decided(_WORKS, device, dtype, check, "the fused ToMe step", "the torch reference")
+
+
+def _atomics_take(device: torch.device, dtype: torch.dtype) -> bool:
+    """float32 and float16 everywhere; bfloat16 from sm_90 (Hopper) on."""
+    if dtype in _ATOMIC_DTYPES:
+        return True
+    return dtype == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 def merge_step(keys: torch.Tensor, x: torch.Tensor, size: torch.Tensor, *, num_prefix: int,

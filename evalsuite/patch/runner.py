@@ -306,8 +306,8 @@ def weights_state(t: torch.Tensor) -> tuple:
 
 
 def fused_projection(linears: tuple[torch.nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One projection doing the work of ``linears`` (their outputs side by side); the given
-    tuple itself when it is one layer. Returns (weight, bias) for ``F.linear``."""
+    """One projection doing the work of ``linears`` (their outputs side by side); a single layer's
+    own weight and bias. Returns (weight, bias) for ``F.linear``."""
     if len(linears) == 1:
         return linears[0].weight, linears[0].bias
     return _cached(tuple(linears), "fused", lambda: _joined(linears))
