@@ -147,18 +147,13 @@ class Engine:
             records = self._sample_kpis(ref, outputs, adapter.device)
         with self._stage("compressed_pass"):  # then to the CPU, for OCR, export and the reports
             outputs = [out if out is ref_out else _to_cpu(out) for out, ref_out in zip(outputs, ref.outputs)]
-        # OCR runs in worker processes. On a GPU it overlaps the timing below; on a CPU it
-        # would compete with the timed forwards for the cores, so it waits for them.
-        overlap = self.settings.ocr_engine and adapter.device.type == "cuda"
-        if overlap:
-            pending = self._ocr_stage().submit(ref.samples, outputs, records)
+        # Timed with no OCR in flight, on a GPU too: a forward at the timing batch is host-bound,
+        # and OCR reads on every core doubled its p50 on an H100 host (README, "Latency").
         with self._stage("compressed_timing"):
             timing = self._case_timing(adapter, compressor, ref, case)
         if self.settings.ocr_engine:
             with self._stage("ocr"):
-                if not overlap:
-                    pending = self._ocr_stage().submit(ref.samples, outputs, records)
-                self._ocr_stage().collect(pending)
+                self._ocr_stage().collect(self._ocr_stage().submit(ref.samples, outputs, records))
         if self.settings.export_dir is not None:
             with self._stage("export"):
                 self._export(case, ref, outputs)

@@ -170,6 +170,42 @@ def test_unreadable_image_fails_that_sample_and_the_case_goes_on(tmp_path, monke
     assert by_id["t/good"].error is None and result.kpis["tokens_reduction_pct"] > 0
 
 
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_case_is_timed_with_no_ocr_read_in_flight(monkeypatch, device):
+    """The timed forwards are host-bound: the case queues its OCR reads only after them, and the
+    reads are all collected before the case ends, so no other case's timing meets them either."""
+    from evalsuite.ocr.stage import OcrStage
+
+    events = []
+
+    def watch(owner, name):
+        original = getattr(owner, name)
+
+        def watched(*args, **kwargs):
+            events.append(f"{name} starts")
+            try:
+                return original(*args, **kwargs)
+            finally:
+                events.append(f"{name} ends")
+        monkeypatch.setattr(owner, name, watched)
+
+    for owner, name in ((Engine, "_case_timing"), (OcrStage, "submit"), (OcrStage, "collect")):
+        watch(owner, name)
+    engine = Engine(EngineSettings(timing_repeats=1, timing_warmup=0, ocr_workers=1))
+    case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, device, "float32"), "tome", {"merge_factor": 0.5},
+                    "tome_f0.5", DatasetSpec("samples", "samples", {"limit": 1}), {}, "inline")
+    try:
+        result = engine.evaluate(case)
+    finally:
+        engine.close()
+    assert "ocr_wer_drift" in result.kpis
+    assert events == ["_case_timing starts", "_case_timing ends", "submit starts", "submit ends",
+                      "collect starts", "collect ends"]
+
+
 def test_gpu_matrix_runs_on_cpu_only_when_asked(tmp_path):
     gpu_matrix = SMALL_MATRIX.replace("image_size = 112", "image_size = 112\ndevice = 'cuda'")
     proc = run_pytest(tmp_path, gpu_matrix, "-m", "gpu", "--evalsuite-device", "cpu", "--collect-only", "-q")

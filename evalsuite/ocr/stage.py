@@ -67,7 +67,8 @@ class OcrStage:
         return {f"ocr_{k}": str(v) for k, v in self._version.items()} | {"ocr_engine": self.engine_name}
 
     def submit(self, samples: list[Sample], outputs: list[EncoderOutput], records: list[SampleRecord]) -> list:
-        """Queue the reads of ``samples`` (aligned with ``records``) so model work can go on meanwhile.
+        """Queue the reads of ``samples`` (aligned with ``records``): the pool reads the first ones
+        while the rest are loaded and reconstructed.
 
         Returns without waiting, except for samples with no ground truth, whose
         OCR(original) decides whether there is text to lose (cached after the
