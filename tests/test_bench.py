@@ -31,6 +31,28 @@ def test_bench_rows_per_method_with_speedup_ideal_and_step_times(monkeypatch, ca
     assert "tome_r2" in printed and "random-weights" in printed
 
 
+@pytest.mark.parametrize("spec,expected", [
+    ("tome:merge_factor=0.5,proportional_attention=false", ("tome", {"merge_factor": 0.5, "proportional_attention": False})),
+    ("tome:r=8", ("tome", {"r": 8})),
+    ("none", ("none", {})),
+])
+def test_method_option_reads_parameters_as_a_matrix_file_does(spec, expected):
+    assert bench.parse_method(spec) == expected
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("tome:merge=0.5", "unknown parameter(s) ['merge']"),
+    ("tome:merge_factor=abc", "'merge_factor=abc' is not KEY=VALUE"),
+    ("nosuch", "unknown method 'nosuch'"),
+])
+def test_bad_method_option_is_a_usage_error_naming_it(spec, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--device", "cpu", "--method", spec])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--method {spec}" in err and message in err
+
+
 # -- evalsuite.bench.kernels: the diagnoses behind the README's kernel figures ----------------
 
 TINY_SHAPES = {"tiny b1": (1, 2, 17, 8, 24), "tiny b2": (2, 2, 33, 8, 24)}  # (B, H, N, D, C)
