@@ -302,3 +302,24 @@ def test_compressed_forward_with_graphed_steps_equals_eager_on_cuda(adapter, pix
         torch.testing.assert_close(first.tokens, first_tokens, atol=0, rtol=0)
     finally:
         adapter.to("cpu", torch.float32)
+
+
+@pytest.mark.parametrize("method,params,regions", [
+    ("tome", {"merge_factor": 0.5}, lambda layers: layers),  # its merge after attention, in every block
+    ("v2drop", {"keep": 0.5}, lambda layers: layers),  # its drop after every block (most keep all)
+    ("downscale", {"keep": 0.5}, lambda layers: 1),  # the resize before the encoder, no hook
+])
+def test_only_the_hooks_a_method_defines_are_timed(adapter, pixels, method, params, regions):
+    """A hook left as Compressor's returns x: it is not called, so the step time holds no empty regions."""
+    from evalsuite.patch.runner import StepTimer
+
+    class CountingTimer(StepTimer):
+        entered = 0
+
+        def __call__(self, device):
+            CountingTimer.entered += 1
+            return super().__call__(device)
+
+    comp = build(method, params, adapter.num_layers)
+    adapter.compressed(pixels, comp, CountingTimer(enabled=True))
+    assert CountingTimer.entered == regions(adapter.num_layers)
