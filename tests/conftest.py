@@ -65,6 +65,14 @@ def tiny_hf_clip(arch: str):
     return create(f"tiny_{arch}", arch=arch, image_size=64, config=config, seed=0)
 
 
+def tiny_open_clip(**overrides):
+    """A 4-block open_clip image tower (real open_clip code, random weights)."""
+    from evalsuite.models.open_clip_vit import create
+
+    config = dict(patch_size=8, width=64, layers=4, heads=4, mlp_ratio=2.0, output_dim=32, **overrides)
+    return create("tiny_open_clip", image_size=64, config=config, seed=0)
+
+
 FAMILIES = {
     "timm_cls": lambda: tiny_timm(),
     "timm_reg4_ls_qknorm": lambda: tiny_timm(reg_tokens=4, init_values=0.3, qk_norm=True),
@@ -72,6 +80,8 @@ FAMILIES = {
     "hf_dinov2_layerscale": tiny_hf_dinov2,
     "hf_clip_cls_prenorm": lambda: tiny_hf_clip("clip"),
     "hf_siglip_noclass_maphead": lambda: tiny_hf_clip("siglip"),
+    "open_clip_cls_layerscale": lambda: tiny_open_clip(ls_init_value=0.3),
+    "open_clip_avg_noprenorm": lambda: tiny_open_clip(pool_type="avg", no_ln_pre=True),
 }
 
 

@@ -90,16 +90,18 @@ def test_hf_clip_refuses_an_unknown_arch():
 
 
 def _drop_memo(model) -> int:
-    """Remove the memoised methods installed on ``model``'s modules (the classes' own run again); how many."""
+    """Remove the memos installed on ``model``'s modules (the classes' own methods run again, open_clip's
+    positions are resampled afresh); how many modules had one."""
     dropped = 0
-    for module in model.modules():
-        for name in ("interpolate_pos_encoding", "_pos_embed"):  # transformers', timm's
-            dropped += vars(module).pop(name, None) is not None
+    for module in model.modules():  # transformers', timm's, and evalsuite's own for open_clip
+        found = [vars(module).pop(name, None) is not None
+                 for name in ("interpolate_pos_encoding", "_pos_embed", "evalsuite_position_memo")]
+        dropped += any(found)
     return dropped
 
 
 def _position_embeddings(model) -> torch.nn.Parameter:
-    return next(p for name, p in model.named_parameters() if re.search(r"pos(ition)?_embed", name))
+    return next(p for name, p in model.named_parameters() if re.search(r"pos(ition(al)?)?_embed", name))
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -112,9 +114,10 @@ def test_memoized_position_embeddings_equal_the_models_own_and_follow_the_weight
     downscale = build("downscale", {"keep": 0.5}, adapter.num_layers)
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
-    def outputs(a, size):
+    def outputs(a, size):  # the reference pass at other grids where the model itself runs there
         px = pixels[..., :size, :size]
-        return a.reference(px).tokens, a.compressed(px, downscale).tokens
+        reference = a.reference(px).tokens if size == 64 or not a.native_grid_only else torch.zeros(0)
+        return reference, a.compressed(px, downscale).tokens
 
     for size in (48, 40, 64, 48):  # 64 px: the native grid in the reference pass
         torch.testing.assert_close(outputs(adapter, size), outputs(plain, size), atol=0, rtol=0)
@@ -123,7 +126,8 @@ def test_memoized_position_embeddings_equal_the_models_own_and_follow_the_weight
         with torch.no_grad():
             _position_embeddings(a.model).mul_(-2.0)
     after = outputs(adapter, 48)
-    assert not torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
+    assert not torch.equal(after[1], before[1])
+    assert adapter.native_grid_only or not torch.equal(after[0], before[0])
     torch.testing.assert_close(after, outputs(plain, 48), atol=0, rtol=0)
 
 
@@ -138,6 +142,8 @@ def test_a_model_built_under_inference_mode_runs_every_pass(family):
             comp = build(name, params, adapter.num_layers)
             first, again = adapter.compressed(pixels, comp).tokens, adapter.compressed(pixels, comp).tokens
             torch.testing.assert_close(first, again, atol=0, rtol=0)
+        if adapter.native_grid_only:
+            pixels = torch.randn(1, 3, 64, 64)
         torch.testing.assert_close(adapter.reference(pixels).tokens, adapter.reference(pixels).tokens)
 
 
@@ -145,13 +151,18 @@ def test_a_model_built_under_inference_mode_runs_every_pass(family):
 def test_a_deep_copy_of_a_memoized_model_resamples_its_own_weights(family):
     adapter = FAMILIES[family]()
     pixels = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
-    adapter.reference(pixels)  # fills the memo
+    downscale = build("downscale", {"keep": 0.5}, adapter.num_layers)
+    # the pass that resamples: the model's own at 48 px, or evalsuite's for downscale's grid
+    tokens = ((lambda a: a.compressed(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)),
+                                      downscale).tokens)
+              if adapter.native_grid_only else (lambda a: a.reference(pixels).tokens))
+    tokens(adapter)  # fills the memo
     copied = copy.deepcopy(adapter)
     with torch.no_grad():
         _position_embeddings(copied.model).mul_(-2.0)
-    memoized = copied.reference(pixels).tokens
+    memoized = tokens(copied)
     _drop_memo(copied.model)
-    torch.testing.assert_close(memoized, copied.reference(pixels).tokens, atol=0, rtol=0)
+    torch.testing.assert_close(memoized, tokens(copied), atol=0, rtol=0)
 
 
 def test_timm_resamples_once_per_grid_and_weights_and_always_under_grad(monkeypatch):
@@ -178,3 +189,25 @@ def test_timm_resamples_once_per_grid_and_weights_and_always_under_grad(monkeypa
     adapter.model.forward_features(pixels[..., :48, :48])  # recording gradients: no memo
     adapter.model.forward_features(pixels[..., :48, :48])
     assert grids == [(6, 6)] * 4
+
+
+@pytest.mark.parametrize("family", ["open_clip_cls_layerscale", "open_clip_avg_noprenorm"])
+def test_open_clip_pooled_output_is_the_towers_own(family):
+    """The adapter's image embedding is what the open_clip tower itself returns (class token or mean, projected)."""
+    adapter = FAMILIES[family]()
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(adapter.reference(pixels).pooled, adapter.model(pixels))
+
+
+def test_open_clip_refuses_towers_and_sizes_it_would_compute_wrongly():
+    from evalsuite.models.open_clip_vit import OpenClipViT, create
+
+    with pytest.raises(TypeError, match="only 'tok' or 'avg' pooling"):
+        create("pooler", image_size=64, config=dict(patch_size=8, width=64, layers=1, heads=4, mlp_ratio=2.0,
+                                                    attentional_pool=True, attn_pooler_heads=4))
+    with pytest.raises(TypeError, match="supports open_clip VisionTransformer.*ModifiedResNet"):
+        create("rn50", model_name="RN50")  # a ResNet tower: no tokens to compress
+    tower = FAMILIES["open_clip_cls_layerscale"]().model
+    with pytest.raises(ValueError, match="model small: the tower takes 64x64 px.*image_size is 48"):
+        OpenClipViT("small", tower, 48)

@@ -4,7 +4,7 @@ An adapter wraps one loaded encoder and exposes two passes over the same
 preprocessed pixels: :meth:`reference` runs the unpatched model (the ground
 truth every method is compared with) and :meth:`compressed` runs the family's
 patched forward with a :class:`~evalsuite.methods.base.Compressor`.
-To add a family (open_clip CLIP, a VLM's own vision tower):
+To add a family (a VLM's own vision tower, say):
 
 1. write ``evalsuite/patch/<family>.py`` with ``check_supported(model)`` and
    ``forward_tokens(model, pixels, run) -> tokens [B, N_out, C]`` that calls
@@ -67,6 +67,7 @@ class ModelAdapter:
     family: str  # name of the module in evalsuite.patch
     patch: ModuleType  # that module
     labels: tuple[str, ...] = ()  # e.g. ("random-weights",): shown with every figure
+    native_grid_only = False  # True: the unpatched model runs at image_size alone (its positions are fixed)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
