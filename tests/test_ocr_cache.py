@@ -7,7 +7,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from evalsuite.ocr.cache import cache_key, cached_read
+from evalsuite.ocr.cache import cache_key, cached_read, prune
 from evalsuite.ocr.engines import OcrLine, OcrResult
 
 
@@ -75,3 +75,20 @@ def test_concurrent_processes_leave_valid_entries(tmp_path):
     entries = list(tmp_path.rglob("*.json"))
     assert len(entries) == 3 and not list(tmp_path.rglob("*.tmp"))
     assert all(json.loads(e.read_text(encoding="utf-8"))["lines"] for e in entries)
+
+
+def test_prune_drops_the_least_recently_used_entries_beyond_the_bound(tmp_path):
+    import os
+
+    engine = CountingEngine()
+    for value in range(4):
+        cached_read(engine, image(value), tmp_path)
+    entries = {value: next(tmp_path.rglob(f"{cache_key(image(value), engine)}.json")) for value in range(4)}
+    for age, value in enumerate((3, 2, 1, 0)):  # written in order 0..3; make 3 the oldest, 0 the newest ...
+        os.utime(entries[value], (1_000_000 + age, 1_000_000 + age))
+    cached_read(engine, image(3), tmp_path)  # ... then use 3 again: a hit marks it used now
+    assert engine.reads == 4
+    size = entries[0].stat().st_size
+    assert prune(tmp_path, max_bytes=2 * size) == 2
+    assert sorted(v for v, path in entries.items() if path.exists()) == [0, 3]  # 2 and 1 were used least recently
+    assert prune(tmp_path, max_bytes=2 * size) == 0

@@ -206,6 +206,33 @@ def test_case_is_timed_with_no_ocr_read_in_flight(monkeypatch, device):
                       "collect starts", "collect ends"]
 
 
+def test_a_reconstruction_read_once_comes_from_the_cache_in_later_runs(tmp_path, monkeypatch):
+    """OCR reads are cached by image content, reconstructions included: a later run whose token plans
+    are the same reads neither the original nor the reconstruction again (here, the cached texts are
+    replaced by markers between two runs, and the second run reports the markers)."""
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))  # the OCR pool's processes inherit it
+    case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, "cpu", "float32"), "random", {"keep": 0.5},
+                    "random_k0.5", DatasetSpec("samples", "samples", {"limit": 1}), {}, "inline")
+
+    def run_case() -> dict:
+        engine = Engine(EngineSettings(timing_repeats=1, timing_warmup=0, ocr_workers=1))
+        try:
+            [record] = engine.evaluate(case).samples
+        finally:
+            engine.close()
+        return record.info
+
+    first = run_case()
+    assert first["ocr_reread"] and first["ocr_text"]  # the reconstruction differs from the original
+    entries = list((tmp_path / "ocr").rglob("*.json"))
+    assert len(entries) == 2  # the original and the reconstruction
+    for entry in entries:
+        cached = json.loads(entry.read_text(encoding="utf-8"))
+        entry.write_text(json.dumps({**cached, "text": f"marker {entry.stem[:8]}"}), encoding="utf-8")
+    again = run_case()
+    assert again["ocr_text"].startswith("marker ") and again["ocr_text"] != first["ocr_text"]
+
+
 def test_gpu_matrix_runs_on_cpu_only_when_asked(tmp_path):
     gpu_matrix = SMALL_MATRIX.replace("image_size = 112", "image_size = 112\ndevice = 'cuda'")
     proc = run_pytest(tmp_path, gpu_matrix, "-m", "gpu", "--evalsuite-device", "cpu", "--collect-only", "-q")

@@ -1,13 +1,17 @@
-"""OCR of unmodified images, cached on disk by content.
+"""OCR results cached on disk by image content, shared by every run on a machine.
 
-Every compression method is compared against the OCR of the same original
-image, so that read is done once per machine, not once per method, model and
-worker. The key is the sha256 of the pixels (RGB bytes and shape) and of the
-engine's :meth:`~evalsuite.ocr.engines.OcrEngine.version_info`: a new model file
-or engine setting misses the cache instead of returning stale text. Entries are
-JSON under ``cache_dir("ocr")``, written to a temporary file and renamed into
-place, so concurrent workers never read half a file (the worst case is two
-workers computing the same entry).
+The key is the sha256 of the pixels (RGB bytes and shape) and of the engine's
+:meth:`~evalsuite.ocr.engines.OcrEngine.version_info`: a new model file or engine
+setting misses the cache instead of returning stale text. The engine reads
+deterministically (one onnxruntime thread per process), so an image read before
+gives the same result, whichever run, case or method produced it: every original
+is read once per machine, and a reconstruction once per token plan, so a gate
+run whose plans did not change reads nothing again.
+
+Entries are JSON under ``cache_dir("ocr")``, written to a temporary file and
+renamed into place, so concurrent workers never read half a file (the worst
+case is two workers computing the same entry). A hit marks its entry used;
+:func:`prune` drops the least recently used entries beyond :data:`CACHE_BYTES`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import numpy as np
 
 from evalsuite.ocr.engines import OcrEngine, OcrLine, OcrResult
 from evalsuite.paths import cache_dir
+
+
+CACHE_BYTES = 512 << 20  # what :func:`prune` keeps: about 50 gate runs of new plans on the full store
 
 
 def cache_key(image: np.ndarray, engine: OcrEngine) -> str:
@@ -39,9 +46,12 @@ def cached_read(engine: OcrEngine, image: np.ndarray, directory: Path | None = N
     key = cache_key(image, engine)
     path = directory / key[:2] / f"{key}.json"
     try:
-        return _from_json(json.loads(path.read_text(encoding="utf-8")))
+        result = _from_json(json.loads(path.read_text(encoding="utf-8")))
     except (FileNotFoundError, ValueError, KeyError, TypeError):  # absent, or a corrupt entry to overwrite
         pass
+    else:
+        _touch(path)
+        return result
     result = engine.read(image)
     _write_atomic(path, json.dumps({"engine": engine.version_info(), **_to_json(result)}, ensure_ascii=False))
     return result
@@ -68,3 +78,31 @@ def _write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry used now (its modification time orders :func:`prune`)."""
+    try:
+        os.utime(path)
+    except OSError:  # pruned meanwhile, or a read-only cache: the entry was read all the same
+        pass
+
+
+def prune(directory: Path | None = None, max_bytes: int = CACHE_BYTES) -> int:
+    """Delete the least recently used entries until the cache holds at most ``max_bytes``; how many went.
+    Safe while other processes read and write it (a vanished entry is skipped)."""
+    directory = directory or cache_dir("ocr")
+    entries = []
+    for path in directory.glob("*/*.json"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    total, deleted = sum(size for _, size, _ in entries), 0
+    for _, size, path in sorted(entries):  # least recently used first
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total, deleted = total - size, deleted + 1
+    return deleted

@@ -7,10 +7,11 @@ the ground truth where the dataset has one, else OCR(original). Drift is
 ``error(reconstruction) - error(original)``.
 
 OCR is the slow stage (about 1.7 s per rendered page and 2.8 s per receipt on one core), so reads run in a
-process pool sized to this worker's share of the cores; OCR(original) is
-cached by content hash across runs, and reconstructions that are
-pixel-identical to the original are not read again. Samples without ground
-truth whose original holds no text (most photos) get no OCR KPIs.
+process pool sized to this worker's share of the cores. Every read is cached by
+image content across runs (:mod:`evalsuite.ocr.cache`): an original is read once
+per machine, a reconstruction once per token plan, and one pixel-identical to its
+original is not read at all. Samples without ground truth whose original holds
+no text (most photos) get no OCR KPIs.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class OcrStage:
             seen = original_px if plan.is_identity else np.asarray(reconstruct(original, plan))
             identical = seen is original_px or np.array_equal(seen, original_px)
             jobs.append((record, sample, original_job,
-                         None if identical else self._pool.submit(_read, seen, False)))
+                         None if identical else self._pool.submit(_read, seen, True)))
         return jobs
 
     def collect(self, jobs: list) -> None:
@@ -123,3 +124,6 @@ class OcrStage:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        from .cache import prune
+
+        prune()
