@@ -7,7 +7,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from evalsuite.ocr.cache import cache_key, cached_read, prune
+from evalsuite.ocr.cache import cache_key, cached_read, prune, prune_if_due
 from evalsuite.ocr.engines import OcrLine, OcrResult
 
 
@@ -92,3 +92,17 @@ def test_prune_drops_the_least_recently_used_entries_beyond_the_bound(tmp_path):
     assert prune(tmp_path, max_bytes=2 * size) == 2
     assert sorted(v for v, path in entries.items() if path.exists()) == [0, 3]  # 2 and 1 were used least recently
     assert prune(tmp_path, max_bytes=2 * size) == 0
+
+
+def test_prune_if_due_scans_at_most_once_an_interval(tmp_path):
+    import os
+
+    engine = CountingEngine()
+    for value in range(3):
+        cached_read(engine, image(value), tmp_path)
+    assert prune_if_due(tmp_path, every_s=3600, max_bytes=0) == 3  # no marker yet: due
+    cached_read(engine, image(9), tmp_path)
+    assert prune_if_due(tmp_path, every_s=3600, max_bytes=0) == 0  # pruned a moment ago: not due
+    marker = tmp_path / ".pruned"
+    os.utime(marker, (marker.stat().st_mtime - 7200,) * 2)
+    assert prune_if_due(tmp_path, every_s=3600, max_bytes=0) == 1  # due again

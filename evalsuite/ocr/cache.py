@@ -11,7 +11,8 @@ run whose plans did not change reads nothing again.
 Entries are JSON under ``cache_dir("ocr")``, written to a temporary file and
 renamed into place, so concurrent workers never read half a file (the worst
 case is two workers computing the same entry). A hit marks its entry used;
-:func:`prune` drops the least recently used entries beyond :data:`CACHE_BYTES`.
+:func:`prune` drops the least recently used entries beyond :data:`CACHE_BYTES`
+(each worker asks, at most hourly: :func:`prune_if_due`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from evalsuite.paths import cache_dir
 
 
 CACHE_BYTES = 512 << 20  # what :func:`prune` keeps: about 50 gate runs of new plans on the full store
+PRUNE_EVERY_S = 3600.0  # :func:`prune_if_due`: a full cache takes about 1 s to scan (130k entries)
 
 
 def cache_key(image: np.ndarray, engine: OcrEngine) -> str:
@@ -106,3 +109,19 @@ def prune(directory: Path | None = None, max_bytes: int = CACHE_BYTES) -> int:
         path.unlink(missing_ok=True)
         total, deleted = total - size, deleted + 1
     return deleted
+
+
+def prune_if_due(directory: Path | None = None, every_s: float = PRUNE_EVERY_S, max_bytes: int = CACHE_BYTES) -> int:
+    """:func:`prune`, unless this cache was pruned less than ``every_s`` ago (a marker file's time)."""
+    directory = directory or cache_dir("ocr")
+    marker = directory / ".pruned"
+    try:
+        if time.time() - marker.stat().st_mtime < every_s:
+            return 0
+    except FileNotFoundError:
+        pass
+    try:
+        marker.touch()
+        return prune(directory, max_bytes)
+    except OSError:  # a cache this process may read but not change stays as it is
+        return 0

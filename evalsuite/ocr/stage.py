@@ -124,6 +124,6 @@ class OcrStage:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        from .cache import prune
+        from .cache import prune_if_due
 
-        prune()
+        prune_if_due()
