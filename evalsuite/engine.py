@@ -202,10 +202,14 @@ class Engine:
     def _case_timing(self, adapter, compressor, ref: Reference, case: CaseSpec) -> Timings:
         if case.method == "none":
             return Timings(encoder=ref.encoder_seconds, compression=[0.0] * len(ref.encoder_seconds))
-        # two runs: the hook timer's events and its read-back after every forward would distort the encoder time
+        def with_hook_timer(px):
+            return adapter.compressed(px, compressor, StepTimer(enabled=True))
+
+        if adapter.device.type != "cuda":  # the timer reads the clock around each hook: microseconds of a CPU forward
+            return self._time(with_hook_timer, ref.batches)
+        # on a GPU, two runs: the hook timer's events and their read-back would distort the encoder time
         encoder = self._time(lambda px: adapter.compressed(px, compressor), ref.batches).encoder
-        timed_hooks = self._time(lambda px: adapter.compressed(px, compressor, StepTimer(enabled=True)), ref.batches)
-        return Timings(encoder=encoder, compression=timed_hooks.compression)
+        return Timings(encoder=encoder, compression=self._time(with_hook_timer, ref.batches).compression)
 
     def _time(self, forward, batches: list[torch.Tensor]) -> Timings:
         """Synchronised timing of ``forward`` on the timing batch, warm-up excluded; the compression

@@ -206,6 +206,32 @@ def test_case_is_timed_with_no_ocr_read_in_flight(monkeypatch, device):
                       "collect starts", "collect ends"]
 
 
+@pytest.mark.parametrize("device,timed_runs", [("cpu", 1), pytest.param("cuda", 2, marks=pytest.mark.gpu)])
+def test_case_timing_runs_twice_only_where_the_hook_timer_would_distort_it(monkeypatch, device, timed_runs):
+    """On a CPU the hook timer reads the clock (microseconds per hook): one timed run gives the encoder
+    and the step times. On a GPU its events would distort the encoder time: a second run without it."""
+    import evalsuite.engine as engine_module
+
+    runs = []
+    timed_calls = engine_module.timed_calls
+
+    def counting(fn, pixels, warmup, repeats):
+        calls = timed_calls(fn, pixels, warmup, repeats)
+        runs.append([out.compression_seconds for _, out in calls])
+        return calls
+
+    monkeypatch.setattr(engine_module, "timed_calls", counting)
+    engine = Engine(EngineSettings(ocr_engine=None, timing_repeats=3, timing_warmup=1))
+    case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, device, "float32"), "tome", {"merge_factor": 0.5},
+                    "tome_f0.5", DatasetSpec("samples", "samples", {"limit": 1}), {}, "inline")
+    engine.reference(case.model, case.dataset)  # the reference pass times the unpatched model: not counted
+    runs.clear()
+    result = engine.evaluate(case)
+    assert len(runs) == timed_runs
+    assert all(seconds > 0 for seconds in runs[-1])  # the last run timed the hooks
+    assert result.kpis["compression_latency_ms_p95"] > 0 and result.kpis["encoder_ms_p50"] > 0
+
+
 def test_a_reconstruction_read_once_comes_from_the_cache_in_later_runs(tmp_path, monkeypatch):
     """OCR reads are cached by image content, reconstructions included: a later run whose token plans
     are the same reads neither the original nor the reconstruction again (here, the cached texts are
