@@ -202,6 +202,7 @@ class Engine:
     def _case_timing(self, adapter, compressor, ref: Reference, case: CaseSpec) -> Timings:
         if case.method == "none":
             return Timings(encoder=ref.encoder_seconds, compression=[0.0] * len(ref.encoder_seconds))
+
         def with_hook_timer(px):
             return adapter.compressed(px, compressor, StepTimer(enabled=True))
 

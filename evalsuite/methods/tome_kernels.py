@@ -28,7 +28,6 @@ partners tie to the last bit, either may be chosen, as with torch's ``max``.
 
 from __future__ import annotations
 
-
 import torch
 
 from .. import triton_probe

@@ -33,6 +33,8 @@ from ..workers import thread_map
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, kept by open_clip and transformers
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass

@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 
 from ..patch import hf_clip
-from .base import ModelAdapter, memoize_position_embeddings, weighted_mean
+from .base import CLIP_MEAN, CLIP_STD, ModelAdapter, memoize_position_embeddings, weighted_mean
 
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
 

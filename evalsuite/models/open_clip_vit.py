@@ -11,9 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..patch import open_clip_vit
-from .base import ModelAdapter, WeightsMemo, weighted_mean
-
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+from .base import CLIP_MEAN, CLIP_STD, ModelAdapter, WeightsMemo, weighted_mean
 
 
 class OpenClipViT(ModelAdapter):

@@ -171,9 +171,7 @@ class CompressedForward:
         q, k, v = projected.view(batch, tokens, 3, -1, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.state.attention_bias(q.dtype)  # the values the mask and the padded heads get
         out = attention_kernels.attention(q, k, v, bias[:, 0, 0], scale)  # [B, N, H, D]
-        request = self._requests[layer]
-        if request is not None:
-            self._observe(layer, request, q, k, scale, bias)
+        self._observe(layer, q, k, scale, bias)
         return out_proj(out.view(batch, tokens, -1))
 
     def padded_attention(self, layer: int, x: torch.Tensor, qkv: tuple[torch.nn.Linear, ...],
@@ -191,9 +189,7 @@ class CompressedForward:
         bias = self.state.attention_bias(q.dtype)
         k[..., head_dim] = bias[:, :, 0] / scale  # [B, 1, N] broadcast over heads
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        request = self._requests[layer]
-        if request is not None:
-            self._observe(layer, request, q[..., :head_dim], k[..., :head_dim], scale, bias)
+        self._observe(layer, q[..., :head_dim], k[..., :head_dim], scale, bias)
         return F.linear(out.transpose(1, 2).reshape(batch, tokens, -1), *padded_output(out_proj, head_dim))
 
     def linear_attention(self, layer: int, x: torch.Tensor, q_proj: torch.nn.Linear, k_proj: torch.nn.Linear,
@@ -218,14 +214,16 @@ class CompressedForward:
             out = attention_kernels.attention(q, k, v, bias[:, 0, 0], scale).transpose(1, 2)
         else:
             out = folded_bias_attention(q, k, v, bias, scale)
-        request = self._requests[layer]
-        if request is not None:
-            self._observe(layer, request, q, k, scale, bias)
+        self._observe(layer, q, k, scale, bias)
         return out
 
-    def _observe(self, layer, request, q, k, scale, bias) -> None:
-        """Hand the method what it asked for. Keys are handed over as they are (any reduction is the
-        method's own, timed in its step); received attention is computed here, and timed."""
+    def _observe(self, layer, q, k, scale, bias) -> None:
+        """Hand the method what it asked for at ``layer``, if anything. Keys are handed over as they
+        are (any reduction is the method's own, timed in its step); received attention is computed
+        here, and timed."""
+        request = self._requests[layer]
+        if request is None:
+            return
         importance = (self._timed(q.device, self._received_attention, q, k, scale, bias)
                       if request.importance else None)
         self.compressor.observe_attention(layer, k if request.keys else None, importance)
