@@ -16,6 +16,7 @@ import pytest
 from .cuda_probe import visible_gpus
 from .distribution import runs_cases, worker_usage_error
 from .session import EvalSession
+from .settings import OCR_DEVICES
 
 SESSION_KEY = pytest.StashKey[EvalSession]()
 
@@ -29,6 +30,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="external dataset store (SROIE, photos); env EVALSUITE_DATA wins (ini: evalsuite_data)")
     group.addoption("--evalsuite-ocr", metavar="ENGINE", help="OCR engine: rapidocr (default) or paddleocr")
     group.addoption("--evalsuite-no-ocr", action="store_true", help="skip OCR KPIs")
+    group.addoption("--evalsuite-ocr-workers", metavar="N", type=int,
+                    help="OCR pool processes per worker (default: one per core on the CPU, 8 per GPU; "
+                         "ini: evalsuite_ocr_workers)")
+    group.addoption("--evalsuite-ocr-device", choices=OCR_DEVICES,
+                    help="where OCR runs: auto (default) = the worker's GPU when it has one (ini: evalsuite_ocr_device)")
     group.addoption("--evalsuite-export", metavar="DIR", help="write per-case .npz token plans and images here")
     group.addoption("--evalsuite-dsn", metavar="DSN",
                     help="ClickHouse DSN; env EVALSUITE_CLICKHOUSE_DSN; default: embedded chDB")
@@ -43,6 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("evalsuite_thresholds", "string", "thresholds.toml", "KPI limits file"),
         ("evalsuite_data", "string", "", "external dataset store"),
         ("evalsuite_ocr", "string", "rapidocr", "OCR engine"),
+        ("evalsuite_ocr_device", "string", "auto", "where OCR runs: auto, cpu or cuda"),
+        ("evalsuite_ocr_workers", "string", "0", "OCR pool processes per worker, 0: the default"),
         ("evalsuite_export", "string", "", "export directory"),
         ("evalsuite_dsn", "string", "", "ClickHouse DSN"),
         ("evalsuite_run_id", "string", "", "run id"),

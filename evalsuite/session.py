@@ -35,7 +35,7 @@ from . import matrix, paths
 from .data.datasets import DatasetUnavailable
 from .distribution import runs_cases
 from .results import CaseResult, RunInfo
-from .settings import EngineSettings
+from .settings import OCR_DEVICES, EngineSettings
 from .thresholds import Thresholds, ThresholdsError
 from .workers import cores_per_worker, xdist_workers
 
@@ -64,6 +64,10 @@ class EvalSession:
         self._engine: Engine | None = None
         workerinput = getattr(config, "workerinput", {})
         self.run_id = workerinput.get("evalsuite_run_id") or option(config, "run_id") or _new_run_id()
+        if option(config, "ocr_device") not in OCR_DEVICES:
+            raise pytest.UsageError(f"evalsuite_ocr_device = {option(config, 'ocr_device')!r}: "
+                                    f"choose one of {', '.join(OCR_DEVICES)}")
+        self.ocr_workers = _count(option(config, "ocr_workers"), "evalsuite_ocr_workers")
         try:
             self.thresholds = Thresholds.load(self._path(option(config, "thresholds")))
             files = matrix.read([self._path(p) for p in option(config, "matrix")], self.defaults())
@@ -129,7 +133,10 @@ class EvalSession:
     def _costs_key(self) -> str:
         from .scheduling import CACHE_KEY
 
-        return f"{CACHE_KEY}/{'no-ocr' if option(self.config, 'no_ocr') else option(self.config, 'ocr')}"
+        ocr = "no-ocr"
+        if not option(self.config, "no_ocr"):  # OCR on a GPU costs a fraction of OCR on the cores
+            ocr = f"{option(self.config, 'ocr')}@{option(self.config, 'ocr_device')}"
+        return f"{CACHE_KEY}/{ocr}"
 
     def _costs(self):
         """Seconds measured on earlier runs (pytest's cache), for the scheduler."""
@@ -172,6 +179,8 @@ class EvalSession:
             self._engine = Engine(EngineSettings(
                 data_root=paths.data_root(self._path(data) if data else None),
                 ocr_engine=None if option(self.config, "no_ocr") else option(self.config, "ocr"),
+                ocr_device=option(self.config, "ocr_device"),
+                ocr_workers=self.ocr_workers,
                 export_dir=self._export_dir(),
                 device_override=self.device_override,
                 worker_index=worker,
@@ -309,6 +318,17 @@ def option(config: pytest.Config, name: str):
         except ValueError:
             value = None
     return value
+
+
+def _count(value, key: str) -> int:
+    """A non-negative count from an option or ini value, else a usage error naming ``key``."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0:
+        raise pytest.UsageError(f"{key} = {value!r}: expected a count (0: the default)")
+    return count
 
 
 def _new_run_id() -> str:

@@ -87,6 +87,46 @@ def test_real_receipt_keeps_its_key_fields(engine):
     assert field_hits(result.text, receipt.fields) == {name: True for name in receipt.fields if receipt.fields[name]}
 
 
+def _receipts(count: int) -> list[np.ndarray]:
+    from evalsuite.data.datasets import load_dataset
+
+    if not (STORE / "sroie").is_dir():
+        return []
+    return [np.asarray(s.load()) for s in load_dataset("sroie", STORE, limit=count)]
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_torch_runtime_reads_what_onnxruntime_reads(engine, device):
+    """The det/rec graphs run by evalsuite's interpreter (on a GPU in the gate) read the same
+    lines as onnxruntime: same texts, scores and boxes to float tolerance."""
+    on_torch = RapidOcrEngine(threads=2, device=device, runtime="torch")
+    images = [np.asarray(render_page(kind, 3).image) for kind in ("invoice", "table")] + _receipts(2)
+    for image in images:
+        expected, got = engine.read(image), on_torch.read(image)
+        assert got.text == expected.text and got.text
+        assert [line.score for line in got.lines] == pytest.approx([line.score for line in expected.lines], abs=1e-3)
+        assert np.allclose(np.array([line.box for line in got.lines]),
+                           np.array([line.box for line in expected.lines]), atol=1.0)
+
+
+def test_each_runtime_has_its_own_version_info(engine):
+    """Cached reads are keyed by version_info: a torch read never answers for an onnxruntime one."""
+    on_torch = RapidOcrEngine(device="cuda:1").version_info()  # builds nothing: no GPU needed
+    assert on_torch["runtime"].startswith("torch ") and on_torch["runtime"].endswith(" cuda float32")
+    assert "onnxruntime" not in on_torch and "runtime" not in engine.version_info()
+    assert RapidOcrEngine(runtime="torch").version_info()["runtime"].endswith(" cpu float32")
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"device": "mps"}, "runs on 'cpu' or 'cuda"),
+    ({"device": "cuda", "runtime": "onnxruntime"}, "onnxruntime runs on 'cpu' here"),
+    ({"runtime": "tensorrt"}, "runtime 'tensorrt'"),
+])
+def test_a_device_or_runtime_rapidocr_cannot_use_is_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        RapidOcrEngine(**options)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("paddleocr") is not None, reason="paddleocr is installed here")
 def test_paddleocr_missing_is_a_clear_error():
     with pytest.raises(OcrEngineUnavailable, match="paddleocr is not installed.*models"):

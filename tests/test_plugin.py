@@ -106,6 +106,17 @@ def test_bad_thresholds_are_a_usage_error_naming_file_and_key(tmp_path):
     assert "did you mean 'tokens_reduction_pct'" in proc.stderr
 
 
+@pytest.mark.parametrize("args,expected", [
+    (["-o", "evalsuite_ocr_device=gpu"], "evalsuite_ocr_device = 'gpu': choose one of auto, cpu, cuda"),
+    (["-o", "evalsuite_ocr_workers=many"], "evalsuite_ocr_workers = 'many': expected a count"),
+    (["--evalsuite-ocr-workers", "-2"], "evalsuite_ocr_workers = -2: expected a count"),
+])
+def test_bad_ocr_settings_are_a_usage_error_naming_the_key(tmp_path, args, expected):
+    proc = run_pytest(tmp_path, SMALL_MATRIX, "--collect-only", *args)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert expected in proc.stderr, proc.stderr
+
+
 def test_matrix_expands_into_readable_case_ids_selectable_with_k(tmp_path):
     proc = run_pytest(tmp_path, SMALL_MATRIX.replace('merge_factor = 0.5', 'merge_factor = [0.5, 0.7]'),
                       "--collect-only", "-q", "-k", "tome")
@@ -204,6 +215,31 @@ def test_case_is_timed_with_no_ocr_read_in_flight(monkeypatch, device):
     assert "ocr_wer_drift" in result.kpis
     assert events == ["_case_timing starts", "_case_timing ends", "submit starts", "submit ends",
                       "collect starts", "collect ends"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ocr_device", ["auto", "cpu"])
+def test_ocr_runs_on_the_gpu_of_a_gpu_case_unless_told_otherwise(device, ocr_device):
+    engine = Engine(EngineSettings(timing_repeats=1, timing_warmup=0, ocr_workers=1, ocr_device=ocr_device))
+    case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, device, "float32"), "random", {"keep": 0.5},
+                    "random_k0.5", DatasetSpec("samples", "samples", {"limit": 1}), {}, "inline")
+    try:
+        result = engine.evaluate(case)
+    finally:
+        engine.close()
+    [record] = result.samples
+    assert record.error is None and record.info["ocr_text"] and record.info["ocr_reread"]
+    on_gpu = device == "cuda" and ocr_device == "auto"
+    assert result.env["ocr_device"] == ("cuda:0" if on_gpu else "cpu")
+    assert result.env["ocr_runtime" if on_gpu else "ocr_onnxruntime"]
+    assert result.env.get("ocr_runtime", "").endswith("cuda float32") == on_gpu
+
+
+def test_ocr_on_cuda_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="OCR asked to run on 'cuda' but CUDA is not available"):
+        Engine(EngineSettings(ocr_device="cuda")).ocr_device()
+    assert Engine(EngineSettings(ocr_device="auto")).ocr_device() == "cpu"
 
 
 @pytest.mark.parametrize("device,timed_runs", [("cpu", 1), pytest.param("cuda", 2, marks=pytest.mark.gpu)])

@@ -1,10 +1,12 @@
-"""Throughput of the OCR stage: pages per second for 1, 2 and all cores.
+"""Throughput of the OCR stage: pages per second for 1, 2 and all cores, or on a GPU.
 
     python -m evalsuite.ocr.bench [--data DIR] [--pages 10] [--receipts 10] [--engine rapidocr]
+                                  [--device cpu|cuda[:N]] [--workers 1,2,4]
 
 Reads run the way :class:`~evalsuite.ocr.stage.OcrStage` runs them: a spawned
 process pool with one engine per process and one onnxruntime thread each, so
-``workers`` processes use ``workers`` cores. The cache is bypassed (every
+``workers`` processes use ``workers`` cores; with ``--device cuda`` each process
+runs the models on that GPU. The cache is bypassed (every
 image is read), and each process reads one warm-up image in its initializer,
 so session creation and first-inference costs stay out of the timing.
 
@@ -52,18 +54,18 @@ def worker_counts(cores: int) -> list[int]:
     return sorted({1, min(2, cores), cores})
 
 
-def _warm_init(engine_name: str, warmup: np.ndarray, ready) -> None:
-    stage._init(engine_name)  # the OCR stage's own initializer: one engine, one onnxruntime thread
+def _warm_init(engine_name: str, device: str, warmup: np.ndarray, ready) -> None:
+    stage._init(engine_name, device)  # the OCR stage's own initializer: one engine, one CPU thread
     stage._read(warmup, False)
     ready.wait()  # every process is up and warm before the clock starts
 
 
-def time_reads(images: list[np.ndarray], workers: int, engine_name: str = "rapidocr") -> float:
+def time_reads(images: list[np.ndarray], workers: int, engine_name: str = "rapidocr", device: str = "cpu") -> float:
     """Wall seconds for ``workers`` warmed-up pool processes to read every image once, uncached."""
     context = get_context("spawn")
     ready = context.Barrier(workers + 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_warm_init,
-                             initargs=(engine_name, images[0], ready)) as pool:
+                             initargs=(engine_name, device, images[0], ready)) as pool:
         started = [pool.submit(int) for _ in range(workers)]  # each submit spawns a process while none is idle
         ready.wait()
         for job in started:
@@ -85,11 +87,11 @@ def image_sets(data: Path | None, pages: int, receipts: int) -> dict[str, list[n
     return sets
 
 
-def run(sets: dict[str, list[np.ndarray]], counts: list[int], engine_name: str) -> list[Timing]:
+def run(sets: dict[str, list[np.ndarray]], counts: list[int], engine_name: str, device: str = "cpu") -> list[Timing]:
     timings = []
     for name, images in sets.items():
         for workers in counts:
-            timings.append(Timing(name, workers, len(images), time_reads(images, workers, engine_name)))
+            timings.append(Timing(name, workers, len(images), time_reads(images, workers, engine_name, device)))
             print(f"  {name}: {workers} worker(s) done", file=sys.stderr)
     return timings
 
@@ -116,6 +118,21 @@ def format_table(timings: list[Timing]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def _counts(text: str) -> list[int]:
+    """``--workers 1,2,4`` -> [1, 2, 4].
+
+    >>> _counts("4,1,2,2")
+    [1, 2, 4]
+    """
+    try:
+        counts = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 1,2,4, got {text!r}") from None
+    if counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"pool sizes are at least 1, got {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     from evalsuite.paths import data_root
 
@@ -124,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pages", type=int, default=10, help="rendered pages to read (default: %(default)s)")
     parser.add_argument("--receipts", type=int, default=10, help="SROIE receipts to read, 0: none (default: %(default)s)")
     parser.add_argument("--engine", default="rapidocr", help="OCR engine (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="where the models run: cpu or cuda[:N] (default: %(default)s)")
+    parser.add_argument("--workers", type=_counts, help="pool sizes to time, e.g. 1,2,4 (default: 1, 2, all cores)")
     args = parser.parse_args(argv)
 
     from .engines import get_engine
@@ -131,14 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     cores = available_cores()
     sets = image_sets(args.data or data_root(), args.pages, args.receipts)
     load_before = os.getloadavg()[0]
-    timings = run(sets, worker_counts(cores), args.engine)
+    counts = args.workers or worker_counts(cores)
+    timings = run(sets, counts, args.engine, args.device)
     load_after = os.getloadavg()[0]
-    info = get_engine(args.engine, threads=1).version_info()
-    print(f"OCR stage throughput: {info.get('engine')} {info.get('version')}, onnxruntime "
-          f"{info.get('onnxruntime', '-')}, 1 intra-op thread per process, cache bypassed, {cores} cores available")
+    info = get_engine(args.engine, **stage.reader_options(args.device)).version_info()
+    runtime = info.get("runtime") or f"onnxruntime {info.get('onnxruntime', '-')}"
+    print(f"OCR stage throughput: {info.get('engine')} {info.get('version')}, {runtime} on {args.device}, "
+          f"1 CPU thread per process, cache bypassed, {cores} cores available")
     # Other processes on the machine take cores from the pool: the all-core rows mean little under load.
     print(f"1-min load average: {load_before:.2f} before, {load_after:.2f} after (the bench itself adds up to "
-          f"{max(worker_counts(cores))})")
+          f"{max(counts)})")
     print(format_table(timings))
     return 0
 

@@ -85,9 +85,67 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
+class _ClassScores:
+    """What rapidocr's CTC decoder reads of the rec model's scores [lines, steps, classes]:
+    their ``argmax`` and ``max`` over the classes, reduced where the scores are. The
+    classes are 18k wide: copying them to the host and reducing them there took most
+    of a read on a GPU."""
+
+    def __init__(self, scores):
+        best, index = scores.max(dim=-1)  # ties: the first index, as numpy's argmax
+        self.shape = tuple(scores.shape)
+        self._reduced = {"max": best.cpu().numpy(), "argmax": index.cpu().numpy()}
+
+    def _over_classes(self, what: str, axis: int):
+        if axis not in (2, -1):
+            raise ValueError(f"rec scores are reduced over the classes (axis 2) only, not axis {axis}")
+        return self._reduced[what]
+
+    def argmax(self, axis: int):
+        return self._over_classes("argmax", axis)
+
+    def max(self, axis: int):
+        return self._over_classes("max", axis)
+
+
+class _TorchSession:
+    """Stands in for rapidocr's onnxruntime session of one model: the same call, with the
+    graph run by :class:`~evalsuite.ocr.onnx_torch.OnnxModule` on ``device`` in float32
+    (TF32 off: the reads follow onnxruntime's to float tolerance). With ``class_scores``
+    it returns :class:`_ClassScores` (the rec model, for the CTC decoder)."""
+
+    def __init__(self, session, path: Path, device: str, class_scores: bool = False):
+        import torch
+
+        from .onnx_torch import OnnxModule
+
+        self._session = session  # answers the rest (the rec model's character list)
+        self.device = torch.device(device)
+        self.module = OnnxModule(path).to(self.device).eval()
+        self.class_scores = class_scores
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        matmul = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+                output = self.module(torch.from_numpy(pixels).to(self.device))
+                return _ClassScores(output) if self.class_scores else output.cpu().numpy()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 @OCR_ENGINES.register("rapidocr")
 class RapidOcrEngine:
-    """rapidocr with the wheel's PP-OCRv6 small det/rec models on onnxruntime (CPU).
+    """rapidocr with the wheel's PP-OCRv6 small det/rec models, on onnxruntime (CPU) or,
+    with ``device="cuda:N"``, on that GPU through evalsuite's ONNX interpreter
+    (:mod:`evalsuite.ocr.onnx_torch`; rapidocr's own pre- and post-processing either way).
+    ``runtime="torch"`` runs the interpreter on the CPU too (to check it against onnxruntime).
 
     ``threads`` sets onnxruntime's intra-op threads (None: its default, all
     cores); give 1 per worker when running several processes. The 180-degree
@@ -99,8 +157,16 @@ class RapidOcrEngine:
     MODELS = {"det": "PP-OCRv6_det_small.onnx", "rec": "PP-OCRv6_rec_small.onnx"}
     TEXT_SCORE = 0.5  # rapidocr's default: lines recognised with lower confidence are dropped
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, device: str = "cpu", runtime: str | None = None):
+        if device != "cpu" and not device.startswith("cuda"):
+            raise ValueError(f"rapidocr runs on 'cpu' or 'cuda[:N]', not {device!r}")
+        runtime = runtime or ("onnxruntime" if device == "cpu" else "torch")
+        if runtime not in ("onnxruntime", "torch") or (runtime == "onnxruntime" and device != "cpu"):
+            raise ValueError(f"rapidocr runtime {runtime!r} on {device!r}: onnxruntime runs on 'cpu' here, "
+                             "torch on 'cpu' or 'cuda[:N]'")
         self.threads = threads
+        self.device = device
+        self.runtime = runtime
         self._ocr = None
         spec = importlib.util.find_spec("rapidocr")  # locates the wheel without importing cv2 & co.
         if spec is None or spec.origin is None:
@@ -115,8 +181,11 @@ class RapidOcrEngine:
     @functools.cached_property
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"engine": self.name, "version": metadata.version("rapidocr"),
-                                "onnxruntime": metadata.version("onnxruntime"),
                                 "text_score": self.TEXT_SCORE, "use_cls": False}
+        if self.runtime == "onnxruntime":
+            info["onnxruntime"] = metadata.version("onnxruntime")
+        else:  # reads differ from onnxruntime's in the last float bits, so cached reads are its own
+            info["runtime"] = f"torch {metadata.version('torch')} {self.device.split(':')[0]} float32"
         for task, path in self.model_paths.items():
             info[f"{task}_model"] = path.name
             info[f"{task}_sha256"] = file_sha256(path)[:16]
@@ -139,7 +208,17 @@ class RapidOcrEngine:
                 "EngineConfig.onnxruntime.intra_op_num_threads": threads,
                 "EngineConfig.onnxruntime.inter_op_num_threads": threads,
             })
+            if self.runtime == "torch":  # rapidocr loads its models lazily: load them, then swap their sessions
+                for task, model in (("det", self._ocr._load_det_model()), ("rec", self._ocr._load_rec_model())):
+                    model.session = _TorchSession(model.session, self.model_paths[task], self.device,
+                                                  class_scores=task == "rec")
         return self._ocr
+
+    def load(self) -> None:
+        """Load both models now (rapidocr loads each on first use; this engine's first read)."""
+        ocr = self._engine()
+        ocr._load_det_model()
+        ocr._load_rec_model()
 
     def read(self, image: np.ndarray) -> OcrResult:
         bgr = np.ascontiguousarray(_check_rgb(image)[..., ::-1])  # rapidocr takes arrays as OpenCV BGR
@@ -158,7 +237,7 @@ class PaddleOcrEngine:
 
     name = "paddleocr"
 
-    def __init__(self, lang: str = "en"):
+    def __init__(self, lang: str = "en", threads: int | None = None, device: str = "cpu"):
         try:
             import paddleocr  # noqa: F401
         except ImportError as error:
@@ -167,11 +246,15 @@ class PaddleOcrEngine:
                 "network access (or point it at local model dirs) so its detection/recognition models exist"
             ) from error
         self.lang = lang
+        self.options = {"device": device.replace("cuda", "gpu")}  # paddle names devices "cpu", "gpu:N"
+        if threads is not None:
+            self.options["cpu_threads"] = threads
         self._ocr = None
 
     def version_info(self) -> dict[str, Any]:
         return {"engine": self.name, "version": metadata.version("paddleocr"),
-                "paddlepaddle": metadata.version("paddlepaddle"), "lang": self.lang}
+                "paddlepaddle": metadata.version("paddlepaddle"), "lang": self.lang,
+                "device": self.options["device"].split(":")[0]}
 
     def _engine(self):
         if self._ocr is None:
@@ -179,7 +262,7 @@ class PaddleOcrEngine:
 
             try:
                 self._ocr = PaddleOCR(lang=self.lang, use_doc_orientation_classify=False,
-                                      use_doc_unwarping=False, use_textline_orientation=False)
+                                      use_doc_unwarping=False, use_textline_orientation=False, **self.options)
             except Exception as error:  # its model fetch fails in many ways offline
                 raise OcrEngineUnavailable(f"paddleocr could not load its models (offline?): {error}") from error
         return self._ocr

@@ -7,7 +7,9 @@ the ground truth where the dataset has one, else OCR(original). Drift is
 ``error(reconstruction) - error(original)``.
 
 OCR is the slow stage (about 1.7 s per rendered page and 2.8 s per receipt on one core), so reads run in a
-process pool sized to this worker's share of the cores. Every read is cached by
+process pool sized to this worker's share of the cores. Where the worker has a GPU, the pool's processes
+run the det/rec models on it (:class:`~evalsuite.ocr.engines.RapidOcrEngine` with ``device``), and
+``GPU_READERS`` of them keep it busy while each does its pre- and post-processing. Every read is cached by
 image content across runs (:mod:`evalsuite.ocr.cache`): an original is read once
 per machine, a reconstruction once per token plan, and one pixel-identical to its
 original is not read at all. Samples without ground truth whose original holds
@@ -16,6 +18,7 @@ no text (most photos) get no OCR KPIs.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 
@@ -31,13 +34,42 @@ from .normalize import normalize_text
 from .reconstruct import reconstruct
 
 _ENGINE = None  # one engine per pool process
+GPU_READERS = 8  # pool processes per GPU by default
 
 
-def _init(engine_name: str) -> None:
+def reader_options(device: str) -> dict:
+    """Engine options of a pool process: one CPU thread each, and the GPU where reads run there."""
+    return {"threads": 1} if device == "cpu" else {"threads": 1, "device": device}
+
+
+def default_readers(device: str) -> int:
+    """Pool processes for reads on ``device``: this worker's share of the cores on the CPU."""
+    return cores_per_worker() if device == "cpu" else min(GPU_READERS, cores_per_worker())
+
+
+def _init(engine_name: str, device: str = "cpu", all_loaded=None) -> None:
+    """A pool process's initializer: its engine, models loaded; then, with ``all_loaded`` (a
+    barrier of the pool's processes), it waits until every process has loaded its own."""
     global _ENGINE
     from .engines import get_engine
 
-    _ENGINE = get_engine(engine_name, threads=1)  # one onnxruntime thread per pool process
+    if device != "cpu":
+        import torch
+
+        torch.set_num_threads(1)
+    _ENGINE = get_engine(engine_name, **reader_options(device))
+    load = getattr(_ENGINE, "load", None)  # optional: engines load on their first read otherwise
+    if load is not None:
+        load()
+    if all_loaded is not None:
+        try:
+            all_loaded.wait(timeout=600)
+        except threading.BrokenBarrierError:  # a process that failed to start: its error comes with a read
+            pass
+
+
+def _loaded() -> None:
+    """A task that runs once its process, and so every process of the pool, is initialized."""
 
 
 def _read(image: np.ndarray, cached: bool) -> str:
@@ -55,17 +87,34 @@ def _has_text(original_job: Future) -> bool:
 
 
 class OcrStage:
-    def __init__(self, engine_name: str = "rapidocr", workers: int = 0):
+    def __init__(self, engine_name: str = "rapidocr", workers: int = 0, device: str = "cpu"):
+        """``device``: where the pool's processes run the OCR models ("cpu" or "cuda:N");
+        ``workers``: how many processes (0: :func:`default_readers`)."""
         from .engines import get_engine
 
         self.engine_name = engine_name
-        self._version = get_engine(engine_name, threads=1).version_info()
-        self._pool = ProcessPoolExecutor(max_workers=workers or cores_per_worker(),
-                                         mp_context=get_context("spawn"),
-                                         initializer=_init, initargs=(engine_name,))
+        self.device = device
+        self._version = get_engine(engine_name, **reader_options(device)).version_info()
+        processes = workers or default_readers(device)
+        context = get_context("spawn")
+        self._pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init,
+                                         initargs=(engine_name, device, context.Barrier(processes)))
+        # Each submit while no process is idle starts one: every process starts now and loads its
+        # models while the worker loads its own; wait_loaded() joins them before anything is timed.
+        self._loading = [self._pool.submit(_loaded) for _ in range(processes)]
+
+    def wait_loaded(self) -> None:
+        """Until every pool process has loaded its models (they take cores a timed forward needs)."""
+        for job in self._loading:
+            try:
+                job.result()
+            except Exception:  # a pool that cannot start reports its error on the reads
+                pass
+        self._loading = []
 
     def version_info(self) -> dict[str, str]:
-        return {f"ocr_{k}": str(v) for k, v in self._version.items()} | {"ocr_engine": self.engine_name}
+        return ({f"ocr_{k}": str(v) for k, v in self._version.items()}
+                | {"ocr_engine": self.engine_name, "ocr_device": self.device})
 
     def submit(self, samples: list[Sample], outputs: list[EncoderOutput], records: list[SampleRecord]) -> list:
         """Queue the reads of ``samples`` (aligned with ``records``): the pool reads the first ones
