@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
+import torch
 
+from evalsuite.ocr import stage as stage_module
 from evalsuite.ocr.stage import OcrStage
 
 
@@ -29,3 +32,18 @@ def test_every_pool_process_has_loaded_its_models_once_the_stage_says_so(device,
     finally:
         stage.close()
     assert seen and all(sessions == [session, session] for sessions in seen.values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_pool_whose_models_cannot_load_reports_it_on_every_read():
+    """Loading on cuda:0 without CUDA fails in the pool's initializer; the pool still starts, and
+    each read raises the error (again: it never falls back to reading on the CPU)."""
+    stage = OcrStage(workers=1, device="cuda:0")
+    page = np.full((64, 64, 3), 255, np.uint8)
+    try:
+        stage.wait_loaded()
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="NVIDIA driver|CUDA"):
+                stage._pool.submit(stage_module._read, page, False).result()
+    finally:
+        stage.close()

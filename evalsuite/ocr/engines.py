@@ -6,8 +6,10 @@ Engines load their models on the first :meth:`OcrEngine.read`, so listing or
 configuring them costs nothing.
 
 ``rapidocr`` (the default) runs the PP-OCRv6 det/rec ONNX models bundled in the
-rapidocr wheel. Their paths are given explicitly, which is what keeps rapidocr
-from ever trying its model download; a missing file is an error, not a fetch.
+rapidocr wheel, on onnxruntime (CPU) or, given ``device="cuda:N"``, on that GPU
+through :mod:`evalsuite.ocr.onnx_torch`. Their paths are given explicitly, which
+is what keeps rapidocr from ever trying its model download; a missing file is an
+error, not a fetch.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class RapidOcrEngine:
             from rapidocr import RapidOCR
 
             threads = -1 if self.threads is None else self.threads  # -1: onnxruntime decides
-            self._ocr = RapidOCR(params={
+            ocr = RapidOCR(params={
                 "Global.log_level": "warning",
                 "Global.use_cls": False,
                 "Global.text_score": self.TEXT_SCORE,
@@ -209,9 +211,10 @@ class RapidOcrEngine:
                 "EngineConfig.onnxruntime.inter_op_num_threads": threads,
             })
             if self.runtime == "torch":  # rapidocr loads its models lazily: load them, then swap their sessions
-                for task, model in (("det", self._ocr._load_det_model()), ("rec", self._ocr._load_rec_model())):
+                for task, model in (("det", ocr._load_det_model()), ("rec", ocr._load_rec_model())):
                     model.session = _TorchSession(model.session, self.model_paths[task], self.device,
                                                   class_scores=task == "rec")
+            self._ocr = ocr  # only once complete: a failed swap must not leave onnxruntime reading
         return self._ocr
 
     def load(self) -> None:

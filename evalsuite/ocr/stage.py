@@ -59,8 +59,11 @@ def _init(engine_name: str, device: str = "cpu", all_loaded=None) -> None:
         torch.set_num_threads(1)
     _ENGINE = get_engine(engine_name, **reader_options(device))
     load = getattr(_ENGINE, "load", None)  # optional: engines load on their first read otherwise
-    if load is not None:
-        load()
+    try:
+        if load is not None:
+            load()
+    except Exception:  # an initializer that raises breaks the pool with no message: the reads load
+        pass  # again, and each reports the error on its sample
     if all_loaded is not None:
         try:
             all_loaded.wait(timeout=600)
