@@ -160,6 +160,25 @@ def test_run_skips_only_cases_whose_store_is_missing_and_reports_kpis(tmp_path):
     assert phases and float(phases[1]) > 0.5 and float(phases[2]) > 0, out  # interpreter + imports take time
 
 
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def small_case(method: str, params: dict, name: str, device: str = "cpu",
+               dataset: DatasetSpec = DatasetSpec("samples", "samples", {"limit": 1})) -> CaseSpec:
+    """A case of DINOv2-S/14 at 112 px: a real model and method, fast on a CPU."""
+    return CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, device, "float32"), method, params, name,
+                    dataset, {}, "inline")
+
+
+def evaluate_once(case: CaseSpec, **settings):
+    """``case`` run by a fresh engine with one OCR process and one timed forward; the pool closed after."""
+    engine = Engine(EngineSettings(**{"timing_repeats": 1, "timing_warmup": 0, "ocr_workers": 1, **settings}))
+    try:
+        return engine.evaluate(case)
+    finally:
+        engine.close()
+
+
 def test_unreadable_image_fails_that_sample_and_the_case_goes_on(tmp_path, monkeypatch):
     from evalsuite.data.datasets import DATASETS
 
@@ -172,16 +191,11 @@ def test_unreadable_image_fails_that_sample_and_the_case_goes_on(tmp_path, monke
 
     samples = [Sample("t/good", "t", "photo", lambda: good), Sample("t/broken", "t", "photo", broken, source=bad_path)]
     monkeypatch.setitem(DATASETS._entries, "two_samples", lambda root, **kw: samples)
-    engine = Engine(EngineSettings(ocr_engine=None, timing_repeats=1, timing_warmup=0))
-    case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, "cpu", "float32"), "tome", {"merge_factor": 0.5},
-                    "tome_f0.5", DatasetSpec("two", "two_samples"), {}, "inline")
-    result = engine.evaluate(case)
+    result = evaluate_once(small_case("tome", {"merge_factor": 0.5}, "tome_f0.5",
+                                      dataset=DatasetSpec("two", "two_samples")), ocr_engine=None)
     by_id = {s.sample_id: s for s in result.samples}
     assert str(bad_path) in by_id["t/broken"].error
     assert by_id["t/good"].error is None and result.kpis["tokens_reduction_pct"] > 0
-
-
-DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -205,13 +219,7 @@ def test_case_is_timed_with_no_ocr_read_in_flight(monkeypatch, device):
 
     for owner, name in ((Engine, "_case_timing"), (OcrStage, "submit"), (OcrStage, "collect")):
         watch(owner, name)
-    engine = Engine(EngineSettings(timing_repeats=1, timing_warmup=0, ocr_workers=1))
-    case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, device, "float32"), "tome", {"merge_factor": 0.5},
-                    "tome_f0.5", DatasetSpec("samples", "samples", {"limit": 1}), {}, "inline")
-    try:
-        result = engine.evaluate(case)
-    finally:
-        engine.close()
+    result = evaluate_once(small_case("tome", {"merge_factor": 0.5}, "tome_f0.5", device))
     assert "ocr_wer_drift" in result.kpis
     assert events == ["_case_timing starts", "_case_timing ends", "submit starts", "submit ends",
                       "collect starts", "collect ends"]
@@ -220,13 +228,7 @@ def test_case_is_timed_with_no_ocr_read_in_flight(monkeypatch, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("ocr_device", ["auto", "cpu"])
 def test_ocr_runs_on_the_gpu_of_a_gpu_case_unless_told_otherwise(device, ocr_device):
-    engine = Engine(EngineSettings(timing_repeats=1, timing_warmup=0, ocr_workers=1, ocr_device=ocr_device))
-    case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, device, "float32"), "random", {"keep": 0.5},
-                    "random_k0.5", DatasetSpec("samples", "samples", {"limit": 1}), {}, "inline")
-    try:
-        result = engine.evaluate(case)
-    finally:
-        engine.close()
+    result = evaluate_once(small_case("random", {"keep": 0.5}, "random_k0.5", device), ocr_device=ocr_device)
     [record] = result.samples
     assert record.error is None and record.info["ocr_text"] and record.info["ocr_reread"]
     on_gpu = device == "cuda" and ocr_device == "auto"
@@ -258,8 +260,7 @@ def test_case_timing_runs_twice_only_where_the_hook_timer_would_distort_it(monke
 
     monkeypatch.setattr(engine_module, "timed_calls", counting)
     engine = Engine(EngineSettings(ocr_engine=None, timing_repeats=3, timing_warmup=1))
-    case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, device, "float32"), "tome", {"merge_factor": 0.5},
-                    "tome_f0.5", DatasetSpec("samples", "samples", {"limit": 1}), {}, "inline")
+    case = small_case("tome", {"merge_factor": 0.5}, "tome_f0.5", device)
     engine.reference(case.model, case.dataset)  # the reference pass times the unpatched model: not counted
     runs.clear()
     result = engine.evaluate(case)
@@ -273,15 +274,10 @@ def test_a_reconstruction_read_once_comes_from_the_cache_in_later_runs(tmp_path,
     are the same reads neither the original nor the reconstruction again (here, the cached texts are
     replaced by markers between two runs, and the second run reports the markers)."""
     monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))  # the OCR pool's processes inherit it
-    case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, "cpu", "float32"), "random", {"keep": 0.5},
-                    "random_k0.5", DatasetSpec("samples", "samples", {"limit": 1}), {}, "inline")
+    case = small_case("random", {"keep": 0.5}, "random_k0.5")
 
     def run_case() -> dict:
-        engine = Engine(EngineSettings(timing_repeats=1, timing_warmup=0, ocr_workers=1))
-        try:
-            [record] = engine.evaluate(case).samples
-        finally:
-            engine.close()
+        [record] = evaluate_once(case).samples
         return record.info
 
     first = run_case()
