@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from evalsuite.ocr import stage as stage_module
 from evalsuite.ocr.stage import OcrStage
@@ -47,3 +48,45 @@ def test_a_pool_whose_models_cannot_load_reports_it_on_every_read():
                 stage._pool.submit(stage_module._read, page, False).result()
     finally:
         stage.close()
+
+
+def test_each_kind_of_sample_gets_the_reads_it_needs(tmp_path, monkeypatch):
+    """Queued on threads, the reads still land on their own records: a page with ground truth, the
+    same page with its bottom half dropped, a page without ground truth (scored against OCR of the
+    original), a blank photo (no text to lose: no OCR KPIs) and a sample that fails to load."""
+    from types import SimpleNamespace
+
+    from evalsuite.data.pages import render_page
+    from evalsuite.data.sample import Sample, SampleError
+    from evalsuite.plan import TokenPlan
+    from evalsuite.results import SampleRecord
+
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))  # the pool's processes inherit it
+    page = render_page("invoice", 3)
+    blank = Image.new("RGB", (200, 120), "white")
+
+    def broken():
+        raise SampleError("sample t/broken: cannot read image broken.png")
+
+    samples = [Sample("t/page", "t", "document", lambda: page.image, reference_text=page.text),
+               Sample("t/half", "t", "document", lambda: page.image, reference_text=page.text),
+               Sample("t/untruthed", "t", "document", lambda: page.image),
+               Sample("t/blank", "t", "photo", lambda: blank),
+               Sample("t/broken", "t", "photo", broken)]
+    identity, half = TokenPlan.identity((2, 2)), TokenPlan((2, 2), np.array([0, 1, -1, -1], np.int32), 2)
+    plans = [identity, half, half, identity, identity]
+    records = [SampleRecord(s.sample_id, s.doc_type) for s in samples]
+    stage = OcrStage(workers=2)
+    try:
+        stage.collect(stage.submit(samples, [SimpleNamespace(plans=plans)], records))
+    finally:
+        stage.close()
+    page_kpis, half_kpis, untruthed, blank_record, broken_record = records
+    assert page_kpis.info["ocr_reference"] == "ground_truth" and not page_kpis.info["ocr_reread"]
+    assert page_kpis.kpis["ocr_wer_drift"] == 0 and page_kpis.kpis["ocr_wer"] < 0.1
+    assert half_kpis.info["ocr_reread"] and half_kpis.kpis["ocr_wer_drift"] > 0.2  # half the text is gone
+    assert half_kpis.kpis["ocr_wer_original"] == page_kpis.kpis["ocr_wer"]
+    assert untruthed.info["ocr_reference"] == "ocr_original" and untruthed.kpis["ocr_wer_original"] == 0
+    assert untruthed.kpis["ocr_wer"] > 0.2  # against what OCR read of the whole page
+    assert not blank_record.kpis and blank_record.error is None
+    assert broken_record.error == "sample t/broken: cannot read image broken.png" and not broken_record.kpis

@@ -27,7 +27,7 @@ import numpy as np
 from ..data.sample import Sample, SampleError
 from ..models.base import EncoderOutput
 from ..results import SampleRecord
-from ..workers import cores_per_worker
+from ..workers import cores_per_worker, thread_map
 from . import wer
 from .fields import field_hits
 from .normalize import normalize_text
@@ -121,29 +121,31 @@ class OcrStage:
 
     def submit(self, samples: list[Sample], outputs: list[EncoderOutput], records: list[SampleRecord]) -> list:
         """Queue the reads of ``samples`` (aligned with ``records``): the pool reads the first ones
-        while the rest are loaded and reconstructed.
+        while the rest are loaded and reconstructed, on a thread per core of this worker.
 
-        Returns without waiting, except for samples with no ground truth, whose
-        OCR(original) decides whether there is text to lose (cached after the
-        first case). A sample that fails to load gets its error at once.
+        Returns once every read is queued. A sample with no ground truth waits for
+        its OCR(original), which decides whether there is text to lose (cached after
+        the first case). A sample that fails to load gets its error at once.
         """
         plans = [plan for out in outputs for plan in out.plans]
-        jobs: list[tuple[SampleRecord, Sample, Future, Future | None]] = []
-        for sample, plan, record in zip(samples, plans, records):
-            try:  # reloaded per case: holding every original (SROIE pages are up to 9 MP) costs GBs
-                original = sample.load()
-            except SampleError as exc:
-                record.error = str(exc)
-                continue
-            original_px = np.asarray(original)
-            original_job = self._pool.submit(_read, original_px, True)
-            if sample.reference_text is None and not _has_text(original_job):
-                continue  # a picture without words: nothing for OCR to lose
-            seen = original_px if plan.is_identity else np.asarray(reconstruct(original, plan))
-            identical = seen is original_px or np.array_equal(seen, original_px)
-            jobs.append((record, sample, original_job,
-                         None if identical else self._pool.submit(_read, seen, True)))
-        return jobs
+        queued = thread_map(lambda item: self._queue(*item), list(zip(samples, plans, records)))
+        return [job for job in queued if job is not None]
+
+    def _queue(self, sample: Sample, plan, record: SampleRecord) -> tuple[SampleRecord, Sample, Future,
+                                                                           Future | None] | None:
+        """One sample's reads: its original and, unless identical, what ``plan`` left of it."""
+        try:  # reloaded per case: holding every original (SROIE pages are up to 9 MP) costs GBs
+            original = sample.load()
+        except SampleError as exc:
+            record.error = str(exc)
+            return None
+        original_px = np.asarray(original)
+        original_job = self._pool.submit(_read, original_px, True)
+        if sample.reference_text is None and not _has_text(original_job):
+            return None  # a picture without words: nothing for OCR to lose
+        seen = original_px if plan.is_identity else np.asarray(reconstruct(original, plan))
+        identical = seen is original_px or np.array_equal(seen, original_px)
+        return record, sample, original_job, None if identical else self._pool.submit(_read, seen, True)
 
     def collect(self, jobs: list) -> None:
         """Wait for the reads queued by :meth:`submit` and fill in the OCR KPIs."""
