@@ -34,7 +34,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="OCR pool processes per worker (default: one per core on the CPU, 8 per GPU; "
                          "ini: evalsuite_ocr_workers)")
     group.addoption("--evalsuite-ocr-device", choices=OCR_DEVICES,
-                    help="where OCR runs: auto (default) = the worker's GPU when it has one (ini: evalsuite_ocr_device)")
+                    help="where OCR runs: auto (default) = the worker's GPU when its cases run on one "
+                         "(ini: evalsuite_ocr_device)")
     group.addoption("--evalsuite-export", metavar="DIR", help="write per-case .npz token plans and images here")
     group.addoption("--evalsuite-dsn", metavar="DSN",
                     help="ClickHouse DSN; env EVALSUITE_CLICKHOUSE_DSN; default: embedded chDB")

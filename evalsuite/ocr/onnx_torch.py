@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,15 +87,23 @@ def _conv_transpose(a, x, w, b=None):
                               a.get("group", 1), a.get("dilations", 1))
 
 
-@_op("MaxPool", "AveragePool")
-def _pool(a, x, *, op_type: str):
+def _pool_geometry(a, x):
     kernel = a["kernel_shape"]
     strides = a.get("strides", [1] * len(kernel))
-    padding, explicit = _spatial_padding(a, x, kernel, strides, [1] * len(kernel))
-    if op_type == "MaxPool":
-        if explicit is not None:
-            x = F.pad(x, explicit, value=-math.inf)
-        return F.max_pool2d(x, kernel, strides, padding, ceil_mode=bool(a.get("ceil_mode", 0)))
+    return kernel, strides, *_spatial_padding(a, x, kernel, strides, [1] * len(kernel))
+
+
+@_op("MaxPool")
+def _max_pool(a, x):
+    kernel, strides, padding, explicit = _pool_geometry(a, x)
+    if explicit is not None:
+        x = F.pad(x, explicit, value=-math.inf)
+    return F.max_pool2d(x, kernel, strides, padding, ceil_mode=bool(a.get("ceil_mode", 0)))
+
+
+@_op("AveragePool")
+def _average_pool(a, x):
+    kernel, strides, padding, explicit = _pool_geometry(a, x)
     if explicit is not None:
         raise NotImplementedError("AveragePool with asymmetric padding")
     return F.avg_pool2d(x, kernel, strides, padding, ceil_mode=bool(a.get("ceil_mode", 0)),
@@ -223,6 +231,15 @@ _KNOWN_ATTRIBUTES = {
 }
 
 
+class _Node(NamedTuple):
+    where: str  # file, index, type and name: the prefix of its errors
+    fn: Op
+    attributes: dict[str, Any]
+    inputs: list[str]  # "" for an omitted optional input
+    outputs: list[str]
+    free: list[str]  # values no later node reads, dropped after this one
+
+
 class OnnxModule(torch.nn.Module):
     """An ONNX model (``onnx.ModelProto`` or a path) as a torch module: ``module(*inputs)`` takes
     the graph's inputs as tensors, in order, and returns its first output.
@@ -244,23 +261,16 @@ class OnnxModule(torch.nn.Module):
             raise ValueError(f"{self.source}: opset {opsets} is not supported (the interpreter implements "
                              "opset-11/12 semantics: Squeeze/Unsqueeze axes as attributes, 2-D Softmax)")
         graph = model.graph
-        self._constants: dict[str, torch.Tensor] = {}
+        self._constants: dict[str, torch.Tensor | str] = {}  # a tensor, or the name of a float buffer
         for init in graph.initializer:
-            array = numpy_helper.to_array(init).copy()
-            tensor = torch.from_numpy(array)
-            if tensor.is_floating_point():
-                self.register_buffer(f"c{len(self._buffers)}", tensor)
-                self._constants[init.name] = f"c{len(self._buffers) - 1}"
-            else:
-                self._constants[init.name] = tensor
+            self._hold(init.name, torch.from_numpy(numpy_helper.to_array(init).copy()))
         self.input_names = [i.name for i in graph.input if i.name not in self._constants]
         self.output_names = [o.name for o in graph.output]
-        self._nodes = []
+        self._nodes: list[_Node] = []
         for index, node in enumerate(graph.node):
             where = f"{self.source}: node {index} ({node.op_type} {node.name!r})"
             if node.op_type == "Constant":
-                self._constants[node.output[0]] = torch.from_numpy(
-                    numpy_helper.to_array(node.attribute[0].t).copy())
+                self._hold(node.output[0], torch.from_numpy(numpy_helper.to_array(node.attribute[0].t).copy()))
                 continue
             if node.op_type not in _OPS or (node.domain not in ("", "ai.onnx")):
                 raise NotImplementedError(f"{where}: operator {node.domain or 'ai.onnx'}.{node.op_type} "
@@ -269,16 +279,22 @@ class OnnxModule(torch.nn.Module):
             unknown = set(attributes) - _KNOWN_ATTRIBUTES.get(node.op_type, set())
             if unknown:
                 raise NotImplementedError(f"{where}: attributes {sorted(unknown)} are not implemented")
-            fn = _OPS[node.op_type]
-            if node.op_type in ("MaxPool", "AveragePool"):
-                fn = (lambda f, t: lambda a, *xs: f(a, *xs, op_type=t))(fn, node.op_type)
-            self._nodes.append((where, fn, attributes, list(node.input), list(node.output), []))
-        last_use = {}  # value name -> index of the last node that reads it; freed after that node
-        for index, (*_, names, _outputs, _free) in enumerate(self._nodes):
-            last_use.update((name, index) for name in names if name)
+            self._nodes.append(_Node(where, _OPS[node.op_type], attributes, list(node.input), list(node.output), []))
+        last_use = {}  # value name -> index of the last node that reads it
+        for index, node in enumerate(self._nodes):
+            last_use.update((name, index) for name in node.inputs if name)
         for name, index in last_use.items():
             if name not in self.output_names:
-                self._nodes[index][5].append(name)
+                self._nodes[index].free.append(name)
+
+    def _hold(self, name: str, tensor: torch.Tensor) -> None:
+        """Keep a constant: a float one as a buffer (it moves with the module), an integer one on the CPU."""
+        if tensor.is_floating_point():
+            buffer = f"c{len(self._buffers)}"
+            self.register_buffer(buffer, tensor)
+            self._constants[name] = buffer
+        else:
+            self._constants[name] = tensor
 
     def _constant(self, name: str) -> torch.Tensor:
         value = self._constants[name]
