@@ -74,6 +74,10 @@ class Engine:
             raise RuntimeError(f"model {spec.id} asks for device {spec.device!r} but CUDA is not available")
         if spec.device.startswith("cuda:"):
             return torch.device(spec.device)
+        return self._worker_gpu()
+
+    def _worker_gpu(self) -> torch.device:
+        """This worker's GPU: worker index modulo device count."""
         return torch.device("cuda", self.settings.worker_index % torch.cuda.device_count())
 
     def ocr_device(self) -> str:
@@ -85,7 +89,7 @@ class Engine:
         if wanted == "cuda":
             if not torch.cuda.is_available():
                 raise RuntimeError("OCR asked to run on 'cuda' but CUDA is not available")
-            return f"cuda:{self.settings.worker_index % torch.cuda.device_count()}"
+            return str(self._worker_gpu())
         return wanted
 
     def model(self, spec: ModelSpec) -> ModelAdapter:
@@ -144,8 +148,7 @@ class Engine:
     def evaluate(self, case: CaseSpec) -> CaseResult:
         self.settings = replace(self.settings, **case.settings)  # the matrix file's seed, batch, timing
         started = dict(self.stage_seconds)
-        if self.settings.ocr_engine:
-            self._ocr_stage()  # its processes start and load their models while the model loads
+        ocr = self._ocr_stage() if self.settings.ocr_engine else None  # its processes load while the model does
         adapter = self.model(case.model)
         ref = self.reference(case.model, case.dataset)
         compressor = build(case.method, case.params, adapter.num_layers, seed=self.settings.seed)
@@ -163,14 +166,14 @@ class Engine:
             outputs = [out if out is ref_out else _to_cpu(out) for out, ref_out in zip(outputs, ref.outputs)]
         # Timed with no OCR in flight, on a GPU too: a forward at the timing batch is host-bound,
         # and OCR reads on every core doubled its p50 on an H100 host (README, on latency KPIs).
-        if self._ocr is not None:
+        if ocr is not None:
             with self._stage("ocr"):
-                self._ocr.wait_loaded()
+                ocr.wait_loaded()
         with self._stage("compressed_timing"):
             timing = self._case_timing(adapter, compressor, ref, case)
-        if self.settings.ocr_engine:
+        if ocr is not None:
             with self._stage("ocr"):
-                self._ocr_stage().collect(self._ocr_stage().submit(ref.samples, outputs, records))
+                ocr.collect(ocr.submit(ref.samples, outputs, records))
         if self.settings.export_dir is not None:
             with self._stage("export"):
                 self._export(case, ref, outputs)
@@ -184,7 +187,7 @@ class Engine:
             "image_size": str(adapter.image_size), "timing_batch": str(self.settings.timing_batch),
             "timing_repeats": str(self.settings.timing_repeats), "seed": str(self.settings.seed),
             **({"gpu_name": torch.cuda.get_device_name(adapter.device)} if adapter.device.type == "cuda" else {}),
-            **(self._ocr_stage().version_info() if self.settings.ocr_engine else {}),
+            **(ocr.version_info() if ocr is not None else {}),
         }
         return result
 

@@ -54,21 +54,14 @@ def worker_counts(cores: int) -> list[int]:
     return sorted({1, min(2, cores), cores})
 
 
-def _warm_init(engine_name: str, device: str, warmup: np.ndarray, ready) -> None:
-    stage._init(engine_name, device)  # the OCR stage's own initializer: one engine, one CPU thread
-    stage._read(warmup, False)
-    ready.wait()  # every process is up and warm before the clock starts
-
-
 def time_reads(images: list[np.ndarray], workers: int, engine_name: str = "rapidocr", device: str = "cpu") -> float:
     """Wall seconds for ``workers`` warmed-up pool processes to read every image once, uncached."""
     context = get_context("spawn")
-    ready = context.Barrier(workers + 1)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_warm_init,
-                             initargs=(engine_name, device, images[0], ready)) as pool:
-        started = [pool.submit(int) for _ in range(workers)]  # each submit spawns a process while none is idle
-        ready.wait()
-        for job in started:
+    # the OCR stage's own initializer (one engine, one CPU thread), with a warm-up read
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=stage._init,
+                             initargs=(engine_name, device, context.Barrier(workers), images[0])) as pool:
+        # each submit spawns a process while none is idle; a task runs once every process is warm
+        for job in [pool.submit(stage._loaded) for _ in range(workers)]:
             job.result()
         start = time.perf_counter()
         list(pool.map(stage._read, images, [False] * len(images)))

@@ -47,9 +47,10 @@ def default_readers(device: str) -> int:
     return cores_per_worker() if device == "cpu" else min(GPU_READERS, cores_per_worker())
 
 
-def _init(engine_name: str, device: str = "cpu", all_loaded=None) -> None:
-    """A pool process's initializer: its engine, models loaded; then, with ``all_loaded`` (a
-    barrier of the pool's processes), it waits until every process has loaded its own."""
+def _init(engine_name: str, device: str = "cpu", all_loaded=None, warmup: np.ndarray | None = None) -> None:
+    """A pool process's initializer: its engine, models loaded (and ``warmup`` read, uncached, so
+    first-inference costs are paid); then, with ``all_loaded`` (a barrier of the pool's processes),
+    it waits until every process has done the same."""
     global _ENGINE
     from .engines import get_engine
 
@@ -62,6 +63,8 @@ def _init(engine_name: str, device: str = "cpu", all_loaded=None) -> None:
     try:
         if load is not None:
             load()
+        if warmup is not None:
+            _ENGINE.read(warmup)
     except Exception:  # an initializer that raises breaks the pool with no message: the reads load
         pass  # again, and each reports the error on its sample
     if all_loaded is not None:
