@@ -112,9 +112,9 @@ def test_torch_runtime_reads_what_onnxruntime_reads(engine, device):
 def test_each_runtime_has_its_own_version_info(engine):
     """Cached reads are keyed by version_info: a torch read never answers for an onnxruntime one."""
     on_torch = RapidOcrEngine(device="cuda:1").version_info()  # builds nothing: no GPU needed
-    assert on_torch["runtime"].startswith("torch ") and on_torch["runtime"].endswith(" cuda float32")
+    assert on_torch["runtime"].startswith("torch ") and on_torch["runtime"].endswith(" cuda float32 fused")
     assert "onnxruntime" not in on_torch and "runtime" not in engine.version_info()
-    assert RapidOcrEngine(runtime="torch").version_info()["runtime"].endswith(" cpu float32")
+    assert RapidOcrEngine(runtime="torch").version_info()["runtime"].endswith(" cpu float32 fused")
 
 
 @pytest.mark.parametrize("options,message", [

@@ -187,7 +187,7 @@ class RapidOcrEngine:
         if self.runtime == "onnxruntime":
             info["onnxruntime"] = metadata.version("onnxruntime")
         else:  # reads differ from onnxruntime's in the last float bits, so cached reads are its own
-            info["runtime"] = f"torch {metadata.version('torch')} {self.device.split(':')[0]} float32"
+            info["runtime"] = f"torch {metadata.version('torch')} {self.device.split(':')[0]} float32 fused"
         for task, path in self.model_paths.items():
             info[f"{task}_model"] = path.name
             info[f"{task}_sha256"] = file_sha256(path)[:16]

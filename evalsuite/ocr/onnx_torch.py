@@ -5,7 +5,9 @@ SVTR attention and their glue: about 25 operator types. :class:`OnnxModule`
 holds the graph's initializers as tensors and runs its nodes in order, each
 through the torch function in ``_OPS`` for its type. It is an interpreter, not
 a converter: shapes may change from call to call (a page's size, a batch of
-text lines of some width), as in onnxruntime.
+text lines of some width), as in onnxruntime. Chains of nodes that torch
+computes in one call (a convolution and its bias, GELU, LayerNorm) run as one
+(:mod:`evalsuite.ocr.onnx_fusion`), and Identity nodes not at all.
 
 Integer tensors (shapes, axes, slice bounds) stay on the CPU, so computing a
 shape never waits for the GPU. An operator outside ``_OPS``, or an attribute
@@ -213,6 +215,17 @@ _OPS.update({
     "Erf": lambda a, x: torch.erf(x),
 })
 
+# Operators that only evalsuite's fusions emit (:mod:`evalsuite.ocr.onnx_fusion`): ONNX's later
+# Gelu and LayerNormalization, and MatMulAdd (x @ w + b with w stored as [out, in]). A file's node
+# of these types is refused: at opsets 11/12 they are not ONNX's.
+_FUSED = {
+    "Gelu": lambda a, x: F.gelu(x),
+    "LayerNormalization": lambda a, x, scale, bias: F.layer_norm(x, x.shape[a["axis"]:], scale, bias,
+                                                                 a["epsilon"]),
+    "MatMulAdd": lambda a, x, weight, bias: F.linear(x, weight, bias),
+}
+_OPS.update(_FUSED)
+
 # attributes whose values the interpreter reads; any other attribute on a node is refused
 _KNOWN_ATTRIBUTES = {
     "Conv": {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"},
@@ -233,9 +246,10 @@ _KNOWN_ATTRIBUTES = {
 
 class _Node(NamedTuple):
     where: str  # file, index, type and name: the prefix of its errors
+    op: str  # its operator: the file's, or the one a fusion put in its place
     fn: Op
     attributes: dict[str, Any]
-    inputs: list[str]  # "" for an omitted optional input
+    inputs: list[str]  # "" for an omitted optional input (trailing ones dropped)
     outputs: list[str]
     free: list[str]  # values no later node reads, dropped after this one
 
@@ -244,14 +258,17 @@ class OnnxModule(torch.nn.Module):
     """An ONNX model (``onnx.ModelProto`` or a path) as a torch module: ``module(*inputs)`` takes
     the graph's inputs as tensors, in order, and returns its first output.
 
-    Float initializers become buffers (``.to(device)`` moves them); integer ones, which
-    describe shapes, stay on the CPU.
+    Float constants become buffers (``.to(device)`` moves them); integer ones, which
+    describe shapes, stay on the CPU. With ``fuse`` (the default), chains of nodes that
+    torch runs in one call are run as one (:mod:`evalsuite.ocr.onnx_fusion`).
     """
 
-    def __init__(self, model: Any, source: str | None = None):
+    def __init__(self, model: Any, source: str | None = None, fuse: bool = True):
         super().__init__()
         import onnx
         from onnx import numpy_helper
+
+        from .onnx_fusion import GraphNode, fuse as fuse_nodes
 
         if isinstance(model, (str, Path)):
             source, model = str(model), onnx.load(str(model))
@@ -261,30 +278,42 @@ class OnnxModule(torch.nn.Module):
             raise ValueError(f"{self.source}: opset {opsets} is not supported (the interpreter implements "
                              "opset-11/12 semantics: Squeeze/Unsqueeze axes as attributes, 2-D Softmax)")
         graph = model.graph
-        self._constants: dict[str, torch.Tensor | str] = {}  # a tensor, or the name of a float buffer
-        for init in graph.initializer:
-            self._hold(init.name, torch.from_numpy(numpy_helper.to_array(init).copy()))
-        self.input_names = [i.name for i in graph.input if i.name not in self._constants]
+        constants = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in graph.initializer}
+        self.input_names = [i.name for i in graph.input if i.name not in constants]
         self.output_names = [o.name for o in graph.output]
-        self._nodes: list[_Node] = []
+        nodes: list[GraphNode] = []
         for index, node in enumerate(graph.node):
             where = f"{self.source}: node {index} ({node.op_type} {node.name!r})"
             if node.op_type == "Constant":
-                self._hold(node.output[0], torch.from_numpy(numpy_helper.to_array(node.attribute[0].t).copy()))
+                constants[node.output[0]] = torch.from_numpy(numpy_helper.to_array(node.attribute[0].t).copy())
                 continue
-            if node.op_type not in _OPS or (node.domain not in ("", "ai.onnx")):
+            if node.op_type not in _OPS or node.op_type in _FUSED or node.domain not in ("", "ai.onnx"):
                 raise NotImplementedError(f"{where}: operator {node.domain or 'ai.onnx'}.{node.op_type} "
                                           "is not implemented by evalsuite's ONNX interpreter")
             attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             unknown = set(attributes) - _KNOWN_ATTRIBUTES.get(node.op_type, set())
             if unknown:
                 raise NotImplementedError(f"{where}: attributes {sorted(unknown)} are not implemented")
-            self._nodes.append(_Node(where, _OPS[node.op_type], attributes, list(node.input), list(node.output), []))
+            nodes.append(GraphNode(node.op_type, list(node.input), list(node.output), attributes, where))
+        if fuse:
+            nodes = fuse_nodes(nodes, constants, self.output_names)
+        read = {name for node in nodes for name in node.inputs} | set(self.output_names)
+        self._constants: dict[str, torch.Tensor | str] = {}  # a tensor, or the name of a float buffer
+        for name, tensor in constants.items():
+            if name in read:  # an unfused chain's constants (a conv bias, say) are no longer read
+                self._hold(name, tensor)
+        self._values: dict[str, Any] | None = None  # the constants where they are now (see forward)
+        self._nodes: list[_Node] = []
+        for node in nodes:
+            inputs = list(node.inputs)
+            while inputs and not inputs[-1]:
+                inputs.pop()
+            self._nodes.append(_Node(node.where, node.op, _OPS[node.op], node.attributes, inputs, node.outputs, []))
         last_use = {}  # value name -> index of the last node that reads it
         for index, node in enumerate(self._nodes):
             last_use.update((name, index) for name in node.inputs if name)
         for name, index in last_use.items():
-            if name not in self.output_names:
+            if name not in self.output_names and name not in self._constants:
                 self._nodes[index].free.append(name)
 
     def _hold(self, name: str, tensor: torch.Tensor) -> None:
@@ -296,22 +325,21 @@ class OnnxModule(torch.nn.Module):
         else:
             self._constants[name] = tensor
 
-    def _constant(self, name: str) -> torch.Tensor:
-        value = self._constants[name]
-        return self._buffers[value] if isinstance(value, str) else value
+    def _apply(self, fn, *args, **kwargs):
+        self._values = None  # buffers are new tensors after .to(), .half() & co.
+        return super()._apply(fn, *args, **kwargs)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != len(self.input_names):
             raise TypeError(f"{self.source} takes {len(self.input_names)} inputs "
                             f"({', '.join(self.input_names)}), got {len(inputs)}")
-        values: dict[str, Any] = dict(zip(self.input_names, inputs))
-        for where, fn, attributes, names, outputs, free in self._nodes:
-            args = [None if not name else values[name] if name in values else self._constant(name)
-                    for name in names]
-            while args and args[-1] is None:
-                args.pop()
+        if self._values is None:
+            self._values = {"": None} | {name: self._buffers[value] if isinstance(value, str) else value
+                                         for name, value in self._constants.items()}
+        values = self._values | dict(zip(self.input_names, inputs))
+        for where, _, fn, attributes, names, outputs, free in self._nodes:
             try:
-                result = fn(attributes, *args)
+                result = fn(attributes, *[values[name] for name in names])
             except NotImplementedError as error:
                 raise NotImplementedError(f"{where}: {error}") from None
             if len(outputs) == 1:
@@ -319,5 +347,5 @@ class OnnxModule(torch.nn.Module):
             else:
                 values.update(zip(outputs, result if isinstance(result, tuple) else (result,)))
             for name in free:
-                values.pop(name, None)
+                del values[name]
         return values[self.output_names[0]]
