@@ -45,7 +45,7 @@ def test_a_pool_whose_models_cannot_load_reports_it_on_every_read():
         stage.wait_loaded()
         for _ in range(2):
             with pytest.raises(RuntimeError, match="NVIDIA driver|CUDA"):
-                stage._pool.submit(stage_module._read, page, False).result()
+                stage._pool.submit(stage_module._read, page, None).result()
     finally:
         stage.close()
 
@@ -90,3 +90,36 @@ def test_each_kind_of_sample_gets_the_reads_it_needs(tmp_path, monkeypatch):
     assert untruthed.kpis["ocr_wer"] > 0.2  # against what OCR read of the whole page
     assert not blank_record.kpis and blank_record.error is None
     assert broken_record.error == "sample t/broken: cannot read image broken.png" and not broken_record.kpis
+
+
+def test_reads_cached_before_are_looked_up_by_the_stage_not_sent_to_its_pool(tmp_path, monkeypatch):
+    """Once a page and what a plan left of it are cached, the stage scores them with its pool shut
+    down (their pixels never travel to a reader again); a page never read still needs the pool."""
+    from types import SimpleNamespace
+
+    from evalsuite.data.pages import render_page
+    from evalsuite.data.sample import Sample
+    from evalsuite.plan import TokenPlan
+    from evalsuite.results import SampleRecord
+
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
+    pages = [render_page("invoice", seed) for seed in (3, 4)]
+    samples = [Sample(f"t/{i}", "t", "document", lambda page=page: page.image, reference_text=page.text)
+               for i, page in enumerate(pages)]
+    half = SimpleNamespace(plans=[TokenPlan((2, 2), np.array([0, 1, -1, -1], np.int32), 2)])
+
+    def records():
+        return [SampleRecord(samples[0].sample_id, "document")]
+
+    stage = OcrStage(workers=1)
+    try:
+        first, again = records(), records()
+        stage.collect(stage.submit(samples[:1], [half], first))
+        stage._pool.shutdown(wait=True)  # from here, a read the pool has to do raises
+        stage.collect(stage.submit(samples[:1], [half], again))
+        with pytest.raises(RuntimeError, match="shutdown"):
+            stage.submit(samples[1:], [half], records())
+    finally:
+        stage.close()
+    assert first[0].info["ocr_reread"] and first[0].kpis["ocr_wer_drift"] > 0.2
+    assert again[0].error is None and again[0].kpis == first[0].kpis

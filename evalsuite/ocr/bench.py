@@ -64,7 +64,7 @@ def time_reads(images: list[np.ndarray], workers: int, engine_name: str = "rapid
         for job in [pool.submit(stage._loaded) for _ in range(workers)]:
             job.result()
         start = time.perf_counter()
-        list(pool.map(stage._read, images, [False] * len(images)))
+        list(pool.map(stage._read, images, [None] * len(images)))
         return time.perf_counter() - start
 
 

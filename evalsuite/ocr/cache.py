@@ -39,25 +39,39 @@ def cache_key(image: np.ndarray, engine: OcrEngine) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps(engine.version_info(), sort_keys=True, default=str).encode())
     digest.update(repr(image.shape).encode())
-    digest.update(np.ascontiguousarray(image).tobytes())
+    digest.update(np.ascontiguousarray(image).data)  # the pixels in place: no copy of a 26 MB page
     return digest.hexdigest()
+
+
+def lookup(key: str, directory: Path | None = None) -> OcrResult | None:
+    """The cached read under ``key`` (:func:`cache_key`), or None; a hit marks the entry used."""
+    path = _entry(key, directory)
+    try:
+        result = _from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):  # absent, or a corrupt entry to overwrite
+        return None
+    _touch(path)
+    return result
+
+
+def store(key: str, engine: OcrEngine, result: OcrResult, directory: Path | None = None) -> None:
+    """Cache ``result``, what ``engine`` read of the image :func:`cache_key` gave ``key`` for."""
+    _write_atomic(_entry(key, directory),
+                  json.dumps({"engine": engine.version_info(), **_to_json(result)}, ensure_ascii=False))
 
 
 def cached_read(engine: OcrEngine, image: np.ndarray, directory: Path | None = None) -> OcrResult:
     """``engine.read(image)``, from the cache when this image was read before by this engine version."""
-    directory = directory or cache_dir("ocr")
     key = cache_key(image, engine)
-    path = directory / key[:2] / f"{key}.json"
-    try:
-        result = _from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (FileNotFoundError, ValueError, KeyError, TypeError):  # absent, or a corrupt entry to overwrite
-        pass
-    else:
-        _touch(path)
-        return result
-    result = engine.read(image)
-    _write_atomic(path, json.dumps({"engine": engine.version_info(), **_to_json(result)}, ensure_ascii=False))
+    result = lookup(key, directory)
+    if result is None:
+        result = engine.read(image)
+        store(key, engine, result, directory)
     return result
+
+
+def _entry(key: str, directory: Path | None) -> Path:
+    return (directory or cache_dir("ocr")) / key[:2] / f"{key}.json"
 
 
 def _to_json(result: OcrResult) -> dict:

@@ -12,7 +12,9 @@ run the det/rec models on it (:class:`~evalsuite.ocr.engines.RapidOcrEngine` wit
 ``GPU_READERS`` of them keep it busy while each does its pre- and post-processing. Every read is cached by
 image content across runs (:mod:`evalsuite.ocr.cache`): an original is read once
 per machine, a reconstruction once per token plan, and one pixel-identical to its
-original is not read at all. Samples without ground truth whose original holds
+original is not read at all. The stage looks reads up in the cache itself and
+sends only the others to the pool, so a cached page is hashed, not copied to
+another process. Samples without ground truth whose original holds
 no text (most photos) get no OCR KPIs.
 """
 
@@ -28,7 +30,7 @@ from ..data.sample import Sample, SampleError
 from ..models.base import EncoderOutput
 from ..results import SampleRecord
 from ..workers import cores_per_worker, thread_map
-from . import wer
+from . import cache, wer
 from .fields import field_hits
 from .normalize import normalize_text
 from .reconstruct import reconstruct
@@ -78,10 +80,12 @@ def _loaded() -> None:
     """A task that runs once its process, and so every process of the pool, is initialized."""
 
 
-def _read(image: np.ndarray, cached: bool) -> str:
-    from .cache import cached_read
-
-    return (cached_read(_ENGINE, image) if cached else _ENGINE.read(image)).text
+def _read(image: np.ndarray, key: str | None) -> str:
+    """A pool process's read of ``image``, cached under ``key`` unless it is None."""
+    result = _ENGINE.read(image)
+    if key is not None:
+        cache.store(key, _ENGINE, result)
+    return result.text
 
 
 def _has_text(original_job: Future) -> bool:
@@ -100,7 +104,8 @@ class OcrStage:
 
         self.engine_name = engine_name
         self.device = device
-        self._version = get_engine(engine_name, **reader_options(device)).version_info()
+        self._engine = get_engine(engine_name, **reader_options(device))  # what the pool's engines say of
+        self._version = self._engine.version_info()  # themselves (cache keys); it loads no models here
         processes = workers or default_readers(device)
         context = get_context("spawn")
         self._pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init,
@@ -143,12 +148,23 @@ class OcrStage:
             record.error = str(exc)
             return None
         original_px = np.asarray(original)
-        original_job = self._pool.submit(_read, original_px, True)
+        original_job = self._read_job(original_px)
         if sample.reference_text is None and not _has_text(original_job):
             return None  # a picture without words: nothing for OCR to lose
         seen = original_px if plan.is_identity else np.asarray(reconstruct(original, plan))
         identical = seen is original_px or np.array_equal(seen, original_px)
-        return record, sample, original_job, None if identical else self._pool.submit(_read, seen, True)
+        return record, sample, original_job, None if identical else self._read_job(seen)
+
+    def _read_job(self, image: np.ndarray) -> Future:
+        """The read of ``image``: from the cache, looked up here, or by the pool, which caches it. A
+        cached page costs a hash on this thread, not a copy of its pixels to another process."""
+        key = cache.cache_key(image, self._engine)
+        hit = cache.lookup(key)
+        if hit is None:
+            return self._pool.submit(_read, image, key)
+        done = Future()
+        done.set_result(hit.text)
+        return done
 
     def collect(self, jobs: list) -> None:
         """Wait for the reads queued by :meth:`submit` and fill in the OCR KPIs."""
@@ -181,6 +197,4 @@ class OcrStage:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        from .cache import prune_if_due
-
-        prune_if_due()
+        cache.prune_if_due()
