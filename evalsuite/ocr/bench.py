@@ -97,14 +97,19 @@ def format_table(timings: list[Timing]) -> str:
     ------  -------  -----  -------  -------  --------  ----------
     pages         1     10     20.0     0.50      1.00        100%
     pages         2     10     10.5     0.95      1.90         95%
+    >>> print(format_table([Timing("pages", 8, 10, 2.0)]).splitlines()[-1])
+    pages         8     10      2.0     5.00         -           -
     """
     header = ["images", "workers", "pages", "seconds", "pages/s", "speed-up", "efficiency"]
     single = {t.images: t.pages_per_second for t in timings if t.workers == 1}
     rows = []
     for t in timings:
-        speedup = t.pages_per_second / single[t.images] if t.images in single else float("nan")
+        scaling = ["-", "-"]  # without a one-worker row there is nothing to scale from
+        if t.images in single:
+            speedup = t.pages_per_second / single[t.images]
+            scaling = [f"{speedup:.2f}", f"{100 * speedup / t.workers:.0f}%"]
         rows.append([t.images, str(t.workers), str(t.pages), f"{t.seconds:.1f}", f"{t.pages_per_second:.2f}",
-                     f"{speedup:.2f}", f"{100 * speedup / t.workers:.0f}%"])
+                     *scaling])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
