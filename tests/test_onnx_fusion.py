@@ -128,3 +128,13 @@ def test_a_file_node_of_an_operator_only_fusions_emit_is_refused():
     model = model_of([helper.make_node("Gelu", ["x"], ["y"])], {"x": [3]}, ["y"], [])
     with pytest.raises(NotImplementedError, match=r"node 0 \(Gelu .*not implemented"):
         OnnxModule(model)
+
+
+def test_fusion_can_be_turned_off_for_a_comparison_and_reads_say_which(monkeypatch):
+    from evalsuite.ocr import onnx_fusion
+    from evalsuite.ocr.engines import RapidOcrEngine
+
+    model, _ = gelu()
+    monkeypatch.setattr(onnx_fusion, "ENABLED", False)  # what EVALSUITE_ONNX_FUSION=0 sets at import
+    assert len(OnnxModule(model)._nodes) == 5
+    assert RapidOcrEngine(runtime="torch").version_info()["runtime"].endswith(" float32 node by node")

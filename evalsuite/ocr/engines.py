@@ -188,7 +188,10 @@ class RapidOcrEngine:
         if self.runtime == "onnxruntime":
             info["onnxruntime"] = metadata.version("onnxruntime")
         else:  # reads differ from onnxruntime's in the last float bits, so cached reads are its own
-            info["runtime"] = f"torch {metadata.version('torch')} {self.device.split(':')[0]} float32 fused"
+            from .onnx_fusion import ENABLED as fused
+
+            info["runtime"] = (f"torch {metadata.version('torch')} {self.device.split(':')[0]} float32 "
+                               + ("fused" if fused else "node by node"))
         for task, path in self.model_paths.items():
             info[f"{task}_model"] = path.name
             info[f"{task}_sha256"] = file_sha256(path)[:16]

@@ -14,6 +14,7 @@ input exists by then). Fused nodes use ONNX's later operators where one exists
 (``Gelu``, opset 20; ``LayerNormalization``, opset 17) and ``MatMulAdd``
 (evalsuite's: ``x @ w + b``, ``w`` stored transposed, as ``torch.nn.functional.linear``
 takes it) otherwise. A chain that differs in any way is left as it is.
+``EVALSUITE_ONNX_FUSION=0`` runs the graphs node by node (to compare the two).
 
 >>> nodes = [GraphNode("Conv", ["x", "w"], ["c"], {}, "n0"), GraphNode("Add", ["c", "b"], ["y"], {}, "n1")]
 >>> constants = {"w": torch.ones(4, 3, 1, 1), "b": torch.arange(4.0).reshape(1, 4, 1, 1)}
@@ -24,11 +25,15 @@ takes it) otherwise. A chain that differs in any way is left as it is.
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
+
+
+ENABLED = os.environ.get("EVALSUITE_ONNX_FUSION", "1") != "0"  # OnnxModule's default
 
 
 @dataclass

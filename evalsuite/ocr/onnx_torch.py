@@ -259,16 +259,20 @@ class OnnxModule(torch.nn.Module):
     the graph's inputs as tensors, in order, and returns its first output.
 
     Float constants become buffers (``.to(device)`` moves them); integer ones, which
-    describe shapes, stay on the CPU. With ``fuse`` (the default), chains of nodes that
-    torch runs in one call are run as one (:mod:`evalsuite.ocr.onnx_fusion`).
+    describe shapes, stay on the CPU. With ``fuse`` (by default, unless
+    ``EVALSUITE_ONNX_FUSION=0``), chains of nodes that torch runs in one call are run as
+    one (:mod:`evalsuite.ocr.onnx_fusion`).
     """
 
-    def __init__(self, model: Any, source: str | None = None, fuse: bool = True):
+    def __init__(self, model: Any, source: str | None = None, fuse: bool | None = None):
         super().__init__()
         import onnx
         from onnx import numpy_helper
 
-        from .onnx_fusion import GraphNode, fuse as fuse_nodes
+        from . import onnx_fusion
+        from .onnx_fusion import GraphNode
+
+        fuse = onnx_fusion.ENABLED if fuse is None else fuse
 
         if isinstance(model, (str, Path)):
             source, model = str(model), onnx.load(str(model))
@@ -296,7 +300,7 @@ class OnnxModule(torch.nn.Module):
                 raise NotImplementedError(f"{where}: attributes {sorted(unknown)} are not implemented")
             nodes.append(GraphNode(node.op_type, list(node.input), list(node.output), attributes, where))
         if fuse:
-            nodes = fuse_nodes(nodes, constants, self.output_names)
+            nodes = onnx_fusion.fuse(nodes, constants, self.output_names)
         read = {name for node in nodes for name in node.inputs} | set(self.output_names)
         self._constants: dict[str, torch.Tensor | str] = {}  # a tensor, or the name of a float buffer
         for name, tensor in constants.items():
