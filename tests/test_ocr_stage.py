@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from evalsuite.data.pages import render_page
+from evalsuite.data.sample import Sample, SampleError
 from evalsuite.ocr import stage as stage_module
 from evalsuite.ocr.stage import OcrStage
+from evalsuite.plan import TokenPlan
+from evalsuite.results import SampleRecord
+
+HALF = TokenPlan((2, 2), np.array([0, 1, -1, -1], np.int32), 2)  # the bottom half of a 2x2 grid dropped
 
 
 def _what_this_process_loaded() -> tuple[int, list]:
     """(pid, [the session types of the det and rec models this pool process holds, OpenCV's threads])."""
     import cv2
 
-    from evalsuite.ocr import stage
-
-    ocr = stage._ENGINE._ocr
+    ocr = stage_module._ENGINE._ocr
     models = [] if ocr is None else [ocr.text_det, ocr.text_rec]
     return os.getpid(), [type(model.session).__name__ for model in models if model is not None] + [cv2.getNumThreads()]
 
@@ -56,12 +61,7 @@ def test_each_kind_of_sample_gets_the_reads_it_needs(tmp_path, monkeypatch):
     """Queued on threads, the reads still land on their own records: a page with ground truth, the
     same page with its bottom half dropped, a page without ground truth (scored against OCR of the
     original), a blank photo (no text to lose: no OCR KPIs) and a sample that fails to load."""
-    from types import SimpleNamespace
 
-    from evalsuite.data.pages import render_page
-    from evalsuite.data.sample import Sample, SampleError
-    from evalsuite.plan import TokenPlan
-    from evalsuite.results import SampleRecord
 
     monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))  # the pool's processes inherit it
     page = render_page("invoice", 3)
@@ -75,8 +75,8 @@ def test_each_kind_of_sample_gets_the_reads_it_needs(tmp_path, monkeypatch):
                Sample("t/untruthed", "t", "document", lambda: page.image),
                Sample("t/blank", "t", "photo", lambda: blank),
                Sample("t/broken", "t", "photo", broken)]
-    identity, half = TokenPlan.identity((2, 2)), TokenPlan((2, 2), np.array([0, 1, -1, -1], np.int32), 2)
-    plans = [identity, half, half, identity, identity]
+    identity = TokenPlan.identity((2, 2))
+    plans = [identity, HALF, HALF, identity, identity]
     records = [SampleRecord(s.sample_id, s.doc_type) for s in samples]
     stage = OcrStage(workers=2)
     try:
@@ -97,18 +97,13 @@ def test_each_kind_of_sample_gets_the_reads_it_needs(tmp_path, monkeypatch):
 def test_reads_cached_before_are_looked_up_by_the_stage_not_sent_to_its_pool(tmp_path, monkeypatch):
     """Once a page and what a plan left of it are cached, the stage scores them with its pool shut
     down (their pixels never travel to a reader again); a page never read still needs the pool."""
-    from types import SimpleNamespace
 
-    from evalsuite.data.pages import render_page
-    from evalsuite.data.sample import Sample
-    from evalsuite.plan import TokenPlan
-    from evalsuite.results import SampleRecord
 
     monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
     pages = [render_page("invoice", seed) for seed in (3, 4)]
     samples = [Sample(f"t/{i}", "t", "document", lambda page=page: page.image, reference_text=page.text)
                for i, page in enumerate(pages)]
-    half = SimpleNamespace(plans=[TokenPlan((2, 2), np.array([0, 1, -1, -1], np.int32), 2)])
+    half = SimpleNamespace(plans=[HALF])
 
     def records():
         return [SampleRecord(samples[0].sample_id, "document")]

@@ -17,7 +17,7 @@ from .test_onnx_torch import DEVICES, MODELS, run_both
 RNG = np.random.default_rng(0)
 
 
-def constant(name: str, value) -> "onnx.TensorProto":  # noqa: F821
+def constant(name: str, value) -> TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
 
 

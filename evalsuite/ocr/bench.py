@@ -22,9 +22,7 @@ import argparse
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +54,9 @@ def worker_counts(cores: int) -> list[int]:
 
 def time_reads(images: list[np.ndarray], workers: int, engine_name: str = "rapidocr", device: str = "cpu") -> float:
     """Wall seconds for ``workers`` warmed-up pool processes to read every image once, uncached."""
-    context = get_context("spawn")
-    # the OCR stage's own initializer (one engine, one CPU thread), with a warm-up read
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=stage._init,
-                             initargs=(engine_name, device, context.Barrier(workers), images[0])) as pool:
-        # each submit spawns a process while none is idle; a task runs once every process is warm
-        for job in [pool.submit(stage._loaded) for _ in range(workers)]:
+    pool, loading = stage.start_pool(engine_name, device, workers, warmup=images[0])  # the OCR stage's pool
+    with pool:
+        for job in loading:  # every process up and warm before the clock starts
             job.result()
         start = time.perf_counter()
         list(pool.map(stage._read, images, [None] * len(images)))

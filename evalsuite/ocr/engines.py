@@ -149,9 +149,8 @@ class RapidOcrEngine:
     (:mod:`evalsuite.ocr.onnx_torch`; rapidocr's own pre- and post-processing either way).
     ``runtime="torch"`` runs the interpreter on the CPU too (to check it against onnxruntime).
 
-    ``threads`` sets onnxruntime's intra-op threads and OpenCV's (None: their
-    defaults, all cores); give 1 per process when running several: 16 readers
-    of 32 OpenCV threads each would oversubscribe a 32-core host. The 180-degree
+    ``threads`` sets onnxruntime's intra-op threads (None: its default, all
+    cores); give 1 per worker when running several processes. The 180-degree
     line classifier is off: samples arrive upright (EXIF applied), and a
     misfiring flip on a degraded image would read as compression damage.
     """
@@ -204,10 +203,6 @@ class RapidOcrEngine:
         if self._ocr is None:
             from rapidocr import RapidOCR
 
-            if self.threads is not None:  # rapidocr's resizes and crops: process-wide, as this engine is
-                import cv2
-
-                cv2.setNumThreads(self.threads)
             threads = -1 if self.threads is None else self.threads  # -1: onnxruntime decides
             ocr = RapidOCR(params={
                 "Global.log_level": "warning",

@@ -49,17 +49,41 @@ def default_readers(device: str) -> int:
     return cores_per_worker() if device == "cpu" else min(GPU_READERS, cores_per_worker())
 
 
-def _init(engine_name: str, device: str = "cpu", all_loaded=None, warmup: np.ndarray | None = None) -> None:
-    """A pool process's initializer: its engine, models loaded (and ``warmup`` read, uncached, so
-    first-inference costs are paid); then, with ``all_loaded`` (a barrier of the pool's processes),
-    it waits until every process has done the same."""
-    global _ENGINE
-    from .engines import get_engine
+def start_pool(engine_name: str, device: str, processes: int,
+               warmup: np.ndarray | None = None) -> tuple[ProcessPoolExecutor, list[Future]]:
+    """A pool of ``processes`` readers, every one started now, and futures that complete once all
+    of them have loaded their models (and read ``warmup``): see :func:`_init`."""
+    context = get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init,
+                               initargs=(engine_name, device, context.Barrier(processes), warmup))
+    # Each submit while no process is idle starts one; a task runs once its process is initialized.
+    return pool, [pool.submit(_loaded) for _ in range(processes)]
 
+
+def _one_thread_each(device: str) -> None:
+    """Process-wide thread pools of a reader down to one thread: the pool has a process per core,
+    or ``GPU_READERS`` per GPU, and 16 readers of 32 OpenCV threads each would oversubscribe a
+    32-core host (onnxruntime's threads are the engine's ``threads`` option)."""
+    try:
+        import cv2  # rapidocr's and paddleocr's resizes and crops
+    except ImportError:
+        pass
+    else:
+        cv2.setNumThreads(1)
     if device != "cpu":
         import torch
 
         torch.set_num_threads(1)
+
+
+def _init(engine_name: str, device: str = "cpu", all_loaded=None, warmup: np.ndarray | None = None) -> None:
+    """A pool process's initializer: one thread each, its engine, models loaded (and ``warmup`` read,
+    uncached, so first-inference costs are paid); then, with ``all_loaded`` (a barrier of the pool's
+    processes), it waits until every process has done the same."""
+    global _ENGINE
+    from .engines import get_engine
+
+    _one_thread_each(device)
     _ENGINE = get_engine(engine_name, **reader_options(device))
     load = getattr(_ENGINE, "load", None)  # optional: engines load on their first read otherwise
     try:
@@ -104,15 +128,11 @@ class OcrStage:
 
         self.engine_name = engine_name
         self.device = device
-        self._engine = get_engine(engine_name, **reader_options(device))  # what the pool's engines say of
-        self._version = self._engine.version_info()  # themselves (cache keys); it loads no models here
-        processes = workers or default_readers(device)
-        context = get_context("spawn")
-        self._pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init,
-                                         initargs=(engine_name, device, context.Barrier(processes)))
-        # Each submit while no process is idle starts one: every process starts now and loads its
-        # models while the worker loads its own; wait_loaded() joins them before anything is timed.
-        self._loading = [self._pool.submit(_loaded) for _ in range(processes)]
+        # the pool's engines as this process sees them (version info, cache keys): it loads no models
+        self._engine = get_engine(engine_name, **reader_options(device))
+        # every process starts now and loads its models while the worker loads its own;
+        # wait_loaded() joins them before anything is timed
+        self._pool, self._loading = start_pool(engine_name, device, workers or default_readers(device))
 
     def wait_loaded(self) -> None:
         """Until every pool process has loaded its models (they take cores a timed forward needs)."""
@@ -124,7 +144,7 @@ class OcrStage:
         self._loading = []
 
     def version_info(self) -> dict[str, str]:
-        return ({f"ocr_{k}": str(v) for k, v in self._version.items()}
+        return ({f"ocr_{k}": str(v) for k, v in self._engine.version_info().items()}
                 | {"ocr_engine": self.engine_name, "ocr_device": self.device})
 
     def submit(self, samples: list[Sample], outputs: list[EncoderOutput], records: list[SampleRecord]) -> list:
