@@ -224,12 +224,12 @@ class Engine:
             return Timings(encoder=ref.encoder_seconds, compression=[0.0] * len(ref.encoder_seconds))
 
         def with_hook_timer(px):
-            return adapter.compressed(px, compressor, StepTimer(enabled=True))
+            return adapter.compressed(px, compressor, StepTimer(enabled=True), plans=False)
 
         if adapter.device.type != "cuda":  # the timer reads the clock around each hook: microseconds of a CPU forward
             return self._time(with_hook_timer, ref.batches)
         # on a GPU, two runs: the hook timer's events and their read-back would distort the encoder time
-        encoder = self._time(lambda px: adapter.compressed(px, compressor), ref.batches).encoder
+        encoder = self._time(lambda px: adapter.compressed(px, compressor, plans=False), ref.batches).encoder
         return Timings(encoder=encoder, compression=self._time(with_hook_timer, ref.batches).compression)
 
     def _time(self, forward, batches: list[torch.Tensor]) -> Timings:

@@ -323,3 +323,43 @@ def test_only_the_hooks_a_method_defines_are_timed(adapter, pixels, method, para
     comp = build(method, params, adapter.num_layers)
     adapter.compressed(pixels, comp, CountingTimer(enabled=True))
     assert CountingTimer.entered == regions(adapter.num_layers)
+
+
+@pytest.mark.parametrize("method,params", [("tome", {"merge_factor": 0.5}), ("v2drop", {"keep": 0.5})])
+def test_timed_forwards_leave_out_the_token_plans(adapter, pixels, method, params, monkeypatch):
+    """``plans=False`` (what the latency timing and the benchmark run): the same tokens, sizes and
+    pooled embedding, no plans, and the per-block index maps are never composed."""
+    from evalsuite.methods.state import TokenState
+
+    comp = build(method, params, adapter.num_layers)
+    full = adapter.compressed(pixels, comp)
+    composed = []
+    source = TokenState.source
+    monkeypatch.setattr(TokenState, "source", property(lambda self: composed.append(1) or source.fget(self)))
+    timed = adapter.compressed(pixels, comp, plans=False)
+    assert timed.plans is None and not composed
+    for name in ("tokens", "sizes", "pooled"):
+        torch.testing.assert_close(getattr(timed, name), getattr(full, name), atol=0, rtol=0)
+    assert len(adapter.compressed(pixels, comp).plans) == pixels.shape[0] and composed
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_whole_forward_graph_replay_equals_the_eager_forward_on_cuda(adapter, pixels):
+    """``adapter.graphed`` (the benchmark's graphed rows), with and without token plans: the tokens,
+    sizes and plans of the eager forward, for a new input copied into the captured one."""
+    adapter.to("cuda", torch.float32)
+    try:
+        comp = build("tome", {"merge_factor": 0.5}, adapter.num_layers)
+        px = pixels[:2].to("cuda")
+        for plans in (True, False):
+            forward = adapter.graphed(comp, px.flip(-1), plans=plans)
+            got, eager = forward(px), adapter.compressed(px, comp)
+            torch.testing.assert_close(got.tokens, eager.tokens, atol=1e-5, rtol=0)
+            torch.testing.assert_close(got.sizes, eager.sizes, atol=0, rtol=0)
+            if plans:
+                assert all((a.group_ids == b.group_ids).all() for a, b in zip(got.plans, eager.plans))
+            else:
+                assert got.plans is None
+    finally:
+        adapter.to("cpu", torch.float32)

@@ -22,6 +22,7 @@ CASES = [  # (batch, heads, tokens, head_dim, channels, prefix tokens, r)
     (2, 2, 2 + 33, 8, 24, 2, 16),  # two prefix tokens, odd patch count, r at its largest
     (1, 4, 50, 16, 40, 0, 25),  # no prefix, every A token merged (several into one partner)
     (3, 2, 1 + 96, 64, 1100, 1, 20),  # channels beyond one 1024-wide block
+    (1, 2, 1 + 180, 16, 24, 1, 80),  # merged sizes counted over more than one 64-token chunk
 ]
 
 

@@ -71,7 +71,7 @@ def _step_times(adapter, comp, pixels, warmup: int, repeats: int, mode: str) -> 
     times = []
     for i in range(warmup + repeats):
         timer = StepTimer(enabled=True, mode=mode)
-        adapter.compressed(pixels, comp, timer)
+        adapter.compressed(pixels, comp, timer, plans=False)
         if i >= warmup:
             times.append(timer.seconds)
     return times
@@ -82,7 +82,7 @@ def _graphed_time(adapter, comp, pixels, warmup, repeats) -> float | None:
     if not pixels.is_cuda:
         return None
     try:
-        forward = adapter.graphed(comp, pixels)
+        forward = adapter.graphed(comp, pixels, plans=False)
     except Exception as exc:  # e.g. a method whose RNG cannot be captured
         print(f"  (no CUDA graph for {comp.id_part}: {type(exc).__name__}: {exc})")
         return None
@@ -132,7 +132,7 @@ def run(models, sizes, batches, device, dtype, warmup, repeats, methods=METHODS)
                                  graphed_overhead_ms=0.0))
                 for name, params in methods:
                     comp = build(name, params, adapter.num_layers)
-                    t = percentile(_timed(lambda px: adapter.compressed(px, comp), pixels, warmup, repeats), 50)
+                    t = percentile(_timed(lambda px: adapter.compressed(px, comp, plans=False), pixels, warmup, repeats), 50)
                     comp_s, sync_s = (_step_times(adapter, comp, pixels, warmup, repeats, mode)
                                       for mode in ("events", "sync"))
                     ideal = ideal_speedup(comp.schedule(adapter.num_patches, adapter.num_prefix),

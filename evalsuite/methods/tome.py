@@ -19,7 +19,7 @@ kernel without bias) or heads one channel wider (``HEAD_PAD`` in
 :mod:`evalsuite.patch.runner`); it costs some fidelity.
 
 :func:`merge_step` below is the reference, in torch. On CUDA, ToMe runs the same
-step as five Triton kernels and a sort (:mod:`evalsuite.methods.tome_kernels`,
+step as four Triton kernels and a sort (:mod:`evalsuite.methods.tome_kernels`,
 checked against this one per device; ``EVALSUITE_TRITON=0`` turns it off).
 """
 

@@ -43,14 +43,15 @@ class EncoderOutput:
 
     ``tokens`` [B, N, C] final-normed (prefix tokens first), ``sizes`` [B, N]
     input patches per token, ``pooled`` [B, C] the image embedding, ``plans``
-    one :class:`TokenPlan` per image, ``compression_seconds`` the timed
-    compression work of this forward (0 unless a timer was enabled).
+    one :class:`TokenPlan` per image (None from a forward run without them, as
+    timed forwards are), ``compression_seconds`` the timed compression work of
+    this forward (0 unless a timer was enabled).
     """
 
     tokens: torch.Tensor
     sizes: torch.Tensor
     pooled: torch.Tensor
-    plans: list[TokenPlan]
+    plans: list[TokenPlan] | None
     num_prefix: int
     compression_seconds: float = 0.0
 
@@ -122,22 +123,30 @@ class ModelAdapter:
         return EncoderOutput(tokens, sizes, self._pool(tokens, sizes), plans, self.num_prefix)
 
     @torch.inference_mode()
-    def compressed(self, pixels: torch.Tensor, compressor: Compressor, timer: StepTimer | None = None) -> EncoderOutput:
-        """The family's patched forward running ``compressor``."""
+    def compressed(self, pixels: torch.Tensor, compressor: Compressor, timer: StepTimer | None = None,
+                   plans: bool = True) -> EncoderOutput:
+        """The family's patched forward running ``compressor``.
+
+        ``plans=False`` leaves out the token plans (``plans`` is None): where each input patch
+        went is the evaluation's bookkeeping, not the method's work. Composing the per-block
+        index maps and copying them to the host costs a synchronisation and, on an H100 at
+        batch 64, some 200 small kernels per forward, so timed forwards run without it.
+        """
         run = CompressedForward(compressor, self.patch_size, timer)
         tokens = self.patch.forward_tokens(self.model, pixels, run)
         sizes = run.token_sizes()
-        return EncoderOutput(tokens, sizes, self._pool(tokens, sizes), run.plans(), self.num_prefix,
-                             run.timer.seconds)
+        return EncoderOutput(tokens, sizes, self._pool(tokens, sizes), run.plans() if plans else None,
+                             self.num_prefix, run.timer.seconds)
 
     @torch.inference_mode()
-    def graphed(self, compressor: Compressor, pixels: torch.Tensor):
+    def graphed(self, compressor: Compressor, pixels: torch.Tensor, plans: bool = True):
         """A CUDA-graph replay of the compressed forward for inputs shaped like ``pixels``.
 
         Shapes are static for a given method, batch and image size, so the whole
         forward (attention, matching, gathers) is captured once and replayed with
         one launch: the per-layer launch overhead of the compression hooks is
-        gone. Returns ``forward(pixels) -> EncoderOutput`` (outputs are cloned).
+        gone. Returns ``forward(pixels) -> EncoderOutput`` (outputs are cloned);
+        ``plans=False`` captures no token-plan bookkeeping (see :meth:`compressed`).
         """
         if pixels.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA input")
@@ -147,7 +156,7 @@ class ModelAdapter:
             run = CompressedForward(compressor, self.patch_size)
             tokens = self.patch.forward_tokens(self.model, static, run)
             sizes = run.token_sizes()
-            return run, tokens, sizes, self._pool(tokens, sizes), run.state.source
+            return run, tokens, sizes, self._pool(tokens, sizes), run.state.source if plans else None
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -163,8 +172,8 @@ class ModelAdapter:
         def forward(px: torch.Tensor) -> EncoderOutput:
             static.copy_(px)
             graph.replay()
-            return EncoderOutput(tokens.clone(), sizes.clone(), pooled.clone(), run.plans(source.clone()),
-                                 self.num_prefix)
+            return EncoderOutput(tokens.clone(), sizes.clone(), pooled.clone(),
+                                 run.plans(source.clone()) if plans else None, self.num_prefix)
 
         return forward
 
