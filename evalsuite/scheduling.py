@@ -155,43 +155,7 @@ def plan(items: Sequence[Item], lanes: Sequence[Lane]) -> dict[int, list[Item]]:
             lane.push(item)
     new = {id(item) for item in items}
     _rebalance(lanes, new)
-    _stagger_datasets(lanes, new)
     return {k: [i for i in lane.queue if id(i) in new] for k, lane in enumerate(lanes)}
-
-
-def dataset_of(item: Item) -> str | None:
-    """The dataset of a case's model x dataset group ("model/dataset"), None for other tests."""
-    return item.group.split("/", 1)[1] if item.group and "/" in item.group else None
-
-
-def _stagger_datasets(lanes: Sequence[Lane], new: set[int]) -> None:
-    """Start the lanes on different datasets where their groups allow: each lane, in turn, moves to
-    the front of its newly planned cases its largest group of a dataset no earlier lane starts with.
-
-    The first case of a dataset on a machine reads its originals for OCR (cached machine-wide, a
-    reconstruction of each image read after them); two workers starting on one dataset read them
-    twice at once. On two H200s with a fresh cache both started on SROIE's 100 receipts and spent
-    36.5 and 37.9 s in OCR on them, against 41.1 s for the one worker that read them first, and
-    28.3 s for the one that found them read, in the one-worker run. Which lane runs what, and so
-    every lane's estimated load, is unchanged."""
-    started: set[str] = set()
-    for lane in lanes:
-        planned = [i for i in lane.queue if id(i) in new]
-        if not planned:
-            continue
-        groups: dict[object, list[Item]] = {}
-        for item in planned:
-            groups.setdefault(item.group if item.group is not None else ("test", item.index), []).append(item)
-        order = list(groups.values())
-        fresh = [g for g in order if dataset_of(g[0]) is not None and dataset_of(g[0]) not in started]
-        if fresh:
-            first = max(fresh, key=lambda g: sum(lane.costs.of(i) for i in g))
-            order.remove(first)
-            order.insert(0, first)
-        if dataset_of(order[0][0]) is not None:
-            started.add(dataset_of(order[0][0]))
-        earlier = [i for i in lane.queue if id(i) not in new]
-        lane.queue = earlier + [item for group in order for item in group]
 
 
 def _rebalance(lanes: Sequence[Lane], new: set[int]) -> None:
