@@ -106,3 +106,29 @@ def test_prune_if_due_scans_at_most_once_an_interval(tmp_path):
     marker = tmp_path / ".pruned"
     os.utime(marker, (marker.stat().st_mtime - 7200,) * 2)
     assert prune_if_due(tmp_path, every_s=3600, max_bytes=0) == 1  # due again
+
+
+def test_one_live_claim_per_key_until_released_or_abandoned(tmp_path, monkeypatch):
+    """A claim is exclusive while its process lives; it lapses when released, when its process has
+    ended, or when it is older than CLAIM_STALE_S."""
+    import subprocess
+    import sys
+
+    from evalsuite.ocr import cache
+
+    key = cache_key(image(1), CountingEngine())
+    assert cache.claim(key, tmp_path) and cache.claimed(key, tmp_path)
+    assert not cache.claim(key, tmp_path)  # held by a live process (this one)
+    cache.release(key, tmp_path)
+    assert not cache.claimed(key, tmp_path) and cache.claim(key, tmp_path)
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    claim_file = next(tmp_path.rglob("*.claim"))
+    claim_file.write_text(f"{ended.stdout.strip()} {cache.socket.gethostname()}", encoding="utf-8")
+    assert not cache.claimed(key, tmp_path) and cache.claim(key, tmp_path)  # its process is gone
+
+    assert not cache.claim(key, tmp_path)
+    monkeypatch.setattr(cache, "CLAIM_STALE_S", -1.0)
+    assert not cache.claimed(key, tmp_path) and cache.claim(key, tmp_path)  # too old
+    assert len(list(tmp_path.rglob("*.claim"))) == 1 and not list(tmp_path.rglob("*.json"))

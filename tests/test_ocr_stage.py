@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -120,3 +121,40 @@ def test_reads_cached_before_are_looked_up_by_the_stage_not_sent_to_its_pool(tmp
         stage.close()
     assert first[0].info["ocr_reread"] and first[0].kpis["ocr_wer_drift"] > 0.2
     assert again[0].error is None and again[0].kpis == first[0].kpis
+
+
+def test_a_read_another_worker_has_claimed_is_waited_for_not_done_again(tmp_path, monkeypatch):
+    """Two workers on one dataset: the stage reads a page itself once a claim on it is abandoned
+    without an entry, and otherwise waits for the entry the claim's holder stores instead of
+    sending the page to its pool."""
+    import subprocess
+    import sys
+
+    from evalsuite.ocr import cache
+
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
+    page = np.asarray(render_page("invoice", 5).image)
+    other = np.ascontiguousarray(page[:, ::-1])
+    stage = OcrStage(workers=1)
+    try:
+        ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        claim_file = cache._claim_file(cache.cache_key(other, stage._engine), None)
+        claim_file.parent.mkdir(parents=True, exist_ok=True)
+        claim_file.write_text(f"{ended} {cache.socket.gethostname()}", encoding="utf-8")  # its process is gone
+        read_here = stage._read_job(other)
+        assert read_here.result(timeout=120) == stage._engine.read(other).text
+        time.sleep(0.2)  # the claim is given up by the read's done-callback
+        assert not claim_file.exists() and cache.lookup(cache.cache_key(other, stage._engine))
+
+        stage._pool.shutdown(wait=True)  # from here, a read the pool has to do raises
+        key = cache.cache_key(page, stage._engine)
+        assert cache.claim(key)  # "another worker" (a live process: this one) is reading the page
+        waited = stage._read_job(page)
+        time.sleep(5 * stage._others.POLL_S)
+        assert not waited.done()
+        cache.store(key, stage._engine, stage._engine.read(page))  # the other worker's entry lands
+        cache.release(key)
+        assert waited.result(timeout=10) == cache.lookup(key).text
+    finally:
+        stage.close()

@@ -9,8 +9,12 @@ is read once per machine, and a reconstruction once per token plan, so a gate
 run whose plans did not change reads nothing again.
 
 Entries are JSON under ``cache_dir("ocr")``, written to a temporary file and
-renamed into place, so concurrent workers never read half a file (the worst
-case is two workers computing the same entry). A hit marks its entry used;
+renamed into place, so concurrent workers never read half a file. A worker about
+to read an image claims its key first (:func:`claim`, a file created exclusively
+beside the entry); another worker that finds the claim waits for the entry
+instead of reading the same image at the same time (on a GPU gate with a fresh
+cache, both workers began with the 100 SROIE receipts). A claim whose process
+has ended, or older than :data:`CLAIM_STALE_S`, no longer counts. A hit marks its entry used;
 :func:`prune` drops the least recently used entries beyond :data:`CACHE_BYTES`
 (each worker asks, at most hourly: :func:`prune_if_due`).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +37,8 @@ from evalsuite.paths import cache_dir
 
 CACHE_BYTES = 512 << 20  # what :func:`prune` keeps: about 50 gate runs of new plans on the full store
 PRUNE_EVERY_S = 3600.0  # :func:`prune_if_due`: a full cache takes about 1 s to scan (130k entries)
+CLAIM_STALE_S = 900.0  # a claim this old counts as abandoned (a read queued behind a CPU pool's 100 receipts
+                       # waits about 140 s on 2 cores)
 
 
 def cache_key(image: np.ndarray, engine: OcrEngine) -> str:
@@ -70,8 +77,61 @@ def cached_read(engine: OcrEngine, image: np.ndarray, directory: Path | None = N
     return result
 
 
+def claim(key: str, directory: Path | None = None) -> bool:
+    """Claim the read of ``key`` for this process: True if it should read the image (and then
+    :func:`release`), False while another live process holds the claim."""
+    path = _claim_file(key, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):  # a stale claim is removed once, then claimed afresh
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _stale(path):
+                return False
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}")
+        return True
+    return False
+
+
+def claimed(key: str, directory: Path | None = None) -> bool:
+    """Whether a live claim on ``key`` is held (by any process)."""
+    return not _stale(_claim_file(key, directory))
+
+
+def release(key: str, directory: Path | None = None) -> None:
+    """Give up a claim (the entry is stored, or the read failed)."""
+    _claim_file(key, directory).unlink(missing_ok=True)
+
+
+def _stale(path: Path) -> bool:
+    """Whether the claim file ``path`` holds no live claim: absent, too old, or its process (on this
+    host) has ended."""
+    try:
+        holder, age = path.read_text(encoding="utf-8"), time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    pid, _, host = holder.partition(" ")
+    if age > CLAIM_STALE_S:
+        return True
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            pass
+    return False
+
+
 def _entry(key: str, directory: Path | None) -> Path:
     return (directory or cache_dir("ocr")) / key[:2] / f"{key}.json"
+
+
+def _claim_file(key: str, directory: Path | None) -> Path:
+    return (directory or cache_dir("ocr")) / key[:2] / f"{key}.claim"
 
 
 def _to_json(result: OcrResult) -> dict:

@@ -14,15 +14,19 @@ image content across runs (:mod:`evalsuite.ocr.cache`): an original is read once
 per machine, a reconstruction once per token plan, and one pixel-identical to its
 original is not read at all. The stage looks reads up in the cache itself and
 sends only the others to the pool, so a cached page is hashed, not copied to
-another process. Samples without ground truth whose original holds
-no text (most photos) get no OCR KPIs.
+another process. It claims each read it sends; a read another worker has claimed
+is not read again but waited for, on a thread that watches the cache
+(:class:`OtherWorkersReads`), while this worker's own reads go on. Samples without
+ground truth whose original holds no text (most photos) get no OCR KPIs.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
+from typing import Callable
 
 import numpy as np
 
@@ -112,6 +116,91 @@ def _read(image: np.ndarray, key: str | None) -> str:
     return result.text
 
 
+def _done(text: str) -> Future:
+    future = Future()
+    future.set_result(text)
+    return future
+
+
+def _chain(job: Future, future: Future) -> None:
+    """Complete ``future`` as ``job`` completes."""
+    def copy(done: Future) -> None:
+        if done.cancelled():
+            future.cancel()
+        elif done.exception() is not None:
+            future.set_exception(done.exception())
+        else:
+            future.set_result(done.result())
+
+    job.add_done_callback(copy)
+
+
+class OtherWorkersReads:
+    """Reads another worker has claimed (:func:`evalsuite.ocr.cache.claim`), waited for.
+
+    A thread looks each one up in the cache every ``POLL_S`` and completes its future
+    from the entry the other worker stores. If the claim goes away without an entry
+    (that read failed, or its worker ended), ``read(image, key)`` reads it here after all,
+    under this worker's own claim.
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self, read: Callable[[np.ndarray, str], Future]):
+        self._read = read
+        self._waiting: list[tuple[str, np.ndarray, Future]] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._run, name="evalsuite-ocr-claims", daemon=True).start()
+
+    def wait_for(self, key: str, image: np.ndarray) -> Future:
+        future = Future()
+        with self._wake:
+            self._waiting.append((key, image, future))
+            self._wake.notify()
+        return future
+
+    def close(self) -> None:
+        """Stop watching; what is still waited for is cancelled."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    for _, _, future in self._waiting:
+                        future.cancel()
+                    return
+                waiting = list(self._waiting)
+            settled = [item for item in waiting if self._settle(*item)]
+            with self._wake:
+                for item in settled:
+                    self._waiting.remove(item)
+            time.sleep(self.POLL_S)
+
+    def _settle(self, key: str, image: np.ndarray, future: Future) -> bool:
+        """Whether ``future`` is complete, or given to a read of this worker's, after this look."""
+        hit = cache.lookup(key)
+        if hit is None and (cache.claimed(key) or not cache.claim(key)):
+            return False  # still being read elsewhere
+        if hit is None:
+            hit = cache.lookup(key)  # stored between the look and the claim
+            if hit is not None:
+                cache.release(key)
+        if hit is not None:
+            future.set_result(hit.text)
+            return True
+        try:
+            _chain(self._read(image, key), future)
+        except Exception as exc:  # e.g. this worker's pool is shut down
+            future.set_exception(exc)
+        return True
+
+
 def _has_text(original_job: Future) -> bool:
     """Whether OCR(original) found any text (waits for it; a failed read counts as text, to report it)."""
     try:
@@ -133,6 +222,7 @@ class OcrStage:
         # every process starts now and loads its models while the worker loads its own;
         # wait_loaded() joins them before anything is timed
         self._pool, self._loading = start_pool(engine_name, device, workers or default_readers(device))
+        self._others = OtherWorkersReads(self._claimed_read)
 
     def wait_loaded(self) -> None:
         """Until every pool process has loaded its models (they take cores a timed forward needs)."""
@@ -177,14 +267,26 @@ class OcrStage:
 
     def _read_job(self, image: np.ndarray) -> Future:
         """The read of ``image``: from the cache, looked up here, or by the pool, which caches it. A
-        cached page costs a hash on this thread, not a copy of its pixels to another process."""
+        cached page costs a hash on this thread, not a copy of its pixels to another process. A read
+        another worker is doing now is waited for, not done twice."""
         key = cache.cache_key(image, self._engine)
         hit = cache.lookup(key)
-        if hit is None:
-            return self._pool.submit(_read, image, key)
-        done = Future()
-        done.set_result(hit.text)
-        return done
+        if hit is not None:
+            return _done(hit.text)
+        if not cache.claim(key):
+            return self._others.wait_for(key, image)
+        return self._claimed_read(image, key)
+
+    def _claimed_read(self, image: np.ndarray, key: str) -> Future:
+        """The pool's read of ``image``, whose claim this worker holds: given up once the read is
+        cached, or has failed."""
+        try:
+            job = self._pool.submit(_read, image, key)
+        except BaseException:
+            cache.release(key)
+            raise
+        job.add_done_callback(lambda _: cache.release(key))
+        return job
 
     def collect(self, jobs: list) -> None:
         """Wait for the reads queued by :meth:`submit` and fill in the OCR KPIs."""
@@ -216,5 +318,6 @@ class OcrStage:
                     k["sroie_fields_found"] = sum(hits.values()) / len(hits)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._others.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)  # cancelled reads give up their claims
         cache.prune_if_due()
