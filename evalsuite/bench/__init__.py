@@ -12,6 +12,8 @@ by the ideal speedup, ``g.extra`` the time per forward beyond a perfect
 implementation of the token schedule (graphed unpatched time / ideal), an
 upper bound on all compression work of one forward.
 Figures from randomly initialised models are labelled ``random-weights``.
+Forwards are timed without the token plans (``plans=False``): where each input
+patch went is the evaluation's bookkeeping, not the method's work.
 
     python -m evalsuite.bench --models dinov2_s14 --sizes 224 --batches 1    # CPU
     python -m evalsuite.bench --device cuda --dtype float16 --batches 1,64   # GPU
