@@ -81,15 +81,17 @@ def claim(key: str, directory: Path | None = None) -> bool:
     """Claim the read of ``key`` for this process: True if it should read the image (and then
     :func:`release`), False while another live process holds the claim."""
     path = _claim_file(key, directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):  # a stale claim is removed once, then claimed afresh
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             if not _stale(path):
                 return False
-            path.unlink(missing_ok=True)
+            release(key, directory)
             continue
+        except OSError:  # a cache this process cannot write: read the image unclaimed
+            return True
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()} {socket.gethostname()}")
         return True
@@ -103,7 +105,10 @@ def claimed(key: str, directory: Path | None = None) -> bool:
 
 def release(key: str, directory: Path | None = None) -> None:
     """Give up a claim (the entry is stored, or the read failed)."""
-    _claim_file(key, directory).unlink(missing_ok=True)
+    try:
+        _claim_file(key, directory).unlink(missing_ok=True)
+    except OSError:  # never made (a read-only cache)
+        pass
 
 
 def _stale(path: Path) -> bool:
