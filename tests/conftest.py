@@ -1,5 +1,9 @@
 """Fixtures shared by the harness's own tests: small real models with random weights."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,6 +25,18 @@ COMPRESSING = [
     ("random", {"keep": 0.7}),
     ("downscale", {"keep": 0.5}),
 ]
+
+
+def claim_of_an_ended_process(key: str, directory: Path | None = None) -> Path:
+    """Leave ``key``'s OCR claim file as a process that has since ended would; returns the file."""
+    from evalsuite.ocr import cache
+
+    pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    path = cache._claim_file(key, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{pid} {cache.socket.gethostname()}", encoding="utf-8")
+    return path
 
 
 def tome_merging_once(num_layers: int, r: int = 16):

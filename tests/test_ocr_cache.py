@@ -7,8 +7,11 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from evalsuite.ocr import cache
 from evalsuite.ocr.cache import cache_key, cached_read, prune, prune_if_due
 from evalsuite.ocr.engines import OcrLine, OcrResult
+
+from .conftest import claim_of_an_ended_process
 
 
 class CountingEngine:
@@ -111,21 +114,13 @@ def test_prune_if_due_scans_at_most_once_an_interval(tmp_path):
 def test_one_live_claim_per_key_until_released_or_abandoned(tmp_path, monkeypatch):
     """A claim is exclusive while its process lives; it lapses when released, when its process has
     ended, or when it is older than CLAIM_STALE_S."""
-    import subprocess
-    import sys
-
-    from evalsuite.ocr import cache
-
     key = cache_key(image(1), CountingEngine())
     assert cache.claim(key, tmp_path) and cache.claimed(key, tmp_path)
     assert not cache.claim(key, tmp_path)  # held by a live process (this one)
     cache.release(key, tmp_path)
     assert not cache.claimed(key, tmp_path) and cache.claim(key, tmp_path)
 
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                           text=True, check=True)
-    claim_file = next(tmp_path.rglob("*.claim"))
-    claim_file.write_text(f"{ended.stdout.strip()} {cache.socket.gethostname()}", encoding="utf-8")
+    claim_of_an_ended_process(key, tmp_path)
     assert not cache.claimed(key, tmp_path) and cache.claim(key, tmp_path)  # its process is gone
 
     assert not cache.claim(key, tmp_path)

@@ -13,10 +13,13 @@ from PIL import Image
 
 from evalsuite.data.pages import render_page
 from evalsuite.data.sample import Sample, SampleError
+from evalsuite.ocr import cache
 from evalsuite.ocr import stage as stage_module
 from evalsuite.ocr.stage import OcrStage
 from evalsuite.plan import TokenPlan
 from evalsuite.results import SampleRecord
+
+from .conftest import claim_of_an_ended_process
 
 HALF = TokenPlan((2, 2), np.array([0, 1, -1, -1], np.int32), 2)  # the bottom half of a 2x2 grid dropped
 
@@ -127,21 +130,12 @@ def test_a_read_another_worker_has_claimed_is_waited_for_not_done_again(tmp_path
     """Two workers on one dataset: the stage reads a page itself once a claim on it is abandoned
     without an entry, and otherwise waits for the entry the claim's holder stores instead of
     sending the page to its pool."""
-    import subprocess
-    import sys
-
-    from evalsuite.ocr import cache
-
     monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
     page = np.asarray(render_page("invoice", 5).image)
     other = np.ascontiguousarray(page[:, ::-1])
     stage = OcrStage(workers=1)
     try:
-        ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-        claim_file = cache._claim_file(cache.cache_key(other, stage._engine), None)
-        claim_file.parent.mkdir(parents=True, exist_ok=True)
-        claim_file.write_text(f"{ended} {cache.socket.gethostname()}", encoding="utf-8")  # its process is gone
+        claim_file = claim_of_an_ended_process(cache.cache_key(other, stage._engine))  # its process is gone
         read_here = stage._read_job(other)
         assert read_here.result(timeout=120) == stage._engine.read(other).text
         time.sleep(0.2)  # the claim is given up by the read's done-callback

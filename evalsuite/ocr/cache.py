@@ -77,6 +77,19 @@ def cached_read(engine: OcrEngine, image: np.ndarray, directory: Path | None = N
     return result
 
 
+def lookup_or_claim(key: str, directory: Path | None = None) -> tuple[OcrResult | None, bool]:
+    """``(the cached read, False)`` on a hit; else ``(None, True)`` once this process holds the
+    claim to read the image, or ``(None, False)`` while another live process reads it. An entry
+    stored between the look and the claim is returned, and the claim given back."""
+    result = lookup(key, directory)
+    if result is not None or not claim(key, directory):
+        return result, False
+    result = lookup(key, directory)
+    if result is not None:
+        release(key, directory)
+    return result, result is None
+
+
 def claim(key: str, directory: Path | None = None) -> bool:
     """Claim the read of ``key`` for this process: True if it should read the image (and then
     :func:`release`), False while another live process holds the claim."""

@@ -184,20 +184,16 @@ class OtherWorkersReads:
 
     def _settle(self, key: str, image: np.ndarray, future: Future) -> bool:
         """Whether ``future`` is complete, or given to a read of this worker's, after this look."""
-        hit = cache.lookup(key)
-        if hit is None and (cache.claimed(key) or not cache.claim(key)):
-            return False  # still being read elsewhere
-        if hit is None:
-            hit = cache.lookup(key)  # stored between the look and the claim
-            if hit is not None:
-                cache.release(key)
+        hit, claimed = cache.lookup_or_claim(key)
         if hit is not None:
             future.set_result(hit.text)
-            return True
-        try:
-            _chain(self._read(image, key), future)
-        except Exception as exc:  # e.g. this worker's pool is shut down
-            future.set_exception(exc)
+        elif not claimed:
+            return False  # still being read elsewhere
+        else:
+            try:
+                _chain(self._read(image, key), future)
+            except Exception as exc:  # e.g. this worker's pool is shut down
+                future.set_exception(exc)
         return True
 
 
@@ -270,12 +266,10 @@ class OcrStage:
         cached page costs a hash on this thread, not a copy of its pixels to another process. A read
         another worker is doing now is waited for, not done twice."""
         key = cache.cache_key(image, self._engine)
-        hit = cache.lookup(key)
+        hit, claimed = cache.lookup_or_claim(key)
         if hit is not None:
             return _done(hit.text)
-        if not cache.claim(key):
-            return self._others.wait_for(key, image)
-        return self._claimed_read(image, key)
+        return self._claimed_read(image, key) if claimed else self._others.wait_for(key, image)
 
     def _claimed_read(self, image: np.ndarray, key: str) -> Future:
         """The pool's read of ``image``, whose claim this worker holds: given up once the read is
