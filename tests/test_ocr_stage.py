@@ -138,8 +138,7 @@ def test_a_read_another_worker_has_claimed_is_waited_for_not_done_again(tmp_path
         claim_file = claim_of_an_ended_process(cache.cache_key(other, stage._engine))  # its process is gone
         read_here = stage._read_job(other)
         assert read_here.result(timeout=120) == stage._engine.read(other).text
-        time.sleep(0.2)  # the claim is given up by the read's done-callback
-        assert not claim_file.exists() and cache.lookup(cache.cache_key(other, stage._engine))
+        assert not claim_file.exists() and cache.lookup(cache.cache_key(other, stage._engine))  # given up
 
         stage._pool.shutdown(wait=True)  # from here, a read the pool has to do raises
         key = cache.cache_key(page, stage._engine)
@@ -150,5 +149,28 @@ def test_a_read_another_worker_has_claimed_is_waited_for_not_done_again(tmp_path
         cache.store(key, stage._engine, stage._engine.read(page))  # the other worker's entry lands
         cache.release(key)
         assert waited.result(timeout=10) == cache.lookup(key).text
+    finally:
+        stage.close()
+
+
+def test_a_read_claimed_elsewhere_after_it_was_queued_is_waited_for(tmp_path, monkeypatch):
+    """The claim is taken by the pool process as the read starts: a page that another worker
+    claimed between this stage's look and the start of the read is left to that worker (two
+    workers starting on one dataset split its originals), and its entry is what the stage returns."""
+    from evalsuite.ocr.engines import OcrResult
+
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
+    page = np.asarray(render_page("invoice", 6).image)
+    stage = OcrStage(workers=1)
+    try:
+        stage.wait_loaded()
+        key = cache.cache_key(page, stage._engine)
+        assert cache.claim(key)  # taken after the look: the stage sends the page to its pool
+        waited = stage._pool_read(page, key)
+        time.sleep(5 * stage._others.POLL_S)
+        assert not waited.done() and not cache.lookup(key)  # the pool process did not read it
+        cache.store(key, stage._engine, OcrResult("read by the other worker", []))
+        cache.release(key)
+        assert waited.result(timeout=10) == "read by the other worker"
     finally:
         stage.close()

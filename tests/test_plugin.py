@@ -58,7 +58,8 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
 
 def pytest_unconfigure(config):
     if "PYTEST_XDIST_WORKER" not in os.environ:
-        seen = WATCH.stack or ("imported before the watch" if "torch" in sys.modules else "never imported")
+        # a look-up alone (the run summary's bytecode check finds torch's files) imports nothing
+        seen = (WATCH.stack or "imported before the watch") if "torch" in sys.modules else "never imported"
         with open("controller_torch.txt", "w") as fh:
             fh.write(seen)
 """

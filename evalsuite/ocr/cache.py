@@ -9,7 +9,7 @@ is read once per machine, and a reconstruction once per token plan, so a gate
 run whose plans did not change reads nothing again.
 
 Entries are JSON under ``cache_dir("ocr")``, written to a temporary file and
-renamed into place, so concurrent workers never read half a file. A worker about
+renamed into place, so concurrent workers never read half a file. A process about
 to read an image claims its key first (:func:`claim`, a file created exclusively
 beside the entry); another worker that finds the claim waits for the entry
 instead of reading the same image at the same time (on a GPU gate with a fresh
@@ -37,8 +37,8 @@ from evalsuite.paths import cache_dir
 
 CACHE_BYTES = 512 << 20  # what :func:`prune` keeps: about 50 gate runs of new plans on the full store
 PRUNE_EVERY_S = 3600.0  # :func:`prune_if_due`: a full cache takes about 1 s to scan (130k entries)
-CLAIM_STALE_S = 900.0  # a claim this old counts as abandoned (a read queued behind a CPU pool's 100 receipts
-                       # waits about 140 s on 2 cores)
+CLAIM_STALE_S = 900.0  # a claim this old counts as abandoned: a claim lasts one read (about 3 s a receipt on
+                       # one core); this bounds one left by a process on another host, whose pid is not checked
 
 
 def cache_key(image: np.ndarray, engine: OcrEngine) -> str:
