@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 
 
-def cache_dir(*parts: str) -> Path:
-    """``$EVALSUITE_CACHE`` or ``~/.cache/evalsuite``, joined with ``parts`` and created."""
+def cache_dir(*parts: str, create: bool = True) -> Path:
+    """``$EVALSUITE_CACHE`` or ``~/.cache/evalsuite``, joined with ``parts`` and created (unless not ``create``)."""
     root = Path(os.environ.get("EVALSUITE_CACHE") or Path.home() / ".cache" / "evalsuite")
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -127,3 +127,29 @@ def test_one_live_claim_per_key_until_released_or_abandoned(tmp_path, monkeypatc
     monkeypatch.setattr(cache, "CLAIM_STALE_S", -1.0)
     assert not cache.claimed(key, tmp_path) and cache.claim(key, tmp_path)  # too old
     assert len(list(tmp_path.rglob("*.claim"))) == 1 and not list(tmp_path.rglob("*.json"))
+
+
+def test_a_cache_that_cannot_be_written_costs_reads_not_results(tmp_path):
+    """Where the cache directory cannot hold entries (here a file stands in its place), every read
+    is done and returned, unclaimed and not kept, instead of failing the sample."""
+    blocked = tmp_path / "not_a_directory"
+    blocked.write_text("", encoding="utf-8")
+    engine = CountingEngine()
+    key = cache_key(image(2), engine)
+    assert cache.lookup(key, blocked) is None and not cache.claimed(key, blocked)
+    assert cache.claim(key, blocked)  # read it, unclaimed
+    assert not cache.store(key, engine, engine.read(image(2)), blocked)
+    cache.release(key, blocked)
+    assert cached_read(engine, image(2), blocked) == engine.read(image(2)) and engine.reads == 3
+    assert cache.prune_if_due(blocked) == 0
+
+
+def test_a_cache_root_that_cannot_be_made_costs_reads_not_results(tmp_path, monkeypatch):
+    """The same through ``$EVALSUITE_CACHE``, the way a run finds its cache."""
+    blocked = tmp_path / "not_a_directory"
+    blocked.write_text("", encoding="utf-8")
+    monkeypatch.setenv("EVALSUITE_CACHE", str(blocked))
+    engine = CountingEngine()
+    key = cache_key(image(2), engine)
+    assert cache.lookup(key) is None and not cache.claimed(key) and cache.claim(key)
+    assert cached_read(engine, image(2)) == engine.read(image(2)) and cache.prune_if_due() == 0

@@ -55,16 +55,21 @@ def lookup(key: str, directory: Path | None = None) -> OcrResult | None:
     path = _entry(key, directory)
     try:
         result = _from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (FileNotFoundError, ValueError, KeyError, TypeError):  # absent, or a corrupt entry to overwrite
+    except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable, or a corrupt entry to overwrite
         return None
     _touch(path)
     return result
 
 
-def store(key: str, engine: OcrEngine, result: OcrResult, directory: Path | None = None) -> None:
-    """Cache ``result``, what ``engine`` read of the image :func:`cache_key` gave ``key`` for."""
-    _write_atomic(_entry(key, directory),
-                  json.dumps({"engine": engine.version_info(), **_to_json(result)}, ensure_ascii=False))
+def store(key: str, engine: OcrEngine, result: OcrResult, directory: Path | None = None) -> bool:
+    """Cache ``result``, what ``engine`` read of the image :func:`cache_key` gave ``key`` for; False
+    where the cache cannot be written (the read stands, it is only not kept)."""
+    try:
+        _write_atomic(_entry(key, directory),
+                      json.dumps({"engine": engine.version_info(), **_to_json(result)}, ensure_ascii=False))
+    except OSError:
+        return False
+    return True
 
 
 def cached_read(engine: OcrEngine, image: np.ndarray, directory: Path | None = None) -> OcrResult:
@@ -129,7 +134,7 @@ def _stale(path: Path) -> bool:
     host) has ended."""
     try:
         holder, age = path.read_text(encoding="utf-8"), time.time() - path.stat().st_mtime
-    except FileNotFoundError:
+    except OSError:  # absent, or a cache this process cannot read
         return True
     pid, _, host = holder.partition(" ")
     if age > CLAIM_STALE_S:
@@ -144,12 +149,23 @@ def _stale(path: Path) -> bool:
     return False
 
 
+def _root(directory: Path | None) -> Path:
+    """``directory``, else the machine's OCR cache; one that cannot be made is returned as it is, and
+    every read and write under it then fails (reads are done and not kept)."""
+    if directory is not None:
+        return directory
+    try:
+        return cache_dir("ocr")
+    except OSError:
+        return cache_dir("ocr", create=False)
+
+
 def _entry(key: str, directory: Path | None) -> Path:
-    return (directory or cache_dir("ocr")) / key[:2] / f"{key}.json"
+    return _root(directory) / key[:2] / f"{key}.json"
 
 
 def _claim_file(key: str, directory: Path | None) -> Path:
-    return (directory or cache_dir("ocr")) / key[:2] / f"{key}.claim"
+    return _root(directory) / key[:2] / f"{key}.claim"
 
 
 def _to_json(result: OcrResult) -> dict:
@@ -186,7 +202,7 @@ def _touch(path: Path) -> None:
 def prune(directory: Path | None = None, max_bytes: int = CACHE_BYTES) -> int:
     """Delete the least recently used entries until the cache holds at most ``max_bytes``; how many went.
     Safe while other processes read and write it (a vanished entry is skipped)."""
-    directory = directory or cache_dir("ocr")
+    directory = _root(directory)
     entries = []
     for path in directory.glob("*/*.json"):
         try:
@@ -205,15 +221,14 @@ def prune(directory: Path | None = None, max_bytes: int = CACHE_BYTES) -> int:
 
 def prune_if_due(directory: Path | None = None, every_s: float = PRUNE_EVERY_S, max_bytes: int = CACHE_BYTES) -> int:
     """:func:`prune`, unless this cache was pruned less than ``every_s`` ago (a marker file's time)."""
-    directory = directory or cache_dir("ocr")
-    marker = directory / ".pruned"
+    marker = _root(directory) / ".pruned"
     try:
         if time.time() - marker.stat().st_mtime < every_s:
             return 0
-    except FileNotFoundError:
+    except OSError:  # never pruned, or a cache this process cannot read
         pass
     try:
         marker.touch()
-        return prune(directory, max_bytes)
+        return prune(marker.parent, max_bytes)
     except OSError:  # a cache this process may read but not change stays as it is
         return 0
