@@ -250,7 +250,7 @@ def test_graph_reads_inputs_in_place_only_while_they_stay_where_they_were(monkey
             tensors = static if where == "static" else tuple(values)
             graphed = [t.clone() for t in graphs.replay_or_run(merge_step, tensors, num_prefix=1, r=7)]
             for e, got in zip(merge_step(*tensors, num_prefix=1, r=7), graphed):
-                torch.testing.assert_close(got, e, atol=1e-6, rtol=0)  # merged sums: atomics, any order
+                torch.testing.assert_close(got, e, atol=1e-6, rtol=0)  # the torch step's scatter_add: any order
     (entry,) = graphs._GRAPHS.values()
     assert list(entry.in_place) == [tuple((t.data_ptr(), t.stride()) for t in static)]
 

@@ -7,7 +7,8 @@ gathers with expanded int64 indices about 0.17 ms, averaging the keys over heads
 and normalising them 0.08 ms, and the [B, Na, Nb] score matrix was written once
 and read back for its row max. At small batches the same twenty kernels cost
 their launches. :func:`merge_step` here computes the same thing (same outputs,
-same order) in 0.16 ms there (``python -m evalsuite.bench.kernels merge-step``):
+same order) in 0.16 ms there (``python -m evalsuite.bench.kernels merge-step``; measured with the
+fold below adding with atomics, not yet with the fold as it is now):
 
 1. ``_metric_kernel``: the keys averaged over heads and L2-normalised, one read of the keys;
 2. ``_best_partner_kernel``: for every A token (even patch position) its most similar B
@@ -15,11 +16,13 @@ same order) in 0.16 ms there (``python -m evalsuite.bench.kernels merge-step``):
 3. ``argsort`` (torch) of the best scores, descending: the first ``r`` A tokens merge;
 4. ``_keep_rows_kernel``: every surviving row copied once, its source row worked out from
    the sort (``[prefix, unmerged A by decreasing similarity, B]``, as the reference);
-5. ``_fold_kernel``: each merged token's ``s_i (x_i - x_d) / S`` added to its partner's row
-   (atomics: several A tokens may pick one B token). Each merged token counts its partner's
-   merged size ``S`` itself from the ``r`` merged tokens and writes it; those that share a
-   partner write the same value. A separate kernel adding the sizes first cost another
-   launch per block, 4 us of H100 time at 224 px, batch 64.
+5. ``_fold_kernel``: every partner that merged tokens picked becomes the size-weighted mean of
+   itself and them, ``(s_d x_d + sum_i s_i x_i) / S``, with ``S`` its merged size. Several A
+   tokens may pick one B token: each merged token finds its partner's group among the ``r``
+   merged tokens, and the group's first member computes the sum, in float32, as one product
+   of the group's weights with their rows, rounded once. No atomics: their order varies from
+   run to run, and in half precision merged tokens then differed in their last bits, which
+   later blocks' matchings can follow where two partners are nearly tied.
 
 It runs on CUDA tensors when Triton is importable (it ships with PyTorch's CUDA
 wheels), and under ``TRITON_INTERPRET=1`` on CPU tensors, which is how the CPU
@@ -43,7 +46,7 @@ except ImportError:  # pragma: no cover - PyTorch's CUDA wheels ship Triton
 ENABLED = triton_probe.ENABLED  # per module, so that one kernel can be turned off alone
 MAX_HEAD_DIM = 256  # widest metric (key head size) kept in registers
 _INTERPRET = triton_probe.INTERPRET
-_ATOMIC_DTYPES = (torch.float32, torch.float16)  # bfloat16 atomics need sm_90: checked per device
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def supports(keys: torch.Tensor, x: torch.Tensor) -> bool:
@@ -53,20 +56,19 @@ def supports(keys: torch.Tensor, x: torch.Tensor) -> bool:
         return False
     if x.is_cuda:
         return _works_on(x.device, x.dtype)
-    return _INTERPRET and x.device.type == "cpu" and x.dtype in _ATOMIC_DTYPES
+    return _INTERPRET and x.device.type == "cpu" and x.dtype in _DTYPES
 
 
 _WORKS: dict[tuple, bool] = {}
 
 
 def _works_on(device: torch.device, dtype: torch.dtype) -> bool:
-    """Decided once per device and dtype (ToMe asks in every block). The dtype must be one the
-    atomics take; then the fused step is built and run on a small input
-    (:func:`evalsuite.triton_probe.decided`). If Triton cannot build it here, or its merge is not
-    the size-weighted mean of its own matching (float32: not the reference's result), ToMe uses
-    the torch reference."""
-    if (device, dtype) not in _WORKS and not _atomics_take(device, dtype):
-        _WORKS[(device, dtype)] = False  # kept: the capability is not read again in every block
+    """Decided once per device and dtype (ToMe asks in every block): the fused step is built and
+    run on a small input (:func:`evalsuite.triton_probe.decided`). If Triton cannot build it here,
+    or its merge is not the size-weighted mean of its own matching (float32: not the reference's
+    result), ToMe uses the torch reference."""
+    if (device, dtype) not in _WORKS and dtype not in _DTYPES:
+        _WORKS[(device, dtype)] = False
 
     def check() -> str | None:
         from . import tome
@@ -84,13 +86,6 @@ def _works_on(device: torch.device, dtype: torch.dtype) -> bool:
         return None if works else "its result disagreed with the torch reference"
 
     return triton_probe.decided(_WORKS, device, dtype, check, "the fused ToMe step", "the torch reference")
-
-
-def _atomics_take(device: torch.device, dtype: torch.dtype) -> bool:
-    """float32 and float16 everywhere; bfloat16 from sm_90 (Hopper) on."""
-    if dtype in _ATOMIC_DTYPES:
-        return True
-    return dtype == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 def merge_step(keys: torch.Tensor, x: torch.Tensor, size: torch.Tensor, *, num_prefix: int,
@@ -118,7 +113,8 @@ def merge_step(keys: torch.Tensor, x: torch.Tensor, size: torch.Tensor, *, num_p
     _fold_kernel[(triton.cdiv(r, 16), batch)](
         x, size, edge_idx, node_idx, out, out_size, channels, num_prefix, num_unm, r,
         *x.stride(), size.stride(0), size.stride(1), edge_idx.stride(0), node_idx.stride(0),
-        *out.stride(), out_size.stride(0), out_size.stride(1), BLOCK_K=16, BLOCK_J=64, BLOCK_C=block_c)
+        *out.stride(), out_size.stride(0), out_size.stride(1), BLOCK_K=16, BLOCK_J=64,
+        BLOCK_C=max(16, min(triton.next_power_of_2(channels), 64)), IEEE=x.dtype == torch.float32)
     src_idx, unm_idx = edge_idx[:, :r], edge_idx[:, r:]
     return out, out_size, unm_idx, src_idx, node_idx.gather(1, src_idx)
 
@@ -215,32 +211,51 @@ if triton is not None:
     @triton.jit
     def _fold_kernel(x, size, edge_idx, node_idx, out, out_size, channels, num_prefix, num_unm, r,
                      sx_b, sx_n, sx_c, ss_b, ss_n, se_b, sn_b, so_b, so_n, so_c, sos_b, sos_n,
-                     BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr):
-        """out[partner] += s_i (x_i - x_partner) / S for BLOCK_K merged tokens ``i``; S is the partner's
-        merged size, its own plus that of every merged token that picked it, counted here from all r
-        of them (BLOCK_J at a time). Each token that picked a partner writes the same S to out_size."""
+                     BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr, IEEE: tl.constexpr):
+        """For BLOCK_K merged tokens ``k``: their partner's row becomes the size-weighted mean of the
+        partner and every merged token that picked it, ``(s_d x_d + sum_j s_j x_j) / S``, and its size
+        ``S``. The group is found among all r merged tokens, BLOCK_J at a time, and its sum is one
+        product of the group's weights with their rows, in float32; the group's first merged token
+        writes it. No atomics: the same sums, in the same order, every run."""
         b = tl.program_id(1).to(tl.int64)
         k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
         ok = k < r
         a = tl.load(edge_idx + b * se_b + k, mask=ok, other=0)
-        d = tl.load(node_idx + b * sn_b + a, mask=ok, other=0)
-        src, partner, row = num_prefix + 2 * a, num_prefix + 2 * d + 1, num_prefix + num_unm + d
-        s = tl.load(size + b * ss_b + src * ss_n, mask=ok, other=0.0).to(tl.float32)
-        total = tl.load(size + b * ss_b + partner * ss_n, mask=ok, other=1.0).to(tl.float32)
+        d = tl.load(node_idx + b * sn_b + a, mask=ok, other=-2)  # never a partner (-1 pads the j side)
+        partner, row = num_prefix + 2 * d + 1, num_prefix + num_unm + d
+        own = tl.load(size + b * ss_b + partner * ss_n, mask=ok, other=1.0).to(tl.float32)
+        total = own
+        first = tl.full([BLOCK_K], 2147483647, tl.int32)
         for j0 in range(0, r, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
             aj = tl.load(edge_idx + b * se_b + j, mask=j < r, other=0)
             dj = tl.load(node_idx + b * sn_b + aj, mask=j < r, other=-1)
             sj = tl.load(size + b * ss_b + (num_prefix + 2 * aj) * ss_n, mask=j < r, other=0.0).to(tl.float32)
-            same = (d[:, None] == dj[None, :]) & (j[None, :] < r)
+            same = d[:, None] == dj[None, :]
             total += tl.sum(tl.where(same, sj[None, :], 0.0), axis=1)
-        tl.store(out_size + b * sos_b + row * sos_n, total.to(out_size.dtype.element_ty), mask=ok)
-        weight = s / total
+            first = tl.minimum(first, tl.min(tl.where(same, j[None, :], 2147483647), axis=1))
+        lead = ok & (first == k)
+        tl.store(out_size + b * sos_b + row * sos_n, total.to(out_size.dtype.element_ty), mask=lead)
         for c0 in range(0, channels, BLOCK_C):
             ch = c0 + tl.arange(0, BLOCK_C)
-            mask = ok[:, None] & (ch[None, :] < channels)
-            xs = tl.load(x + b * sx_b + src[:, None] * sx_n + ch[None, :] * sx_c, mask=mask, other=0.0)
-            xd = tl.load(x + b * sx_b + partner[:, None] * sx_n + ch[None, :] * sx_c, mask=mask, other=0.0)
-            delta = (xs.to(tl.float32) - xd.to(tl.float32)) * weight[:, None]
-            tl.atomic_add(out + b * so_b + row[:, None] * so_n + ch[None, :] * so_c,
-                          delta.to(out.dtype.element_ty), mask=mask)
+            ch_ok = ch[None, :] < channels
+            xd = tl.load(x + b * sx_b + partner[:, None] * sx_n + ch[None, :] * sx_c, mask=lead[:, None] & ch_ok,
+                         other=0.0)
+            acc = xd.to(tl.float32) * own[:, None]
+            for j0 in range(0, r, BLOCK_J):
+                j = j0 + tl.arange(0, BLOCK_J)
+                aj = tl.load(edge_idx + b * se_b + j, mask=j < r, other=0)
+                dj = tl.load(node_idx + b * sn_b + aj, mask=j < r, other=-1)
+                src = num_prefix + 2 * aj
+                sj = tl.load(size + b * ss_b + src * ss_n, mask=j < r, other=0.0).to(tl.float32)
+                member = lead[:, None] & (d[:, None] == dj[None, :])
+                weights = tl.where(member, sj[None, :], 0.0)
+                needed = tl.max(member.to(tl.int32), axis=0) > 0  # rows of some group here: the rest stay unread
+                xs = tl.load(x + b * sx_b + src[:, None] * sx_n + ch[None, :] * sx_c,
+                             mask=needed[:, None] & ch_ok, other=0.0).to(tl.float32)
+                if IEEE:
+                    acc += tl.dot(weights, xs, input_precision="ieee")
+                else:  # TF32 holds float16 and bfloat16 values exactly, and sizes up to 2048
+                    acc += tl.dot(weights, xs)
+            tl.store(out + b * so_b + row[:, None] * so_n + ch[None, :] * so_c,
+                     (acc / total[:, None]).to(out.dtype.element_ty), mask=lead[:, None] & ch_ok)
