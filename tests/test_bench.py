@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -177,3 +178,49 @@ def test_in_place_rows_alternate_both_settings_and_restore_the_graph_cache():
     assert [(r["round"], r["in_place"]) for r in rows] == [(0, 0), (0, limit), (1, 0), (1, limit)]
     assert all(0 < r["p50_ms"] <= r["p95_ms"] and r["in_place_graphs"] == 0 for r in rows)  # no graphs on CPU
     assert graphs._GRAPHS is cache and graphs.MAX_IN_PLACE == limit
+
+
+SCALING_MATRIX = """
+timing_repeats = 2
+timing_warmup = 1
+[models.dinov2_s14]
+image_size = 112
+[models.vit_b16_random]
+image_size = 64
+[methods.none]
+[methods.tome]
+merge_factor = 0.5
+[datasets.samples]
+limit = 4
+"""
+
+
+@pytest.mark.slow
+def test_scaling_bench_runs_the_gate_on_one_worker_then_two_and_splits_the_difference(tmp_path, capsys):
+    """A tiny matrix on the CPU (two models, so two workers have a model each): both runs' cases are
+    read back from their spools, the second run's from two workers; the speed-up and a perfect
+    split are printed with the stage table."""
+    from pathlib import Path
+
+    from evalsuite.bench import scaling
+
+    repo = Path(__file__).parents[1]
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "test_cases.py").write_text((repo / "cases" / "test_compression.py").read_text())
+    (cases / "matrix.toml").write_text(SCALING_MATRIX)
+    pytest_args = [str(cases / "test_cases.py"), "--rootdir", str(cases), "-c", "/dev/null",
+                   "--evalsuite-matrix", str(cases / "matrix.toml"),
+                   "--evalsuite-thresholds", str(repo / "thresholds.toml"), "--evalsuite-no-ocr"]
+    assert scaling.main(["--no-warmup", "--dir", str(tmp_path / "work"), "--", *pytest_args]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("one ", "many "))}
+    assert rows["one"][1] == "1" and rows["many"][1] == "2" and rows["one"][-1] in ("0", "1")
+    assert re.search(r"speed-up on 2 workers: [\d.]+x; a perfect split would take [\d.]+ s", out)
+    assert "model_load" in out and "compressed_pass" in out
+    spooled = {name: [json.loads(line)["case"] for path in (tmp_path / "work" / f"spool_{name}").glob("*.jsonl")
+                      for line in path.read_text().splitlines() if json.loads(line).get("type") == "case"]
+               for name in ("one", "many")}
+    assert len(spooled["one"]) == len(spooled["many"]) == 4  # 2 models x 2 methods, every case ran
+    assert {case["env"]["worker"] for case in spooled["one"]} == {"gw0"}
+    assert {case["env"]["worker"] for case in spooled["many"]} == {"gw0", "gw1"}
