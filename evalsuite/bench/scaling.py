@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: pytest -n {workers} ...", file=sys.stderr, flush=True)
         runs.append(run_gate(name, workers, pytest_args or ["cases", "-m", "gpu"], work, models))
     print(report(runs, args.workers))
+    notes = {line for run in runs for line in (work / f"{run.name}.log").read_text(errors="replace").splitlines()
+             if "has no compiled bytecode" in line}  # evalsuite.report.terminal.uncompiled_imports
+    for line in sorted(notes):
+        print(line)
     print(f"logs, caches and spooled results: {work}")
     return 0
 
