@@ -71,8 +71,8 @@ def perfect_split(one: Run, workers: int) -> float | None:
 
     >>> run = Run("one", 1, 110.0, 1, (3.0, 105.0, 2.0), [("gw0", {"model_load": 4.0, "ocr": 60.0}),
     ...                                                    ("gw0", {"ocr": 40.0, "device_init": 1.0})])
-    >>> perfect_split(run, 2)
-    55.0
+    >>> perfect_split(run, 2)  # 3 + 2 around the cases, 5 paid by each, 100 split in two
+    60.0
     """
     if one.split is None:
         return None
