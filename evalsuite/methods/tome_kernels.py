@@ -209,6 +209,17 @@ if triton is not None:
                  mask=valid)
 
     @triton.jit
+    def _merged_block(edge_idx, node_idx, size, b, j0, r, num_prefix, se_b, sn_b, ss_b, ss_n,
+                      BLOCK_J: tl.constexpr):
+        """Merged tokens j0 .. j0 + BLOCK_J of image ``b``: ``(j, source row, partner, size as float32)``;
+        past ``r`` the partner is -1 and the size 0."""
+        j = j0 + tl.arange(0, BLOCK_J)
+        a = tl.load(edge_idx + b * se_b + j, mask=j < r, other=0)
+        src = num_prefix + 2 * a
+        partner = tl.load(node_idx + b * sn_b + a, mask=j < r, other=-1)
+        return j, src, partner, tl.load(size + b * ss_b + src * ss_n, mask=j < r, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _fold_kernel(x, size, edge_idx, node_idx, out, out_size, channels, num_prefix, num_unm, r,
                      sx_b, sx_n, sx_c, ss_b, ss_n, se_b, sn_b, so_b, so_n, so_c, sos_b, sos_n,
                      BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr, IEEE: tl.constexpr):
@@ -227,10 +238,8 @@ if triton is not None:
         total = own
         first = tl.full([BLOCK_K], 2147483647, tl.int32)
         for j0 in range(0, r, BLOCK_J):
-            j = j0 + tl.arange(0, BLOCK_J)
-            aj = tl.load(edge_idx + b * se_b + j, mask=j < r, other=0)
-            dj = tl.load(node_idx + b * sn_b + aj, mask=j < r, other=-1)
-            sj = tl.load(size + b * ss_b + (num_prefix + 2 * aj) * ss_n, mask=j < r, other=0.0).to(tl.float32)
+            j, _, dj, sj = _merged_block(edge_idx, node_idx, size, b, j0, r, num_prefix, se_b, sn_b, ss_b, ss_n,
+                                         BLOCK_J)
             same = d[:, None] == dj[None, :]
             total += tl.sum(tl.where(same, sj[None, :], 0.0), axis=1)
             first = tl.minimum(first, tl.min(tl.where(same, j[None, :], 2147483647), axis=1))
@@ -243,11 +252,8 @@ if triton is not None:
                          other=0.0)
             acc = xd.to(tl.float32) * own[:, None]
             for j0 in range(0, r, BLOCK_J):
-                j = j0 + tl.arange(0, BLOCK_J)
-                aj = tl.load(edge_idx + b * se_b + j, mask=j < r, other=0)
-                dj = tl.load(node_idx + b * sn_b + aj, mask=j < r, other=-1)
-                src = num_prefix + 2 * aj
-                sj = tl.load(size + b * ss_b + src * ss_n, mask=j < r, other=0.0).to(tl.float32)
+                _, src, dj, sj = _merged_block(edge_idx, node_idx, size, b, j0, r, num_prefix, se_b, sn_b, ss_b,
+                                               ss_n, BLOCK_J)
                 member = lead[:, None] & (d[:, None] == dj[None, :])
                 weights = tl.where(member, sj[None, :], 0.0)
                 needed = tl.max(member.to(tl.int32), axis=0) > 0  # rows of some group here: the rest stay unread
