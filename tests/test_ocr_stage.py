@@ -174,3 +174,38 @@ def test_a_read_claimed_elsewhere_after_it_was_queued_is_waited_for(tmp_path, mo
         assert waited.result(timeout=10) == "read by the other worker"
     finally:
         stage.close()
+
+
+def test_originals_read_ahead_are_read_once_and_scored_without_the_pool(tmp_path, monkeypatch):
+    """read_ahead queues the originals' reads and returns; reads of the same pixels queued while
+    one is in flight share it (one read); once wait_idle returns, the case scores them with the pool
+    shut down. A sample that fails to load is not read ahead: submit reports it on its record."""
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
+    page = render_page("invoice", 7)
+
+    def broken():
+        raise SampleError("sample t/broken: cannot read image broken.png")
+
+    samples = [Sample("t/page", "t", "document", lambda: page.image, reference_text=page.text),
+               Sample("t/copy", "t", "document", lambda: page.image, reference_text=page.text),
+               Sample("t/broken", "t", "photo", broken)]
+    stage = OcrStage(workers=1)
+    try:
+        stage.wait_loaded()
+        stage._pool.submit(time.sleep, 1.0)  # the one reader is busy: what is queued now stays queued
+        pixels = np.asarray(page.image)
+        queued = stage._read_job(pixels)
+        assert stage._read_job(pixels.copy()) is queued and not queued.done()  # one read, shared
+        stage.read_ahead(samples)
+        stage.wait_idle()
+        assert queued.done() and not stage._in_flight and len(stage._ahead_jobs) == 0
+        stage._pool.shutdown(wait=True)  # from here, a read the pool has to do raises
+        records = [SampleRecord(s.sample_id, s.doc_type) for s in samples]
+        identity = TokenPlan.identity((2, 2))
+        stage.collect(stage.submit(samples, [SimpleNamespace(plans=[identity] * 3)], records))
+    finally:
+        stage.close()
+    page_record, copy_record, broken_record = records
+    assert page_record.error is None and page_record.kpis["ocr_wer"] < 0.1
+    assert copy_record.kpis == page_record.kpis
+    assert broken_record.error == "sample t/broken: cannot read image broken.png"

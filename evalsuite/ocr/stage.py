@@ -14,7 +14,10 @@ image content across runs (:mod:`evalsuite.ocr.cache`): an original is read once
 per machine, a reconstruction once per token plan, and one pixel-identical to its
 original is not read at all. The stage looks reads up in the cache itself and
 sends only the others to the pool, so a cached page is hashed, not copied to
-another process. A pool process claims each read as it starts it (:func:`_read`);
+another process. A dataset's originals, which every case of it needs, can be queued ahead
+(:meth:`OcrStage.read_ahead`: the pool reads them while the worker loads its model), and a
+read in flight is shared by every sample that asks for the same pixels.
+A pool process claims each read as it starts it (:func:`_read`);
 a read another worker has claimed is not read again but waited for, on a thread
 that watches the cache (:class:`OtherWorkersReads`), while this worker's own reads
 go on. Claiming at the start rather than when queueing lets two workers that
@@ -212,6 +215,15 @@ class OtherWorkersReads:
         return True
 
 
+def _wait(jobs: list[Future]) -> None:
+    """Until every job is done; their errors are reported where their results are used."""
+    for job in jobs:
+        try:
+            job.result()
+        except Exception:
+            pass
+
+
 def _has_text(original_job: Future) -> bool:
     """Whether OCR(original) found any text (waits for it; a failed read counts as text, to report it)."""
     try:
@@ -234,15 +246,45 @@ class OcrStage:
         # wait_loaded() joins them before anything is timed
         self._pool, self._loading = start_pool(engine_name, device, workers or default_readers(device))
         self._others = OtherWorkersReads(self._pool_read)
+        self._in_flight: dict[str, Future] = {}  # reads queued by this stage and not done, by cache key
+        self._lock = threading.Lock()
+        self._ahead: list[threading.Thread] = []  # read_ahead's threads, each with its reads
+        self._ahead_jobs: list[Future] = []
 
     def wait_loaded(self) -> None:
         """Until every pool process has loaded its models (they take cores a timed forward needs)."""
-        for job in self._loading:
-            try:
-                job.result()
-            except Exception:  # a pool that cannot start reports its error on the reads
-                pass
+        _wait(self._loading)
         self._loading = []
+
+    def wait_idle(self) -> None:
+        """Until the pool has loaded and the reads queued by :meth:`read_ahead` are done: what the
+        worker times next runs with no read of this stage in flight."""
+        self.wait_loaded()
+        for thread in self._ahead:
+            thread.join()
+        _wait(self._ahead_jobs)
+        self._ahead, self._ahead_jobs = [], []
+
+    def read_ahead(self, samples: list[Sample]) -> None:
+        """Queue the reads of ``samples``' originals now, from a thread, and return: the pool reads
+        them while the worker loads its model and runs the reference pass. Every case needs its
+        originals' reads; :meth:`submit` finds them in flight or cached. A sample that fails to load
+        is left to :meth:`submit`, which reports it on its record."""
+        def queue_all() -> None:
+            jobs = thread_map(self._read_original, samples)
+            self._ahead_jobs.extend(job for job in jobs if job is not None)
+
+        thread = threading.Thread(target=queue_all, name="evalsuite-ocr-ahead", daemon=True)
+        thread.start()
+        self._ahead.append(thread)
+
+    def _read_original(self, sample: Sample) -> Future | None:
+        try:
+            return self._read_job(np.asarray(sample.load()))
+        except SampleError:
+            return None
+        except RuntimeError:  # the pool is shut down: the stage closed while this thread queued
+            return None
 
     def version_info(self) -> dict[str, str]:
         return ({f"ocr_{k}": str(v) for k, v in self._engine.version_info().items()}
@@ -281,10 +323,23 @@ class OcrStage:
         cached page costs a hash on this thread, not a copy of its pixels to another process. A read
         another worker is doing now is waited for, not done twice."""
         key = cache.cache_key(image, self._engine)
+        with self._lock:
+            job = self._in_flight.get(key)
+        if job is not None:  # queued ahead, or by another sample with the same pixels
+            return job
         hit = cache.lookup(key)
         if hit is not None:
             return _done(hit.text)
-        return self._others.wait_for(key, image) if cache.claimed(key) else self._pool_read(image, key)
+        job = self._others.wait_for(key, image) if cache.claimed(key) else self._pool_read(image, key)
+        with self._lock:
+            self._in_flight[key] = job
+        job.add_done_callback(lambda _: self._forget(key, job))  # done: the cache has it (or it failed)
+        return job
+
+    def _forget(self, key: str, job: Future) -> None:
+        with self._lock:
+            if self._in_flight.get(key) is job:
+                del self._in_flight[key]
 
     def _pool_read(self, image: np.ndarray, key: str) -> Future:
         """The pool's read of ``image``; one that another worker claimed before a pool process
