@@ -151,7 +151,7 @@ class Engine:
     def evaluate(self, case: CaseSpec) -> CaseResult:
         self.settings = replace(self.settings, **case.settings)  # the matrix file's seed, batch, timing
         started = dict(self.stage_seconds)
-        ocr = self._ocr_stage() if self.settings.ocr_engine else None  # its processes load while the model does
+        ocr = self._ocr_stage() if self.settings.ocr_engine else None  # started with the run (start_ocr) or now
         if ocr is not None and case.dataset.id not in self._read_ahead:
             # and read the dataset's originals, which every case of it needs, while the model loads
             ocr.read_ahead(self.samples(case.dataset))
@@ -287,6 +287,12 @@ class Engine:
         if not math.isnan(mean("sroie_fields_found")):
             kpis["sroie_fields_found"] = mean("sroie_fields_found")
         return kpis
+
+    def start_ocr(self) -> None:
+        """Start the OCR pool now, when this run reads text: its processes load their models in the
+        background (the first case would start it otherwise)."""
+        if self.settings.ocr_engine:
+            self._ocr_stage()
 
     # -- helpers ------------------------------------------------------------------------
     def _ocr_stage(self):

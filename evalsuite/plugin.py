@@ -90,6 +90,11 @@ def evalsuite(request: pytest.FixtureRequest) -> EvalSession:
     return request.config.stash[SESSION_KEY]
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's worker has sent its collection to the controller
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[SESSION_KEY].prepare(session.items)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     session.config.stash[SESSION_KEY].finish()
 

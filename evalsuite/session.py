@@ -187,6 +187,15 @@ class EvalSession:
             ))
         return self._engine
 
+    def prepare(self, items: list[pytest.Item]) -> None:
+        """Cases collected, on a process that runs them: start the OCR pool now, so that its processes
+        load their models while this one waits for its first case (under xdist, for the other workers'
+        collections and the controller's plan) and loads its model."""
+        if not self.runs_cases or self.config.getoption("collectonly") or option(self.config, "no_ocr"):
+            return
+        if any("case" in getattr(getattr(item, "callspec", None), "params", {}) for item in items):
+            self.engine.start_ocr()
+
     def _export_dir(self) -> Path | None:
         export = option(self.config, "export")
         if not export:

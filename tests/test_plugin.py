@@ -161,6 +161,29 @@ def test_run_skips_only_cases_whose_store_is_missing_and_reports_kpis(tmp_path):
     assert phases and float(phases[1]) > 0.5 and float(phases[2]) > 0, out  # interpreter + imports take time
 
 
+# A plugin for the nested runs: whether the worker's OCR pool was running when its first case was set up.
+OCR_PROBE = """
+def pytest_runtest_setup(item):
+    from evalsuite.plugin import SESSION_KEY
+
+    engine = item.config.stash[SESSION_KEY]._engine
+    started = engine is not None and engine._ocr is not None and bool(engine._ocr._pool._processes)
+    with open("ocr_at_setup.txt", "a") as fh:
+        fh.write(f"{item.callspec.id} {started}\\n")
+"""
+
+
+@pytest.mark.parametrize("args,started", [((), "True"), (("--evalsuite-no-ocr",), "False")], ids=["ocr", "no-ocr"])
+def test_the_ocr_pool_starts_once_the_cases_are_collected(tmp_path, args, started):
+    """Its processes load their models while the run waits for its first case and loads the model."""
+    (tmp_path / "ocr_probe.py").write_text(OCR_PROBE)
+    matrix = "timing_repeats = 1\ntiming_warmup = 0\n[models.dinov2_s14]\nimage_size = 56\n[methods.none]\n" \
+             "[datasets.samples]\nlimit = 1\n"
+    proc = run_pytest(tmp_path, matrix, "-p", "ocr_probe", "--evalsuite-ocr-workers", "1", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "ocr_at_setup.txt").read_text() == f"dinov2_s14-none-samples {started}\n"
+
+
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
