@@ -209,3 +209,25 @@ def test_originals_read_ahead_are_read_once_and_scored_without_the_pool(tmp_path
     assert page_record.error is None and page_record.kpis["ocr_wer"] < 0.1
     assert copy_record.kpis == page_record.kpis
     assert broken_record.error == "sample t/broken: cannot read image broken.png"
+
+
+def test_an_entry_stored_as_its_claim_is_released_is_not_read_again(monkeypatch):
+    """The other worker stores its entry, then releases its claim. A look that missed the entry and
+    then found no claim looks once more before reading the image here."""
+    from concurrent.futures import Future
+
+    entry = SimpleNamespace(text="stored by the other worker")
+    looks = iter([None, entry])  # the first look comes just before the store, the claim check after the release
+    monkeypatch.setattr(cache, "lookup", lambda key: next(looks))
+    monkeypatch.setattr(cache, "claimed", lambda key: False)
+
+    def read_here(image, key):
+        raise AssertionError("read again although the entry had landed")
+
+    others = stage_module.OtherWorkersReads(read_here)
+    try:
+        future = Future()
+        assert others._settle("key", np.zeros((2, 2, 3), np.uint8), future)
+        assert future.result(timeout=0) == "stored by the other worker"
+    finally:
+        others.close()

@@ -203,10 +203,14 @@ class OtherWorkersReads:
     def _settle(self, key: str, image: np.ndarray, future: Future) -> bool:
         """Whether ``future`` is complete, or given to a read of this worker's, after this look."""
         hit = cache.lookup(key)
+        if hit is None:
+            if cache.claimed(key):
+                return False  # still being read elsewhere
+            # its holder stores the entry, then releases the claim: look again, the entry may have
+            # landed between the two looks above
+            hit = cache.lookup(key)
         if hit is not None:
             future.set_result(hit.text)
-        elif cache.claimed(key):
-            return False  # still being read elsewhere
         else:
             try:
                 _chain(self._read(image, key), future)
