@@ -151,7 +151,7 @@ class Engine:
     def evaluate(self, case: CaseSpec) -> CaseResult:
         self.settings = replace(self.settings, **case.settings)  # the matrix file's seed, batch, timing
         started = dict(self.stage_seconds)
-        ocr = self._ocr_stage() if self.settings.ocr_engine else None  # started with the run (start_ocr) or now
+        ocr = self.start_ocr()  # started with the run, or now
         if ocr is not None and case.dataset.id not in self._read_ahead:
             # and read the dataset's originals, which every case of it needs, while the model loads
             ocr.read_ahead(self.samples(case.dataset))
@@ -288,20 +288,16 @@ class Engine:
             kpis["sroie_fields_found"] = mean("sroie_fields_found")
         return kpis
 
-    def start_ocr(self) -> None:
-        """Start the OCR pool now, when this run reads text: its processes load their models in the
-        background (the first case would start it otherwise)."""
-        if self.settings.ocr_engine:
-            self._ocr_stage()
-
-    # -- helpers ------------------------------------------------------------------------
-    def _ocr_stage(self):
-        if self._ocr is None:
+    def start_ocr(self):
+        """This worker's OCR stage, started on first use (its processes load their models in the
+        background); None when the run reads no text."""
+        if self._ocr is None and self.settings.ocr_engine:
             from .ocr.stage import OcrStage
 
             self._ocr = OcrStage(self.settings.ocr_engine, self.settings.ocr_workers, self.ocr_device())
         return self._ocr
 
+    # -- helpers ------------------------------------------------------------------------
     def _export(self, case: CaseSpec, ref: Reference, outputs: list[EncoderOutput]) -> None:
         from .export import export_case
 

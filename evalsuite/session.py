@@ -191,7 +191,7 @@ class EvalSession:
         """Cases collected, on a process that runs them: start the OCR pool now, so that its processes
         load their models while this one waits for its first case (under xdist, for the other workers'
         collections and the controller's plan) and loads its model."""
-        if not self.runs_cases or self.config.getoption("collectonly") or option(self.config, "no_ocr"):
+        if not self.runs_cases or self.config.getoption("collectonly"):
             return
         if any("case" in getattr(getattr(item, "callspec", None), "params", {}) for item in items):
             self.engine.start_ocr()

@@ -27,6 +27,24 @@ COMPRESSING = [
 ]
 
 
+def two_model_matrix(dinov2_size: int, samples: int) -> str:
+    """A case matrix of two models (DINOv2-S/14 and ViT-B/16 with random weights) x none and ToMe f0.5 x
+    ``samples`` rendered pages, timed twice after one warm-up: two xdist workers can get a model each."""
+    return f"""
+timing_repeats = 2
+timing_warmup = 1
+[models.dinov2_s14]
+image_size = {dinov2_size}
+[models.vit_b16_random]
+image_size = 64
+[methods.none]
+[methods.tome]
+merge_factor = 0.5
+[datasets.samples]
+limit = {samples}
+"""
+
+
 def claim_of_an_ended_process(key: str, directory: Path | None = None) -> Path:
     """Leave ``key``'s OCR claim file as a process that has since ended would; returns the file."""
     from evalsuite.ocr import cache

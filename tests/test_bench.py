@@ -16,6 +16,8 @@ from evalsuite.methods import graphs
 from evalsuite.metrics.flops import block_flops
 from evalsuite.models import MODELS
 
+from .conftest import two_model_matrix
+
 
 def test_bench_rows_per_method_with_speedup_ideal_and_step_times(monkeypatch, capsys):
     monkeypatch.setattr(bench, "WARM_SECONDS", 0.0)
@@ -180,21 +182,6 @@ def test_in_place_rows_alternate_both_settings_and_restore_the_graph_cache():
     assert graphs._GRAPHS is cache and graphs.MAX_IN_PLACE == limit
 
 
-SCALING_MATRIX = """
-timing_repeats = 2
-timing_warmup = 1
-[models.dinov2_s14]
-image_size = 112
-[models.vit_b16_random]
-image_size = 64
-[methods.none]
-[methods.tome]
-merge_factor = 0.5
-[datasets.samples]
-limit = 4
-"""
-
-
 @pytest.mark.slow
 def test_scaling_bench_runs_the_gate_on_one_worker_then_two_and_splits_the_difference(tmp_path, capsys):
     """A tiny matrix on the CPU (two models, so two workers have a model each): both runs' cases are
@@ -208,7 +195,7 @@ def test_scaling_bench_runs_the_gate_on_one_worker_then_two_and_splits_the_diffe
     cases = tmp_path / "cases"
     cases.mkdir()
     (cases / "test_cases.py").write_text((repo / "cases" / "test_compression.py").read_text())
-    (cases / "matrix.toml").write_text(SCALING_MATRIX)
+    (cases / "matrix.toml").write_text(two_model_matrix(dinov2_size=112, samples=4))
     pytest_args = [str(cases / "test_cases.py"), "--rootdir", str(cases), "-c", "/dev/null",
                    "--evalsuite-matrix", str(cases / "matrix.toml"),
                    "--evalsuite-thresholds", str(repo / "thresholds.toml"), "--evalsuite-no-ocr"]

@@ -22,6 +22,8 @@ from evalsuite.data.sample import Sample, SampleError
 from evalsuite.engine import Engine, EngineSettings
 from evalsuite.matrix import CaseSpec, DatasetSpec, ModelSpec
 
+from .conftest import two_model_matrix
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_MODULE = (REPO / "cases" / "test_compression.py").read_text()
 
@@ -339,20 +341,7 @@ def test_two_workers_share_the_cases_and_the_controller_keeps_every_result(tmp_p
     """``-n 2``: cases run in two worker processes; their results reach the controller, which alone
     writes them (every case of both models in the spool), prints the table and keeps the measured
     costs for the next run's scheduler, all without importing torch."""
-    matrix = """
-timing_repeats = 2
-timing_warmup = 1
-[models.dinov2_s14]
-image_size = 56
-[models.vit_b16_random]
-image_size = 64
-[methods.none]
-[methods.tome]
-merge_factor = 0.5
-[datasets.samples]
-limit = 1
-"""
-    proc = run_pytest(tmp_path, matrix, "--evalsuite-no-ocr", "-n", "2", "--dist", "worksteal", "-v",
+    proc = run_pytest(tmp_path, two_model_matrix(dinov2_size=56, samples=1), "--evalsuite-no-ocr", "-n", "2", "--dist", "worksteal", "-v",
                       "-p", "xdist", thresholds="", cache=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     costs = json.loads((tmp_path / ".pytest_cache" / "v" / "evalsuite" / "costs" / "no-ocr").read_text())

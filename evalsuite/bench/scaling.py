@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,18 +51,17 @@ class Run:
     split: tuple[float, float, float] | None  # before the first case, cases, after the last case
     stages: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # (worker, stage seconds)
 
-    def stage_totals(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
+    def stage_totals(self) -> Counter:
+        totals = Counter()
         for _, stages in self.stages:
-            for stage, seconds in stages.items():
-                totals[stage] = totals.get(stage, 0.0) + seconds
+            totals.update(stages)
         return totals
 
     def busiest(self) -> float:
         """Seconds of stages on the worker that had the most."""
-        per_worker: dict[str, float] = {}
+        per_worker = Counter()
         for worker, stages in self.stages:
-            per_worker[worker] = per_worker.get(worker, 0.0) + sum(stages.values())
+            per_worker[worker] += sum(stages.values())
         return max(per_worker.values(), default=0.0)
 
 
