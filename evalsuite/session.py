@@ -193,7 +193,7 @@ class EvalSession:
         collections and the controller's plan) and loads its model."""
         if not self.runs_cases or self.config.getoption("collectonly"):
             return
-        if any("case" in getattr(getattr(item, "callspec", None), "params", {}) for item in items):
+        if any("case" in getattr(item, "fixturenames", ()) for item in items):
             self.engine.start_ocr()
 
     def _export_dir(self) -> Path | None:

@@ -22,9 +22,7 @@ and the stage seconds of both runs side by side, where a second worker adds work
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -34,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..paths import cache_dir
+from ..report.terminal import RUN_PHASES
+from ..sinks import spool
 
 ONCE_PER_WORKER = ("device_init", "model_load")  # stages a worker pays before its first case of a model
-SPLIT = re.compile(r"wall so far ([\d.]+) s: before the first case ([\d.]+) s, cases ([\d.]+) s, "
-                   r"after the last case ([\d.]+) s")
 
 
 @dataclass
@@ -86,22 +84,19 @@ def run_gate(name: str, workers: int, pytest_args: list[str], work: Path, models
     root = work / f"cache_{name}"
     root.mkdir(parents=True)
     (root / "models").symlink_to(models, target_is_directory=True)
-    spool = work / f"spool_{name}"
+    spool_dir = work / f"spool_{name}"
     command = [sys.executable, "-m", "pytest", *pytest_args, "-n", str(workers), "--dist", "worksteal",
-               "-o", f"cache_dir={work / 'pytest_cache'}", "--evalsuite-dsn", f"spool://{spool}"]
+               "-o", f"cache_dir={work / 'pytest_cache'}", "--evalsuite-dsn", f"spool://{spool_dir}"]
     log = work / f"{name}.log"
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as out:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "EVALSUITE_CACHE": str(root)})
     wall = time.perf_counter() - start
-    found = SPLIT.search(log.read_text(encoding="utf-8", errors="replace"))
+    found = RUN_PHASES.search(log.read_text(encoding="utf-8", errors="replace"))
     run = Run(name, workers, wall, done.returncode, tuple(float(v) for v in found.groups()[1:]) if found else None)
-    for path in sorted(spool.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if row.get("type") == "case":
-                case = row["case"]
-                run.stages.append((case.get("env", {}).get("worker", "?"), case.get("stage_seconds", {})))
+    for path in sorted(spool_dir.glob("*.jsonl")):
+        for _, results in spool.load(path):
+            run.stages.extend((result.env.get("worker", "?"), result.stage_seconds) for result in results)
     return run
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import sys
 import time
 
@@ -51,12 +52,19 @@ def stage_breakdown(results: list[CaseResult]) -> list[str]:
     return [f"{stage:<20} {seconds:8.1f} s" for stage, seconds in sorted(totals.items(), key=lambda kv: -kv[1])]
 
 
+# run_phases's line, read back from a run's log (evalsuite.bench.scaling): wall, before, cases, after
+RUN_PHASES = re.compile(r"wall so far ([\d.]+) s: before the first case ([\d.]+) s, cases ([\d.]+) s, "
+                        r"after the last case ([\d.]+) s")
+
+
 def run_phases(process_start: float, first_start: float | None, last_stop: float | None, now: float) -> str:
     """Wall time of the run around its cases: what a second GPU cannot shorten (process start,
     imports, worker start-up before the first case; worker shutdown and sinks after the last).
 
-    >>> run_phases(100.0, 107.1, 139.4, 141.8)
+    >>> line = run_phases(100.0, 107.1, 139.4, 141.8); line
     'wall so far 41.8 s: before the first case 7.1 s, cases 32.3 s, after the last case 2.4 s'
+    >>> RUN_PHASES.search(line).groups()
+    ('41.8', '7.1', '32.3', '2.4')
     """
     if first_start is None or last_stop is None:
         return f"wall so far {now - process_start:.1f} s"
