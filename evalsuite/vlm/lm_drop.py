@@ -439,11 +439,16 @@ def _special_ids(model, eos_token_id, pad_token_id):
     return eos, pad
 
 
+def is_eos(tokens: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+    """``[...]`` bool: which tokens are one of ``eos`` ``[E]`` (broadcast compare: no host sync, capturable)."""
+    return (tokens[..., None] == eos).any(-1)
+
+
 def eager_decode(model, state: PrefillState, first: torch.Tensor, steps: int, eos: list[int], pad: int,
                  stop_at_eos: bool = True) -> list[torch.Tensor]:
     """Greedy decode ``steps`` tokens after ``first`` ``[B]`` with the growing cache; returns the new tokens."""
-    eos_t = torch.tensor(eos, device=first.device)
-    finished = torch.isin(first, eos_t)
+    eos_t = torch.tensor(eos or [-1], device=first.device)
+    finished = is_eos(first, eos_t)
     valid = [s.valid for s in state.segments]
     position = state.next_position.clone()
     token, out = first, []
@@ -453,7 +458,7 @@ def eager_decode(model, state: PrefillState, first: torch.Tensor, steps: int, eo
         valid = [torch.nn.functional.pad(v, (0, 1), value=True) for v in valid]
         logits = decode_step(model, state.cache, token, position, layer_masks(state, valid))
         token = logits.argmax(-1).masked_fill(finished, pad)
-        finished = finished | torch.isin(token, eos_t)
+        finished = finished | is_eos(token, eos_t)
         position = position + 1
         out.append(token)
     return out
@@ -495,8 +500,7 @@ def generate(model, inputs: dict | LMInputs, schedule: DropSchedule = NO_DROP, m
         decoder = StaticDecoder(model, state, steps, eos, pad, cuda_graph=cuda_graph)
         decoder.prepare(first)
         _sync(device)
-        setup_s = time.perf_counter() - t2
-        t2 += setup_s  # buffers and capture are set-up: a serving engine keeps them across requests
+        setup_s = time.perf_counter() - t2  # buffers and capture: a serving engine keeps them across requests
         new = decoder.run(first, stop_at_eos)
         path = decoder.path
     else:
@@ -513,7 +517,7 @@ def generate(model, inputs: dict | LMInputs, schedule: DropSchedule = NO_DROP, m
         kv_lengths=kv_lengths,
         embed_s=t1 - t0,
         prefill_s=t2 - t1,
-        decode_s_per_token=(t3 - t2) / max(len(new), 1),
+        decode_s_per_token=(t3 - t2 - setup_s) / max(len(new), 1),
         generation_s=t3 - t0 - setup_s,
         decode_path=path,
         decode_setup_s=setup_s,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .lm_drop import PrefillState, decode_step
+from .lm_drop import PrefillState, decode_step, is_eos
 
 
 class _StaticKV:
@@ -89,7 +89,7 @@ class StaticDecoder:
         self.position.copy_(self.position0)
         self.token.copy_(first)
         self.step_idx.zero_()
-        self.finished.copy_(torch.isin(first, self.eos))
+        self.finished.copy_(is_eos(first, self.eos))
         self.out.zero_()
 
     def _step(self) -> None:
@@ -102,7 +102,7 @@ class StaticDecoder:
         self.cache.write_at = writes
         logits = decode_step(self.model, self.cache, self.token, self.position, self.masks)
         token = logits.argmax(-1).masked_fill(self.finished, self.pad)
-        self.finished |= torch.isin(token, self.eos)
+        self.finished |= is_eos(token, self.eos)
         self.out.index_copy_(1, self.step_idx, token[:, None])
         self.token.copy_(token)
         self.position.add_(1)
@@ -139,10 +139,10 @@ class StaticDecoder:
                 self._step()
         tokens = self.out[:, : self.steps]
         if stop_at_eos and self.steps:
-            done = torch.isin(first, self.eos)
+            done = is_eos(first, self.eos)
             count = 0
             if not bool(done.all()):
-                seen = torch.isin(tokens, self.eos).cummax(dim=1).values | done[:, None]
+                seen = is_eos(tokens, self.eos).cummax(dim=1).values | done[:, None]
                 all_done = seen.all(dim=0)
                 count = int(all_done.int().argmax()) + 1 if bool(all_done.any()) else self.steps
             tokens = tokens[:, :count]
