@@ -159,3 +159,17 @@ def test_published_presets_and_bad_schedules():
         parse_schedule("v2drop", {"preset": "llava2"}, 32)
     with pytest.raises(ValueError, match=r"methods\.v2drop\.ratio: unknown key"):
         parse_schedule("v2drop", {"layers": [1], "keep": 0.5, "ratio": 1}, 4)
+
+
+def test_quota_is_per_image_and_text_stays():
+    """Two images in one sample (groups 1 and 2) and a second sample with one image behind left padding."""
+    groups = torch.tensor([[0, 1, 1, 1, 1, 0, 2, 2, 0], [0, 0, 0, 0, 1, 1, 1, 1, 0]])
+    valid = torch.tensor([[True] * 9, [False, False, True, True, True, True, True, True, True]])
+    scores = torch.tensor([[9.0, 1, 4, 3, 2, 9, 5, 6, 9], [9, 9, 9, 9, 1, 2, 3, 4, 9]])
+    keep = lm_drop._select(scores, groups, valid, 0.5)
+    assert keep.tolist() == [[True, False, True, True, False, True, False, True, True],
+                             [False, False, True, True, False, False, True, True, True]]
+    idx, slot_valid = lm_drop._compact(keep)
+    assert idx.shape == (2, 6)  # sample 0 keeps 6, sample 1 keeps 5: one filler slot in front
+    assert slot_valid.tolist() == [[True] * 6, [False] + [True] * 5]
+    assert idx[0].tolist() == [0, 2, 3, 5, 7, 8] and idx[1, 1:].tolist() == [2, 3, 6, 7, 8]
