@@ -118,7 +118,7 @@ def run(spec: dict, device: str, dtype: torch.dtype, batches, visual_tokens: int
             eager = _time(model, inputs, schedule, new_tokens, "eager", repeats)
             static = _time(model, inputs, schedule, new_tokens, "static", repeats)
             row = dict(
-                method=name + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else ""),
+                method=name + (":" + ",".join(f"{k}={v}".replace(" ", "") for k, v in params.items()) if params else ""),
                 batch=batch, visual_tokens=eager[0].visual_tokens_per_layer[0],
                 layer_avg=eager[0].visual_tokens_layer_avg, kv_mib=eager[0].kv_cache_bytes / 2**20,
                 prefill_ms=1e3 * _median(eager + static, "prefill_s"),

@@ -263,6 +263,11 @@ class PrefillState:
     next_position: torch.Tensor
     visual_tokens: list[list[int]]
 
+    @property
+    def last_positions(self) -> torch.Tensor:
+        """``[3, B]``: the M-RoPE position of each sample's last prompt token (the last column)."""
+        return self.segments[-1].positions[:, :, -1]
+
     def segment_of(self, layer: int) -> Segment:
         return next(s for s in self.segments if s.start <= layer < s.stop)
 
