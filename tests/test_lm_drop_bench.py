@@ -8,7 +8,7 @@ from evalsuite.bench import lm_drop as bench
 
 
 def test_tiny_bench_rows(capsys):
-    rows = bench.main(["--tiny", "--visual-tokens", "16", "--text-tokens", "4", "--new-tokens", "3"])
+    rows = bench.main(["--tiny", "--visual-tokens", "16", "--text-tokens", "4", "--new-tokens", "3", "--warmup", "0"])
     out = capsys.readouterr().out
     assert "random-weights" in out and "vision tower skipped" in out
     assert [r["method"] for r in rows] == ["none", "v2drop:preset=llava", "v2drop:preset=qwen2_vl",

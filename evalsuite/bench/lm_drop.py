@@ -99,14 +99,15 @@ def _median(results, attr) -> float:
     return statistics.median(getattr(r, attr) for r in results)
 
 
-def _time(model, inputs, schedule, new_tokens, decode, repeats):
+def _time(model, inputs, schedule, new_tokens, decode, repeats, warmup):
+    """``repeats`` timed runs after ``warmup`` untimed ones (allocator, kernel selection, graph pools)."""
     runs = [lm_drop.generate(model, inputs, schedule, max_new_tokens=new_tokens, decode=decode, stop_at_eos=False)
-            for _ in range(repeats + 1)][1:]  # the first run warms up (allocator, kernels, graph pools)
-    return runs
+            for _ in range(warmup + repeats)]
+    return runs[warmup:]
 
 
 def run(spec: dict, device: str, dtype: torch.dtype, batches, visual_tokens: int, text_tokens: int,
-        new_tokens: int, repeats: int, methods=METHODS) -> list[dict]:
+        new_tokens: int, repeats: int, methods=METHODS, warmup: int = 1) -> list[dict]:
     model = build_model(spec, device, dtype)
     depth = model.config.text_config.num_hidden_layers
     schedules = [(name, params, lm_drop.parse_schedule(name, params, depth)) for name, params in methods]
@@ -115,8 +116,8 @@ def run(spec: dict, device: str, dtype: torch.dtype, batches, visual_tokens: int
         inputs = synthetic_inputs(model, batch, visual_tokens, text_tokens)
         base = None
         for name, params, schedule in schedules:
-            eager = _time(model, inputs, schedule, new_tokens, "eager", repeats)
-            static = _time(model, inputs, schedule, new_tokens, "static", repeats)
+            eager = _time(model, inputs, schedule, new_tokens, "eager", repeats, warmup)
+            static = _time(model, inputs, schedule, new_tokens, "static", repeats, warmup)
             row = dict(
                 method=name + (":" + ",".join(f"{k}={v}".replace(" ", "") for k, v in params.items()) if params else ""),
                 batch=batch, visual_tokens=eager[0].visual_tokens_per_layer[0],
@@ -200,6 +201,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--text-tokens", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones, per row")
     parser.add_argument("--method", action="append", type=parse_method, metavar="NAME[:KEY=VALUE,...]")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
@@ -217,7 +219,7 @@ def main(argv=None) -> list[dict]:
           f"median of {repeats}")
     print(HEADER)
     rows = run(spec, device, dtype, [int(b) for b in args.batches.split(",")], visual, text, new, repeats,
-               args.method or METHODS)
+               args.method or METHODS, args.warmup)
     for line in savings(rows):
         print(line)
     if args.json:
