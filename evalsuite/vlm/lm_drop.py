@@ -31,6 +31,7 @@ sequence, and the next generated token gets ``max position + 1`` of its sample, 
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import time
@@ -370,7 +371,7 @@ def prefill(model, inputs: LMInputs, schedule: DropSchedule = NO_DROP) -> Prefil
             mask, (cos, sin) = begin_segment(i)
         visual_counts.append((groups > 0).sum(1))
         prev_in = h
-        h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+        h = run_layer(layer, h, mask, cos, sin, cache)
         if i == schedule.attention_layer:
             attention = _last_token_attention(layer, prev_in, cache.keys[i], cos, sin, valid)
     logits = model.lm_head(lm.norm(h[:, -1:]))[:, -1]
@@ -379,6 +380,22 @@ def prefill(model, inputs: LMInputs, schedule: DropSchedule = NO_DROP) -> Prefil
 
 
 # ------------------------------------------------------------------------------------------------ decode
+
+
+def run_layer(layer, h: torch.Tensor, mask, cos: torch.Tensor, sin: torch.Tensor, cache) -> torch.Tensor:
+    """One decoder layer of transformers' own: ``h`` ``[B, L, C]`` -> ``[B, L, C]``, appending to ``cache``.
+
+    transformers 5.2x renamed the layers' ``past_key_values`` argument ``cache`` (the old name is
+    deprecated there, absent before): the name is read from the layer's signature, so the same code
+    runs on the versions the project supports."""
+    name = _CACHE_ARGUMENT.get(type(layer))
+    if name is None:
+        name = "cache" if "cache" in inspect.signature(type(layer).forward).parameters else "past_key_values"
+        _CACHE_ARGUMENT[type(layer)] = name
+    return layer(h, attention_mask=mask, position_embeddings=(cos, sin), use_cache=True, **{name: cache})
+
+
+_CACHE_ARGUMENT: dict[type, str] = {}
 
 
 def layer_masks(state: PrefillState, valid_by_segment: list[torch.Tensor]) -> list[torch.Tensor | None]:
@@ -397,7 +414,7 @@ def decode_step(model, cache, tokens: torch.Tensor, position: torch.Tensor, mask
     pos3 = position.view(1, -1, 1).expand(3, -1, -1)
     cos, sin = lm.rotary_emb(h, pos3)
     for i, layer in enumerate(lm.layers):
-        h = layer(h, attention_mask=masks[i], position_embeddings=(cos, sin), cache=cache, use_cache=True)
+        h = run_layer(layer, h, masks[i], cos, sin, cache)
     return model.lm_head(lm.norm(h))[:, -1]
 
 
