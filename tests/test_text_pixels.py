@@ -164,3 +164,66 @@ def test_only_text_pages_get_the_kpis_and_a_recorded_vision_count_wins():
     assert records[0].kpis["char_accuracy"] == pytest.approx(0.9) and records[0].info["vision_bytes"] == 25 * 2048
     assert "text_tokens" not in records[1].kpis
     assert case_kpis(records)["char_accuracy"] == pytest.approx(0.9)
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def _text_case(method: str, params: dict, mode: int, ratio: float, accuracy: float, vlm: float | None = None):
+    """A fabricated text_pixels case: two pages (12 and 24 px) with the given ratio and accuracy."""
+    from evalsuite.data.datasets.text_pixels import sample_id
+    from evalsuite.results import CaseResult, SampleRecord
+
+    samples = []
+    for i, font_px in enumerate((12, 24)):
+        kpis = {"tokens_before": 256.0, "tokens_after": 100.0, "text_tokens": 100.0 * ratio, "vision_tokens": 100.0,
+                "optical_compression_ratio": ratio, "char_accuracy": accuracy,
+                "bytes_ratio_text_over_vision": 0.01, **({} if vlm is None else {"char_accuracy_vlm": vlm})}
+        # the first page's style comes from its info, the second's from its id alone (an older row)
+        info = {"text_pixels": {"kind": "log", "family": "mono", "font_px": font_px, "mode": mode}} if i == 0 else {}
+        samples.append(SampleRecord(sample_id(i, PageStyle("log", "mono", font_px, mode)), "document", kpis, info))
+    label = "_".join(f"{k}{v}" for k, v in params.items())
+    return CaseResult(f"dinov2_s14-{method}{label}-tp{mode}", "dinov2_s14", method, params, f"tp{mode}",
+                      kpis={"tokens_before": 256.0, "tokens_after": 100.0, "tokens_reduction_pct": 60.0},
+                      samples=samples)
+
+
+def test_report_states_where_accuracy_falls_below_95_percent_per_mode(tmp_path):
+    from evalsuite.report.poc import write_report
+    from evalsuite.report.text_pixels import falls_below, points
+    from evalsuite.results import RunInfo
+    from evalsuite.sinks.rows import to_rows
+
+    results = [_text_case("none", {}, 1024, 5.0, 0.99, vlm=0.995), _text_case("tome", {"r": 8}, 1024, 10.0, 0.96),
+               _text_case("v2drop", {"keep": 0.5}, 1024, 20.0, 0.70, vlm=0.9),
+               _text_case("none", {}, 512, 4.0, 0.99), _text_case("tome", {"r": 8}, 512, 8.0, 0.97)]
+    rows = to_rows(RunInfo("run-tp", "2026-12-03T04:00:00Z", "abc", "box", "cpu"), results)
+    sample_rows = [r for r in rows if r["row_kind"] == "sample"]
+    pts = points(sample_rows)
+    assert {(p.mode, p.font_px) for p in pts} == {(1024, 12), (1024, 24), (512, 12), (512, 24)}
+    assert {p.reader for p in pts} == {"PP-OCR", "VLM"} and all(p.pages == 1 for p in pts)
+    ocr_1024 = sorted((p.ratio, p.accuracy) for p in pts if p.mode == 1024 and p.reader == "PP-OCR")
+    kind, ratio = falls_below(ocr_1024)
+    assert kind == "at" and ratio == pytest.approx(10 + 0.01 / 0.26 * 10)
+
+    report = write_report([r for r in rows if r["row_kind"] == "case"], sample_rows, tmp_path / "POC.md")
+    text = report.path.read_text()
+    assert "## Text as pixels: accuracy vs optical compression" in text and "arXiv 2510.18234" in text
+    assert "| 1024 | PP-OCR | 6 | 10.4x |" in text
+    assert "| 512 | PP-OCR | 4 | stays >= 95% up to 8.0x (highest measured) |" in text
+    assert "| 1024 | VLM | 4 | 12.1x |" in text  # 0.995 at 5x, 0.9 at 20x: 5 + 15 * 0.045 / 0.095
+    assert "bytes ratio (bytes, not tokens)" in text
+    png = tmp_path / "POC_text_pixels.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_without_text_pages_has_no_section(tmp_path):
+    from evalsuite.report.poc import write_report
+    from evalsuite.results import CaseResult, RunInfo, SampleRecord
+    from evalsuite.sinks.rows import to_rows
+
+    result = CaseResult("m-none-samples", "m", "none", {}, "samples", kpis={"tokens_before": 4.0, "tokens_after": 4.0},
+                        samples=[SampleRecord("samples/invoice", "document", {"tokens_after": 4.0})])
+    rows = to_rows(RunInfo("run-x", "2026-12-03T04:00:00Z", "abc", "box", "cpu"), [result])
+    report = write_report([rows[0]], rows[1:], tmp_path / "POC.md")
+    assert "Text as pixels" not in report.path.read_text() and not (tmp_path / "POC_text_pixels.png").exists()
