@@ -177,8 +177,10 @@ def section(sample_rows: Iterable[Row], plot_path: Path | None = None) -> str:
     out = ["", "## Text as pixels: accuracy vs optical compression", "",
            "Pages of plain text (`text_pixels`) at DeepSeek-OCR's resolution modes. Ratio: text tokens of the "
            "drawn text (Qwen2 BPE unless the case brought its own tokenizer) per vision token the page cost the "
-           "case's model after compression; accuracy: 1 - CER of the reader's read-back (PP-OCR reads what the "
-           "kept tokens show). Reference marks: " + DEEPSEEK_CITE + ", about 97% decoding precision below 10x "
+           "case's model after compression; accuracy: 1 - CER of the reader's read-back. PP-OCR reads the page at its "
+           "own resolution as the token plan left it (merged patches painted their mean colour, dropped ones "
+           "blank, a downscaled input resampled): what survives compression, an upper bound on what a decoder "
+           "of those tokens could read, not a trained decoder like DeepSeek-OCR's. Reference marks: " + DEEPSEEK_CITE + ", about 97% decoding precision below 10x "
            "and about 60% at 20x. The bytes ratio (UTF-8 bytes of text over bytes of vision-token activations) "
            "is how 40-80x claims count; it is not a token ratio.", ""]
     if plot_path is not None:
