@@ -227,3 +227,20 @@ def test_report_without_text_pages_has_no_section(tmp_path):
     rows = to_rows(RunInfo("run-x", "2026-12-03T04:00:00Z", "abc", "box", "cpu"), [result])
     report = write_report([rows[0]], rows[1:], tmp_path / "POC.md")
     assert "Text as pixels" not in report.path.read_text() and not (tmp_path / "POC_text_pixels.png").exists()
+
+
+def test_the_text_pixels_matrix_is_half_the_tokens_on_every_mode():
+    from pathlib import Path
+
+    from evalsuite import matrix
+
+    cases = matrix.load([Path(__file__).resolve().parents[1] / "cases" / "text_pixels.toml"])
+    assert {c.method for c in cases} == {"none", "tome", "v2drop", "downscale"}
+    datasets = {c.dataset.id: c.dataset for c in cases}
+    assert len(cases) == 4 * len(datasets)
+    modes = set()
+    for spec in datasets.values():
+        samples = load_dataset(spec.loader, None, **spec.params)
+        modes |= {page_style(s.sample_id).mode for s in samples}
+        assert len(samples) <= 4 and all(s.reference_text for s in samples)
+    assert modes == set(MODES)
