@@ -158,11 +158,11 @@ def test_only_text_pages_get_the_kpis_and_a_recorded_vision_count_wins():
     records = [SampleRecord(s.sample_id, "document", {"tokens_after": 100.0, "ocr_cer": 0.1},
                             {"ocr_reference_chars": 200}) for s in (page, other)]
     records[0].kpis["vision_tokens"] = 25.0  # a VLM runner's count of tokens into its language model
-    add_sample_kpis([page, other], records, dim=1024, dtype_bytes=2, tokenizer=str.split)
+    add_sample_kpis([page, other], records, dim=1024, dtype_bytes=2, tokenizer=str.split, tokenizer_name="words")
     assert records[0].kpis["text_tokens"] == len(page.reference_text.split())
     assert records[0].kpis["optical_compression_ratio"] == pytest.approx(records[0].kpis["text_tokens"] / 25)
     assert records[0].kpis["char_accuracy"] == pytest.approx(0.9) and records[0].info["vision_bytes"] == 25 * 2048
-    assert "text_tokens" not in records[1].kpis
+    assert records[0].info["text_tokenizer"] == "words" and "text_tokens" not in records[1].kpis
     assert case_kpis(records)["char_accuracy"] == pytest.approx(0.9)
 
 

@@ -107,12 +107,14 @@ def sample_kpis(text: str, vision_tokens: float, dim: int, dtype_bytes: int, cer
 
 
 def add_sample_kpis(samples: Sequence[Sample], records: Sequence[SampleRecord], dim: int, dtype_bytes: int,
-                    tokenizer: Tokenizer | None = None, dataset: str = TEXT_DATASET) -> None:
+                    tokenizer: Tokenizer | None = None, dataset: str = TEXT_DATASET,
+                    tokenizer_name: str | None = None) -> None:
     """Add the KPIs above to the records (aligned with ``samples``) of ``dataset``'s samples that loaded.
 
     ``dim`` and ``dtype_bytes``: width and element size of the vision tokens counted
     (the encoder's ``embed_dim`` and dtype; a VLM case passes its language model's).
-    Reads ``tokens_after`` (or ``vision_tokens``), ``ocr_cer`` and ``vlm_cer`` from each record.
+    Reads ``tokens_after`` (or ``vision_tokens``), ``ocr_cer`` and ``vlm_cer`` from each record;
+    ``tokenizer_name`` is recorded in each sample's info (``text_tokenizer``).
     """
     from ..data.datasets.text_pixels import page_style
 
@@ -127,8 +129,8 @@ def add_sample_kpis(samples: Sequence[Sample], records: Sequence[SampleRecord], 
                              tokenizer))
         for key in ("text_bytes", "vision_bytes"):  # sizes, not KPIs: kept with the sample's info
             record.info[key] = k.pop(key)
-        record.info["text_tokenizer"] = TOKENIZER_NAME if tokenizer is None else getattr(
-            tokenizer, "__qualname__", type(tokenizer).__name__)
+        record.info["text_tokenizer"] = tokenizer_name or (TOKENIZER_NAME if tokenizer is None else getattr(
+            tokenizer, "__qualname__", type(tokenizer).__name__))
         style = page_style(sample.sample_id)
         if style is not None:
             record.info["text_pixels"] = style._asdict()
