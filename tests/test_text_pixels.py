@@ -121,15 +121,15 @@ def test_sample_and_case_ratios():
     assert case_kpis([]) == {}
 
 
-@pytest.mark.slow  # loads DINOv2: a few seconds on an idle CPU
 def test_a_text_pixels_case_gets_the_kpis():
-    """Wired through the engine: a real DINOv2 case, V2Drop at half the tokens, one page that cannot be drawn."""
+    """Wired through the engine: a real timm ViT-Ti/16 (random weights: only token counts matter here),
+    V2Drop at half the tokens, and one page that cannot be drawn."""
     from evalsuite.engine import Engine, EngineSettings
     from evalsuite.matrix import CaseSpec, DatasetSpec, ModelSpec
     from evalsuite.metrics.kpis import KPIS
     from evalsuite.metrics.text_tokens import qwen_tokenize
 
-    model = ModelSpec("dinov2_s14", "dinov2_s14", 56, "cpu", "float32")
+    model = ModelSpec("vit_ti16", "timm_vit", 64, "cpu", "float32", {"arch": "vit_tiny_patch16_224", "pretrained": False})
     pages = DatasetSpec("tp", "text_pixels", {"pages": 2, "modes": [512], "font_sizes": [16],
                                               "texts": ["fine text 123", "bad 中"]})
     engine = Engine(EngineSettings(ocr_engine=None, timing_repeats=1, timing_warmup=0))
@@ -142,7 +142,7 @@ def test_a_text_pixels_case_gets_the_kpis():
     assert good.kpis["text_tokens"] == len(qwen_tokenize("fine text 123"))
     assert good.kpis["vision_tokens"] == good.kpis["tokens_after"] < good.kpis["tokens_before"]
     assert good.kpis["optical_compression_ratio"] == pytest.approx(good.kpis["text_tokens"] / good.kpis["tokens_after"])
-    assert good.info["vision_bytes"] == good.kpis["tokens_after"] * 384 * 4  # ViT-S width, float32
+    assert good.info["vision_bytes"] == good.kpis["tokens_after"] * 192 * 4  # ViT-Ti width, float32
     assert good.info["text_pixels"] == {"kind": "log", "family": "mono", "font_px": 16, "mode": 512}
     assert result.kpis["optical_compression_ratio"] == pytest.approx(good.kpis["optical_compression_ratio"])
     assert all(name in KPIS for name in result.kpis)
