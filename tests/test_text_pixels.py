@@ -209,12 +209,27 @@ def test_report_states_where_accuracy_falls_below_95_percent_per_mode(tmp_path):
     report = write_report([r for r in rows if r["row_kind"] == "case"], sample_rows, tmp_path / "POC.md")
     text = report.path.read_text()
     assert "## Text as pixels: accuracy vs optical compression" in text and "arXiv 2510.18234" in text
-    assert "| 1024 | PP-OCR | 6 | 10.4x |" in text
-    assert "| 512 | PP-OCR | 4 | stays >= 95% up to 8.0x (highest measured) |" in text
-    assert "| 1024 | VLM | 4 | 12.1x |" in text  # 0.995 at 5x, 0.9 at 20x: 5 + 15 * 0.045 / 0.095
+    assert "| 1024 | PP-OCR | all | 6 | 10.4x |" in text and "| 1024 | PP-OCR | 12 | 3 | 10.4x |" in text
+    assert "| 512 | PP-OCR | all | 4 | stays >= 95% up to 8.0x (highest measured) |" in text
+    assert "| 1024 | VLM | all | 4 | 12.1x |" in text  # 0.995 at 5x, 0.9 at 20x: 5 + 15 * 0.045 / 0.095
+    assert "Caveat" not in text  # no image_size recorded: nothing known to be coarser than the page
     assert "bytes ratio (bytes, not tokens)" in text
     png = tmp_path / "POC_text_pixels.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_warns_when_the_encoder_saw_fewer_pixels_than_the_page():
+    from evalsuite.report.text_pixels import section
+    from evalsuite.results import RunInfo
+    from evalsuite.sinks.rows import to_rows
+
+    result = _text_case("none", {}, 1024, 5.0, 0.99)
+    result.env = {"image_size": "224"}
+    rows = [r for r in to_rows(RunInfo("run-tp", "2026-12-03T04:00:00Z", "abc", "box", "cpu"), [result])
+            if r["row_kind"] == "sample"]
+    text = section(rows)
+    assert "Caveat: in 2 of 2 points the encoder saw the page at fewer pixels" in text and "224 px" in text
+    assert "| 1024 | 12 | PP-OCR | dinov2_s14 | 224 | none |" in text
 
 
 def test_report_without_text_pages_has_no_section(tmp_path):

@@ -48,6 +48,7 @@ class Point:
     text_tokens: float
     vision_tokens: float
     bytes_ratio: float | None
+    encoder_px: int | None = None  # side of the encoder's input (the case's image_size), None if not recorded
 
 
 def _kpi(row: Row, name: str) -> float | None:
@@ -67,6 +68,14 @@ def _style(row: Row) -> tuple[int, int] | None:
         return int(style["mode"]), int(style["font_px"])
     parsed = page_style(str(row.get("sample_id", "")))
     return None if parsed is None else (parsed.mode, parsed.font_px)
+
+
+def _encoder_px(row: Row) -> int | None:
+    """The encoder's input side as the case recorded it (``image_size`` in the row's versions)."""
+    try:
+        return int((row.get("versions") or {}).get("image_size"))
+    except (TypeError, ValueError):
+        return None
 
 
 def _method(row: Row) -> str:
@@ -89,16 +98,16 @@ def points(sample_rows: Iterable[Row]) -> list[Point]:
             continue
         for reader, key in READERS.items():
             if _kpi(row, key) is not None:
-                groups[(style[0], style[1], reader, row["model"], _method(row))].append(row)
+                groups[(style[0], style[1], reader, row["model"], _method(row), _encoder_px(row))].append(row)
     out = []
-    for (mode, font_px, reader, model, method), rows in groups.items():
+    for (mode, font_px, reader, model, method, encoder_px), rows in groups.items():
         byte_ratios = [v for v in (_kpi(r, "bytes_ratio_text_over_vision") for r in rows) if v is not None]
         out.append(Point(mode, font_px, reader, model, method, len(rows),
                          _mean(_kpi(r, "optical_compression_ratio") for r in rows),
                          _mean(_kpi(r, READERS[reader]) for r in rows),
                          _mean(_kpi(r, "text_tokens") or 0.0 for r in rows),
                          _mean(_kpi(r, "vision_tokens") or 0.0 for r in rows),
-                         _mean(byte_ratios) if byte_ratios else None))
+                         _mean(byte_ratios) if byte_ratios else None, encoder_px))
     return sorted(out, key=lambda p: (p.mode, p.reader, p.font_px, p.ratio, p.model, p.method))
 
 
@@ -146,11 +155,17 @@ def plot(pts: list[Point], path: Path) -> None:
     for ax, mode in zip(axes, modes):
         for i, font_px in enumerate(fonts):
             for reader in READERS:
-                curve = sorted((p.ratio, p.accuracy) for p in pts
+                curve = sorted((p.ratio, p.accuracy, p.method) for p in pts
                                if p.mode == mode and p.font_px == font_px and p.reader == reader)
-                if curve:
-                    ax.plot(*zip(*curve), styles.get(reader, ":"), marker="o", ms=4, color=f"C{i % 10}",
-                            label=f"{reader}, {font_px} px")
+                if not curve:
+                    continue
+                # methods differ in more than their token count: the line joins them in ratio order,
+                # each point is labelled with its method
+                ax.plot([c[0] for c in curve], [c[1] for c in curve], styles.get(reader, ":"), marker="o", ms=4,
+                        color=f"C{i % 10}", alpha=0.8, label=f"{reader}, {font_px} px")
+                for ratio, accuracy, method in curve:
+                    ax.annotate(method.split("(")[0], (ratio, accuracy), fontsize=6, xytext=(3, -8),
+                                textcoords="offset points", color=f"C{i % 10}")
         ax.scatter(*zip(*DEEPSEEK_OCR), marker="*", s=140, color="black", zorder=5, label=DEEPSEEK_CITE)
         ax.axhline(ACCURACY_FLOOR, color="grey", ls=":", lw=1)
         ax.set_title(f"{mode} x {mode} px page")
@@ -186,17 +201,28 @@ def section(sample_rows: Iterable[Row], plot_path: Path | None = None) -> str:
     if plot_path is not None:
         plot(pts, Path(plot_path))
         out += [f"![accuracy vs optical compression ratio]({Path(plot_path).name})", ""]
-    out += ["### Where accuracy falls below 95%", ""]
-    by_mode: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
+    coarse = [p for p in pts if p.encoder_px is not None and p.encoder_px < p.mode]
+    if coarse:
+        out += [f"> Caveat: in {len(coarse)} of {len(pts)} points the encoder saw the page at fewer pixels than "
+                f"it has (e.g. {coarse[0].encoder_px} px for a {coarse[0].mode} px page), while PP-OCR read the "
+                "page at full resolution as the token plan left it. Their accuracy overstates what those vision "
+                "tokens carry; for an honest curve run the encoder at the page's resolution (image_size = mode).",
+                ""]
+    out += ["### Where accuracy falls below 95%", "",
+            "Along increasing ratio, over the points of a mode (all font sizes, then each font size): "
+            "interpolated between the last point at or above 95% and the first below.", ""]
+    curves: dict[tuple[int, str, str], list[tuple[float, float]]] = defaultdict(list)
     for p in pts:
-        by_mode[(p.mode, p.reader)].append((p.ratio, p.accuracy))
-    out += _table(["mode (px)", "reader", "points", "accuracy < 95% at ratio"],
-                  ([str(mode), reader, str(len(curve)), _threshold_text(*falls_below(curve))]
-                   for (mode, reader), curve in sorted(by_mode.items())))
+        curves[(p.mode, p.reader, "all")].append((p.ratio, p.accuracy))
+        curves[(p.mode, p.reader, str(p.font_px))].append((p.ratio, p.accuracy))
+    order = lambda item: (item[0][0], item[0][1], item[0][2] != "all", int(item[0][2]) if item[0][2].isdigit() else 0)  # noqa: E731
+    out += _table(["mode (px)", "reader", "font px", "points", "accuracy < 95% at ratio"],
+                  ([str(mode), reader, font, str(len(curve)), _threshold_text(*falls_below(curve))]
+                   for (mode, reader, font), curve in sorted(curves.items(), key=order)))
     out += ["", "### Points", ""]
-    out += _table(["mode (px)", "font px", "reader", "model", "method", "pages", "text tokens", "vision tokens",
-                   "ratio (tokens)", "accuracy", "bytes ratio (bytes, not tokens)"],
-                  ([str(p.mode), str(p.font_px), p.reader, p.model, p.method, str(p.pages), f"{p.text_tokens:.0f}",
-                    f"{p.vision_tokens:.0f}", f"{p.ratio:.2f}x", f"{p.accuracy:.4f}",
-                    "-" if p.bytes_ratio is None else f"{p.bytes_ratio:.4g}"] for p in pts))
+    out += _table(["mode (px)", "font px", "reader", "model", "encoder input px", "method", "pages", "text tokens",
+                   "vision tokens", "ratio (tokens)", "accuracy", "bytes ratio (bytes, not tokens)"],
+                  ([str(p.mode), str(p.font_px), p.reader, p.model, "-" if p.encoder_px is None else str(p.encoder_px),
+                    p.method, str(p.pages), f"{p.text_tokens:.0f}", f"{p.vision_tokens:.0f}", f"{p.ratio:.2f}x",
+                    f"{p.accuracy:.4f}", "-" if p.bytes_ratio is None else f"{p.bytes_ratio:.4g}"] for p in pts))
     return "\n".join(out) + "\n"
