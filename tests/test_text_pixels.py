@@ -259,3 +259,14 @@ def test_the_text_pixels_matrix_is_half_the_tokens_on_every_mode():
         modes |= {page_style(s.sample_id).mode for s in samples}
         assert len(samples) <= 4 and all(s.reference_text for s in samples)
     assert modes == set(MODES)
+
+
+def test_the_gpu_matrix_shows_the_encoder_the_whole_page():
+    from pathlib import Path
+
+    from evalsuite import matrix
+
+    cases = matrix.load([Path(__file__).resolve().parents[1] / "cases" / "text_pixels_gpu.toml"])
+    assert cases and all(c.model.needs_gpu for c in cases)
+    for case in cases:
+        assert all(case.model.image_size >= mode for mode in case.dataset.params["modes"])
