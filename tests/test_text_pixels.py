@@ -129,7 +129,8 @@ def test_a_text_pixels_case_gets_the_kpis():
     from evalsuite.metrics.kpis import KPIS
     from evalsuite.metrics.text_tokens import qwen_tokenize
 
-    model = ModelSpec("vit_ti16", "timm_vit", 64, "cpu", "float32", {"arch": "vit_tiny_patch16_224", "pretrained": False})
+    model = ModelSpec("vit_ti16", "timm_vit", 64, "cpu", "float32",
+                      {"arch": "vit_tiny_patch16_224", "pretrained": False})
     pages = DatasetSpec("tp", "text_pixels", {"pages": 2, "modes": [512], "font_sizes": [16],
                                               "texts": ["fine text 123", "bad 中"]})
     engine = Engine(EngineSettings(ocr_engine=None, timing_repeats=1, timing_warmup=0))

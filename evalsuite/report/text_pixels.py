@@ -195,8 +195,8 @@ def section(sample_rows: Iterable[Row], plot_path: Path | None = None) -> str:
            "case's model after compression; accuracy: 1 - CER of the reader's read-back. PP-OCR reads the page at its "
            "own resolution as the token plan left it (merged patches painted their mean colour, dropped ones "
            "blank, a downscaled input resampled): what survives compression, an upper bound on what a decoder "
-           "of those tokens could read, not a trained decoder like DeepSeek-OCR's. Reference marks: " + DEEPSEEK_CITE + ", about 97% decoding precision below 10x "
-           "and about 60% at 20x. The bytes ratio (UTF-8 bytes of text over bytes of vision-token activations) "
+           "of those tokens could read, not a trained decoder like DeepSeek-OCR's. Reference marks: "
+           f"{DEEPSEEK_CITE}, about 97% decoding precision below 10x and about 60% at 20x. The bytes ratio (UTF-8 bytes of text over bytes of vision-token activations) "
            "is how 40-80x claims count; it is not a token ratio.", ""]
     if plot_path is not None:
         plot(pts, Path(plot_path))
@@ -211,14 +211,13 @@ def section(sample_rows: Iterable[Row], plot_path: Path | None = None) -> str:
     out += ["### Where accuracy falls below 95%", "",
             "Along increasing ratio, over the points of a mode (all font sizes, then each font size): "
             "interpolated between the last point at or above 95% and the first below.", ""]
-    curves: dict[tuple[int, str, str], list[tuple[float, float]]] = defaultdict(list)
+    curves: dict[tuple[int, str, int], list[tuple[float, float]]] = defaultdict(list)  # font 0: all sizes
     for p in pts:
-        curves[(p.mode, p.reader, "all")].append((p.ratio, p.accuracy))
-        curves[(p.mode, p.reader, str(p.font_px))].append((p.ratio, p.accuracy))
-    order = lambda item: (item[0][0], item[0][1], item[0][2] != "all", int(item[0][2]) if item[0][2].isdigit() else 0)  # noqa: E731
+        curves[(p.mode, p.reader, 0)].append((p.ratio, p.accuracy))
+        curves[(p.mode, p.reader, p.font_px)].append((p.ratio, p.accuracy))
     out += _table(["mode (px)", "reader", "font px", "points", "accuracy < 95% at ratio"],
-                  ([str(mode), reader, font, str(len(curve)), _threshold_text(*falls_below(curve))]
-                   for (mode, reader, font), curve in sorted(curves.items(), key=order)))
+                  ([str(mode), reader, str(font or "all"), str(len(curve)), _threshold_text(*falls_below(curve))]
+                   for (mode, reader, font), curve in sorted(curves.items())))
     out += ["", "### Points", ""]
     out += _table(["mode (px)", "font px", "reader", "model", "encoder input px", "method", "pages", "text tokens",
                    "vision tokens", "ratio (tokens)", "accuracy", "bytes ratio (bytes, not tokens)"],
