@@ -16,7 +16,8 @@ Text the font cannot draw (a CJK character, an emoji) would come out as empty
 boxes that no reader can recover: such a sample is kept, but its ``load``
 raises a :class:`~evalsuite.data.sample.SampleError` naming the sample and the
 missing characters (``texts=[...]`` renders given texts instead of generated
-ones, which is where that happens).
+ones, which is where that happens). Generated texts are ASCII: DejaVu draws Cyrillic too,
+but the bundled PP-OCR models read Latin script only.
 
 Sample ids carry the page's style, ``text_pixels/003-log-mono-16px-1024``, so
 rows read back from a store can be grouped by mode and font size
