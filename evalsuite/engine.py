@@ -21,7 +21,7 @@ from .data.datasets import DATASETS
 from .data.sample import Sample, SampleError
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
 from .methods import build
-from .metrics import flops, similarity
+from .metrics import flops, similarity, text_tokens
 from .metrics.latency import timed_calls
 from .models import MODELS
 from .models.base import EncoderOutput, ModelAdapter
@@ -188,9 +188,11 @@ class Engine:
         if self.settings.export_dir is not None:
             with self._stage("export"):
                 self._export(case, ref, outputs)
+        text_tokens.add_sample_kpis(ref.samples, records, adapter.embed_dim, adapter.dtype.itemsize)  # text pages
         result.samples.extend(records)
         self.last_artifacts = list(zip(ref.samples, [plan for out in outputs for plan in out.plans]))
         result.kpis = self._case_kpis(adapter, compressor, records, timing, ref)
+        result.kpis.update(text_tokens.case_kpis(records))
         result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in self.stage_seconds.items()
                                 if v - started.get(k, 0.0) > 0}
         result.env = {

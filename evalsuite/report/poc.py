@@ -347,7 +347,8 @@ class PocReport:
 
 def write_report(case_rows: list[Row], sample_rows: list[Row], out: str | Path = DEFAULT_OUT,
                  limits: Limits = Limits()) -> PocReport:
-    """Write the markdown and ``<stem>_pareto.png`` beside it from rows of one run."""
+    """Write the markdown and ``<stem>_pareto.png`` beside it from rows of one run (and
+    ``<stem>_text_pixels.png`` when the run has ``text_pixels`` pages)."""
     if not case_rows:
         raise ValueError("no case rows to report on")
     out = Path(out)
@@ -355,7 +356,10 @@ def write_report(case_rows: list[Row], sample_rows: list[Row], out: str | Path =
     plot = out.with_name(out.stem + "_pareto.png")
     plotted = plot_pareto(case_rows, plot, limits)
     rec = recommend(case_rows, limits)
-    out.write_text(render(case_rows, sample_rows, rec, plot_name=plot.name, plotted=plotted, limits=limits),
+    from .text_pixels import section as text_pixels_section  # "" unless the run drew text_pixels pages
+
+    out.write_text(render(case_rows, sample_rows, rec, plot_name=plot.name, plotted=plotted, limits=limits)
+                   + text_pixels_section(sample_rows, out.with_name(out.stem + "_text_pixels.png")),
                    encoding="utf-8")
     return PocReport(out, plot, case_rows[0]["run_id"], rec)
 

@@ -29,6 +29,7 @@ DATASETS.register("samples", "evalsuite.data.datasets.samples:load_samples")
 DATASETS.register("synthetic", "evalsuite.data.datasets.synthetic:load_synthetic")
 DATASETS.register("sroie", "evalsuite.data.datasets.sroie:load_sroie")
 DATASETS.register("photos", "evalsuite.data.datasets.photos:load_photos")
+DATASETS.register("text_pixels", "evalsuite.data.datasets.text_pixels:load_text_pixels")
 
 
 def load_dataset(name: str, root: Path | None = None, limit: int | None = None, **options) -> list[Sample]:
