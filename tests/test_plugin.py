@@ -169,7 +169,7 @@ def pytest_runtest_setup(item):
     from evalsuite.plugin import SESSION_KEY
 
     engine = item.config.stash[SESSION_KEY]._engine
-    started = engine is not None and engine._ocr is not None and bool(engine._ocr._pool._processes)
+    started = engine is not None and engine._ocr is not None and bool(engine._ocr.reader.pids())
     with open("ocr_at_setup.txt", "a") as fh:
         fh.write(f"{item.callspec.id} {started}\\n")
 """
@@ -239,7 +239,7 @@ def test_case_is_timed_with_no_ocr_read_in_flight(monkeypatch, device):
 
         def watched(*args, **kwargs):
             if name == "_time":  # args[0]: the engine; its stage's reads queued and not yet done
-                events.append(f"_time starts, {len(args[0]._ocr._in_flight)} reads in flight")
+                events.append(f"_time starts, {args[0]._ocr.reader.in_flight()} reads in flight")
             else:
                 events.append(f"{name} starts")
             try:

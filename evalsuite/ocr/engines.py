@@ -90,8 +90,8 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
 class _ClassScores:
     """What rapidocr's CTC decoder reads of the rec model's scores [lines, steps, classes]:
     their ``argmax`` and ``max`` over the classes, reduced where the scores are. The
-    classes are 18k wide: copying them to the host and reducing them there made one
-    pool process read 2.4 receipts/s on an H100 instead of 3.1."""
+    classes are 18k wide: copying them to the host to reduce them there slows every read on a GPU
+    (docs/performance.md)."""
 
     def __init__(self, scores):
         best, index = scores.max(dim=-1)  # ties: the first index, as numpy's argmax
