@@ -231,3 +231,73 @@ def test_an_entry_stored_as_its_claim_is_released_is_not_read_again(monkeypatch)
         assert future.result(timeout=0) == "stored by the other worker"
     finally:
         others.close()
+
+
+def _kill(pids: list[int]) -> None:
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _children() -> set[int]:
+    """This process's child processes, from /proc (the pool's readers among them)."""
+    from pathlib import Path
+
+    return {int(pid) for task in Path(f"/proc/{os.getpid()}/task").iterdir()
+            for pid in (task / "children").read_text().split()}
+
+
+def test_a_reader_killed_mid_read_costs_only_that_read_which_is_read_again(tmp_path, monkeypatch):
+    """kill -9 of a pool process while a read waits for it breaks the pool; the pool is built again
+    and the read queued there, so it still returns the page's text; later reads use the new pool."""
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
+    page = np.asarray(render_page("invoice", 8).image)
+    stage = OcrStage(workers=1)
+    try:
+        stage.wait_loaded()
+        [reader_pid] = stage.reader.pids()
+        assert reader_pid in _children()
+        stage.reader.run_in_pool(time.sleep, 30.0)  # the one reader is busy: the read below waits for it
+        text = stage.reader.read(page)
+        _kill([reader_pid])
+        assert text.result(timeout=120) == stage.reader.engine.read(page).text
+        assert stage.reader.restarts == 1 and reader_pid not in stage.reader.pids()
+        flipped = np.ascontiguousarray(page[::-1])
+        assert stage.reader.read(flipped).result(timeout=120) == stage.reader.engine.read(flipped).text
+        assert stage.reader.restarts == 1
+    finally:
+        stage.close()
+
+
+def test_a_sample_whose_read_fails_again_is_reported_and_keeps_its_record(tmp_path, monkeypatch):
+    """Readers killed again and again: the read fails on the rebuilt pool too, and the sample gets
+    an error naming it instead of OCR KPIs (the error does not end the case)."""
+    import threading
+
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
+    page = render_page("invoice", 9)
+    sample = Sample("t/page", "t", "document", lambda: page.image, reference_text=page.text)
+    record = SampleRecord(sample.sample_id, "document", kpis={"feature_cosine": 1.0})
+    stage = OcrStage(workers=1)
+    stop = threading.Event()
+
+    def keep_killing():
+        while not stop.is_set():
+            _kill(stage.reader.pids())
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=keep_killing, daemon=True)
+    try:
+        killer.start()
+        stage.collect(stage.submit([sample], [SimpleNamespace(plans=[HALF])], [record]))
+    finally:
+        stop.set()
+        killer.join()
+        stage.close()
+    assert record.error.startswith("OCR failed on sample t/page: BrokenProcessPool")
+    assert record.info["error_stage"] == "ocr" and record.kpis == {"feature_cosine": 1.0}
+    assert 1 <= stage.reader.restarts <= 2  # each of the two reads (original, reconstruction) retried once, not forever

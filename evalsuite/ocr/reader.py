@@ -20,6 +20,11 @@ another worker has claimed is not read again but waited for, on a thread that
 watches the cache (:class:`OtherWorkersReads`), while this worker's own reads go
 on. Claiming at the start rather than when queueing lets two workers that begin
 on the same dataset split its originals between their pools.
+
+A reader process that ends mid-read (killed, out of memory) breaks the pool, and
+every read in flight with it: the pool is built again and those reads are queued
+once more (:meth:`OcrReader.read_in_pool`); a read that fails a second time raises
+its error, which the caller reports on its sample.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Callable, Iterable
 
@@ -110,7 +116,9 @@ def read_in_process(image: np.ndarray, key: str | None) -> str | None:
     """A pool process's read of ``image``, cached under ``key`` unless it is None. The claim on
     ``key`` is taken here, as the read starts, not when the read was queued: another worker's
     pool that reaches the same image first reads it, and this returns None (read elsewhere: the
-    reader waits for that entry). An entry stored since the read was queued is returned as it is."""
+    reader waits for that entry). An entry stored since the read was queued is returned as it is.
+    A process killed mid-read leaves its claim behind; the claim names the dead pid, so it no
+    longer counts (:func:`evalsuite.ocr.cache.claimed`) and the read is claimed again on retry."""
     if key is None:
         return _ENGINE.read(image).text
     hit, claimed = cache.lookup_or_claim(key)
@@ -243,6 +251,8 @@ class OcrReader:
         self._lock = threading.Lock()
         self._ahead: list[threading.Thread] = []  # read_ahead's threads, each with its reads
         self._ahead_jobs: list[Future] = []
+        self._closed = False
+        self.restarts = 0  # pools built again after one of their processes ended mid-read
 
     # -- reads ---------------------------------------------------------------------------
     def key(self, image: np.ndarray) -> str:
@@ -273,20 +283,52 @@ class OcrReader:
             if self._in_flight.get(key) is job:
                 del self._in_flight[key]
 
-    def read_in_pool(self, image: np.ndarray, key: str) -> Future:
+    def read_in_pool(self, image: np.ndarray, key: str, retries: int = 1) -> Future:
         """The pool's read of ``image`` under cache key ``key``, without this reader's own look at
         the cache; one that another worker claimed before a pool process could start it is waited
-        for instead (see :func:`read_in_process`)."""
+        for instead (see :func:`read_in_process`). A read lost to a crashed pool process (the pool
+        is broken: every read in flight fails with it) is read again, ``retries`` times, by a new
+        pool (:meth:`_rebuild`); one that still fails raises its error from ``result()``."""
         future = Future()
+        pool = self._pool
+        try:
+            job = pool.submit(read_in_process, image, key)
+        except BrokenProcessPool as exc:  # broken since the last read: no process is left to read this one
+            if retries <= 0:
+                future.set_exception(exc)
+                return future
+            self._rebuild(pool)
+            return self.read_in_pool(image, key, retries - 1)
 
         def settle(job: Future) -> None:
-            if not job.cancelled() and job.exception() is None and job.result() is None:
+            error = None if job.cancelled() else job.exception()
+            if isinstance(error, BrokenProcessPool) and retries > 0:
+                try:
+                    self._rebuild(pool)
+                    _chain(self.read_in_pool(image, key, retries - 1), future)
+                except Exception as exc:  # the reader is closed, or a new pool cannot start
+                    future.set_exception(exc)
+            elif not job.cancelled() and error is None and job.result() is None:
                 _chain(self._others.wait_for(key, image), future)  # read elsewhere
             else:
                 _chain(job, future)
 
-        self._pool.submit(read_in_process, image, key).add_done_callback(settle)
+        job.add_done_callback(settle)
         return future
+
+    def _rebuild(self, broken: ProcessPoolExecutor) -> None:
+        """Replace the pool ``broken`` (one of its processes ended mid-read: killed, or out of
+        memory) by a new one, unless that was done already; a closed reader raises instead. The new
+        processes load their models as the first ones did, and :meth:`wait_idle` waits for them."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the OCR reader is closed")
+            if self._pool is not broken:  # another read found it broken first
+                return
+            self._pool, loading = start_pool(self.engine_name, self.device, self.processes)
+            self._loading = [*self._loading, *loading]
+            self.restarts += 1
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def read_ahead(self, images: Iterable[Callable[[], np.ndarray | None]]) -> None:
         """Queue the reads of the images ``images`` load (a loader returns None to be left out) from
@@ -314,8 +356,13 @@ class OcrReader:
     # -- state ---------------------------------------------------------------------------
     def wait_loaded(self) -> None:
         """Until every pool process has loaded its models (they take cores a timed forward needs)."""
-        wait_all(self._loading)
-        self._loading = []
+        while True:  # a pool built again meanwhile (:meth:`_rebuild`) adds its processes' loads
+            with self._lock:
+                self._loading = [job for job in self._loading if not job.done()]
+                loading = list(self._loading)
+            if not loading:
+                return
+            wait_all(loading)
 
     def wait_idle(self) -> None:
         """Until the pool has loaded and the reads queued by :meth:`read_ahead` are done: what the
@@ -350,6 +397,8 @@ class OcrReader:
                 | {"ocr_engine": self.engine_name, "ocr_device": self.device})
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self._others.close()
         self._pool.shutdown(wait=False, cancel_futures=True)  # a read not started holds no claim
         cache.prune_if_due()

@@ -23,6 +23,15 @@ from .reconstruct import reconstruct
 from .scoring import score
 
 
+ERROR_STAGE = "error_stage"  # SampleRecord.info key: the stage whose error ``record.error`` is, when not the whole sample's
+
+
+def describe(exc: BaseException) -> str:
+    """A read's error as one line that always says something (some errors have an empty message)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no message)"
+
+
 def _has_text(original_job: Future) -> bool:
     """Whether OCR(original) found any text (waits for it; a failed read counts as text, to report it)."""
     try:
@@ -101,7 +110,8 @@ class OcrStage:
                 original_text = original_job.result()
                 seen_text = original_text if seen_job is None else seen_job.result()
             except Exception as exc:  # one unreadable page must not end the case
-                record.error = f"OCR failed on sample {sample.sample_id}: {type(exc).__name__}: {exc}"
+                record.error = f"OCR failed on sample {sample.sample_id}: {describe(exc)}"
+                record.info[ERROR_STAGE] = "ocr"  # its tokens and cosine were measured: they still count
                 continue
             score(record, sample, original_text, seen_text, reread=seen_job is not None)
 
