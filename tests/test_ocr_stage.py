@@ -301,3 +301,49 @@ def test_a_sample_whose_read_fails_again_is_reported_and_keeps_its_record(tmp_pa
     assert record.error.startswith("OCR failed on sample t/page: BrokenProcessPool")
     assert record.info["error_stage"] == "ocr" and record.kpis == {"feature_cosine": 1.0}
     assert 1 <= stage.reader.restarts <= 2  # each of the two reads (original, reconstruction) retried once, not forever
+
+
+READER_IN_A_WORKER = """
+import sys, time
+from evalsuite.ocr.reader import OcrReader
+
+reader = OcrReader(workers=2)
+reader.wait_loaded()
+print(*reader.pids(), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by its new parent, does not)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_readers_end_with_their_worker_when_it_is_killed(tmp_path):
+    """kill -9 of the process that started a pool (an xdist worker, say) runs no clean-up: its
+    readers notice they lost their parent and end within seconds, instead of holding their models."""
+    import signal
+    import subprocess
+    import sys
+
+    worker = subprocess.Popen([sys.executable, "-c", READER_IN_A_WORKER], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "EVALSUITE_CACHE": str(tmp_path)})
+    try:
+        pids = [int(pid) for pid in worker.stdout.readline().split()]
+        assert len(pids) == 2 and all(map(_alive, pids))
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    deadline = time.monotonic() + 5 * stage_module_check_s() + 5
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, pids)), f"readers {pids} outlived their worker"
+
+
+def stage_module_check_s() -> float:
+    return reader_module.PARENT_CHECK_S

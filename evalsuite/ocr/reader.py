@@ -24,11 +24,13 @@ on the same dataset split its originals between their pools.
 A reader process that ends mid-read (killed, out of memory) breaks the pool, and
 every read in flight with it: the pool is built again and those reads are queued
 once more (:meth:`OcrReader.read_in_pool`); a read that fails a second time raises
-its error, which the caller reports on its sample.
+its error, which the caller reports on its sample. Readers end with the process
+that started them, however it ends (:func:`_end_with`): no reader outlives its worker.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -45,6 +47,7 @@ _ENGINE = None  # one engine per pool process
 # Pool processes per GPU by default: more readers than this slowed a two-GPU gate down (they take the
 # cores the workers' timed forwards need), fewer left the GPU idle (docs/performance.md).
 GPU_READERS = 8
+PARENT_CHECK_S = 0.5  # how often a reader checks that its worker is alive (:func:`_end_with`)
 
 
 def reader_options(device: str) -> dict:
@@ -63,7 +66,7 @@ def start_pool(engine_name: str, device: str, processes: int,
     of them have loaded their models (and read ``warmup``): see :func:`_init`."""
     context = get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init,
-                               initargs=(engine_name, device, context.Barrier(processes), warmup))
+                               initargs=(engine_name, device, context.Barrier(processes), warmup, os.getpid()))
     # Each submit while no process is idle starts one; a task runs once its process is initialized.
     return pool, [pool.submit(_loaded) for _ in range(processes)]
 
@@ -84,13 +87,17 @@ def _one_thread_each(device: str) -> None:
         torch.set_num_threads(1)
 
 
-def _init(engine_name: str, device: str = "cpu", all_loaded=None, warmup: np.ndarray | None = None) -> None:
-    """A pool process's initializer: one thread each, its engine, models loaded (and ``warmup`` read,
-    uncached, so first-inference costs are paid); then, with ``all_loaded`` (a barrier of the pool's
-    processes), it waits until every process has done the same."""
+def _init(engine_name: str, device: str = "cpu", all_loaded=None, warmup: np.ndarray | None = None,
+          parent: int | None = None) -> None:
+    """A pool process's initializer: it ends with ``parent`` (:func:`_end_with`), then one thread each,
+    its engine, models loaded (and ``warmup`` read, uncached, so first-inference costs are paid);
+    then, with ``all_loaded`` (a barrier of the pool's processes), it waits until every process has
+    done the same."""
     global _ENGINE
     from .engines import get_engine
 
+    if parent is not None:
+        _end_with(parent)
     _one_thread_each(device)
     _ENGINE = get_engine(engine_name, **reader_options(device))
     load = getattr(_ENGINE, "load", None)  # optional: engines load on their first read otherwise
@@ -106,6 +113,23 @@ def _init(engine_name: str, device: str = "cpu", all_loaded=None, warmup: np.nda
             all_loaded.wait(timeout=600)
         except threading.BrokenBarrierError:  # a process that failed to start: its error comes with a read
             pass
+
+
+def _end_with(parent: int, every_s: float = PARENT_CHECK_S) -> None:
+    """End this process once ``parent`` (the worker that started the pool) has ended, however it
+    ended: a worker killed with -9 runs no clean-up, and its readers, each holding its models, would
+    otherwise outlive it, waiting on a queue nobody writes to. A thread checks every ``every_s``
+    whether this process was handed to another parent (a dead parent's children are re-parented).
+    Portable, and unlike ``PR_SET_PDEATHSIG`` it does not fire when the *thread* that started the
+    process ends (a pool built again is started from one of the pool's own threads)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)  # no clean-up to wait for: the reads of a dead worker have no one to go to
+
+    if os.getppid() != parent:  # it ended while this process started
+        os._exit(1)
+    threading.Thread(target=watch, name="evalsuite-ocr-parent", daemon=True).start()
 
 
 def _loaded() -> None:
