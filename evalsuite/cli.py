@@ -59,16 +59,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return 1
     for path in files:
         try:
-            written = skipped = 0
+            written = skipped = replaced = 0
             for run, cases in spool.load(path):
-                w, s = sink.insert(run, cases)
-                written, skipped = written + w, skipped + s
+                counts = sink.insert(run, cases)
+                written, skipped, replaced = (written + counts.written, skipped + counts.skipped,
+                                              replaced + counts.replaced)
         except Exception as exc:  # keep the file; say why and go on with the next
             print(f"{path}: not ingested, kept: {sink.explain(exc)}", file=sys.stderr)
             rc = 1
             continue
         moved = "" if path.parent.name == spool.DONE_DIR else f"; moved to {spool.mark_done(path)}"
-        print(f"{path}: {written} rows written to {sink.where}, {skipped} already present{moved}")
+        again = f", replacing {replaced} rows of an earlier run with the same run id" if replaced else ""
+        print(f"{path}: {written} rows written to {sink.where}, {skipped} already present or superseded"
+              f"{again}{moved}")
     return rc
 
 

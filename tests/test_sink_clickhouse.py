@@ -197,3 +197,30 @@ def test_write_results_spools_when_the_option_carries_a_password(tmp_path):
     spooled = tmp_path / ".evalsuite" / "spool" / "run-7.jsonl"
     assert "hunter2" not in line and "u:***@db" in line and PASSWORD_ENV in line
     assert line.endswith(f"load later with: evalsuite ingest {spooled}") and spooled.exists()
+
+
+def test_a_rerun_of_a_run_id_replaces_its_rows_and_an_older_spool_does_not_undo_it(sink, tmp_path):
+    """The same run id run twice, the second time with the opposite verdict: the table then holds
+    the second run's rows only (what the terminal said last); ingesting the first run's spool
+    afterwards changes nothing; writing the second run again adds nothing."""
+    from dataclasses import replace as copy
+
+    first_run, second_run = RUN, copy(RUN, started_at="2026-11-22T10:05:00.250+00:00")
+    passed = [CaseResult("c", "vit_b16", "none", {}, "photos", kpis={"tokens_before": 196.0},
+                         samples=[SampleRecord("p1", "photo", {})])]
+    failed = [copy(passed[0], breaches=[Breach("emd", 0.5, 0.3, "<=", "t")], samples=[
+        SampleRecord("p1", "photo", {}), SampleRecord("p2", "photo", {})])]
+    assert str(sink.write(first_run, passed)).startswith("2 rows written")
+    again = sink.write(second_run, failed)
+    assert again.rows == 3 and again.replaced == 2 and "replacing 2 rows of an earlier run" in str(again)
+
+    def table():
+        return sink.select(f"SELECT row_kind, sample_id, passed FROM {TABLE} WHERE run_id = 'run-7' "
+                           "ORDER BY row_kind, sample_id")[1]
+
+    assert table() == [("case", "", 0), ("sample", "p1", 1), ("sample", "p2", 1)]
+    late = sink.write(first_run, passed)  # the first run's spool, ingested late
+    assert late.superseded and late.rows == 0 and "holds a later run" in str(late)
+    assert sink.write(second_run, failed).skipped == 3
+    assert table() == [("case", "", 0), ("sample", "p1", 1), ("sample", "p2", 1)]
+    assert sink.select(f"SELECT count() FROM {TABLE}")[1] == [(3,)]  # no FINAL needed
