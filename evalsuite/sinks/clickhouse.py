@@ -148,6 +148,35 @@ def _epoch_ms(stamp) -> int:
     return round(stamp.timestamp() * 1000)
 
 
+class ChdbFolderError(OSError):
+    """The chDB folder cannot be opened, for the reason the message gives (read-only, in use)."""
+
+
+def chdb_folder_problem(folder: Path) -> str | None:
+    """Why chDB cannot open ``folder``, told apart: a folder that cannot be made or written (a
+    read-only or full disk) or one another process holds (chDB lets one process open a folder at
+    a time, and locks its ``status`` file); None when neither is found."""
+    import fcntl
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"chDB folder {folder} cannot be written ({exc.strerror or exc}): a read-only or full disk?"
+    try:
+        with open(folder / "status", "a") as status:
+            fcntl.flock(status, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(status, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return (f"chDB folder {folder} is in use by another process (chDB lets one process open a folder "
+                "at a time): wait for it to end, or point --evalsuite-dsn at another folder")
+    except OSError as exc:
+        return f"chDB folder {folder}: its status file cannot be opened ({exc.strerror or exc})"
+    return None
+
+
 def is_store_error(exc: BaseException) -> bool:
     """Raised by the client or the engine (as opposed to a bug in evalsuite)."""
     return type(exc).__module__.split(".")[0] in ("clickhouse_connect", "chdb", "urllib3") or isinstance(exc, OSError)
@@ -254,8 +283,15 @@ class ClickHouseSink:
         import clickhouse_connect
 
         if self.is_chdb:
-            Path(urlsplit(self.dsn).path).mkdir(parents=True, exist_ok=True)
-            return clickhouse_connect.get_client(dsn=self.dsn)
+            folder = Path(urlsplit(self.dsn).path)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                return clickhouse_connect.get_client(dsn=self.dsn)
+            except Exception as exc:
+                reason = chdb_folder_problem(folder)
+                if reason is None:
+                    raise
+                raise ChdbFolderError(reason) from exc
         parts = urlsplit(self.dsn)
         interface = {"https": "https", "clickhouses": "https", "http": "http"}.get(parts.scheme)
         return clickhouse_connect.get_client(

@@ -71,9 +71,20 @@ def append(path: str | os.PathLike, run: RunInfo, results: list[CaseResult]) -> 
 
 def load(path: str | os.PathLike) -> list[tuple[RunInfo, list[CaseResult]]]:
     """Every run in a spool file with its cases, in file order (repeated runs merged; a run's info
-    is its latest ``run`` line, which the controller writes again with every case)."""
+    is its latest ``run`` line, which the controller writes again with every case). A line that is
+    not a spool line raises :class:`ValueError` naming the file and line (:func:`load_intact` skips it)."""
+    runs, bad = load_intact(path)
+    if bad:
+        raise ValueError(bad[0])
+    return runs
+
+
+def load_intact(path: str | os.PathLike) -> tuple[list[tuple[RunInfo, list[CaseResult]]], list[str]]:
+    """:func:`load`'s runs from the lines that parse, and ``"<file>:<line>: not a spool line (why)"``
+    for each that does not (a truncated last line, say, of a run killed while writing it)."""
     runs: dict[str, tuple[RunInfo, list[CaseResult]]] = {}
-    with open(path, encoding="utf-8") as f:
+    bad = []
+    with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -87,8 +98,8 @@ def load(path: str | os.PathLike) -> list[tuple[RunInfo, list[CaseResult]]]:
                 else:
                     raise ValueError(f"unknown line type {entry['type']!r}")
             except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a spool line ({exc})") from exc
-    return list(runs.values())
+                bad.append(f"{path}:{lineno}: not a spool line ({exc})")
+    return list(runs.values()), bad
 
 
 def mark_done(path: str | os.PathLike) -> Path:
