@@ -68,6 +68,8 @@ def write_results(config: Any, run: RunInfo, results: list[CaseResult], journal:
             outcome = _journal_outcome(journal, results, None)
         elif scheme in SINKS and SINKS.get(scheme) is not ClickHouseSink:  # e.g. a third-party sink
             outcome = open_sink(dsn).write(run, results)
+            if journal is not None and journal.kept:  # the rows are in: the journal is not pending
+                mark_done(journal.path)
         elif journal is not None:
             sink = ClickHouseSink(dsn, chdb_dir=root / "chdb", spool_dir=root / "spool")
             try:
