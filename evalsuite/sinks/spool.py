@@ -58,7 +58,7 @@ def append(path: str | os.PathLike, run: RunInfo, results: list[CaseResult]) -> 
             size = os.fstat(fd).st_size
             if size != start + len(data):
                 raise OSError(errno.EIO, f"{path} holds {size} bytes after appending {len(data)} to {start}")
-        except OSError:
+        except BaseException:  # a disk error, or Ctrl-C/SIGTERM between a short write and the rest
             try:
                 os.ftruncate(fd, start)
             except OSError:  # the file may keep a partial last line: load names it
