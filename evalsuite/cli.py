@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
-
-from evalsuite.sinks import spool
+from evalsuite.sinks import has_password, spool
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -53,22 +51,33 @@ def _spool_files(paths: list[str]) -> list[Path]:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     sink, rc = _sink(args), 0
-    files = _spool_files(args.spool)
-    if not files:
-        print("evalsuite ingest: no spool files found", file=sys.stderr)
+    missing = [p for p in args.spool if not Path(p).exists()]
+    if missing:
+        print(f"evalsuite ingest: no such spool file or folder: {', '.join(missing)}", file=sys.stderr)
         return 1
+    files = _spool_files(args.spool)
+    if not files:  # nothing pending: every run reached the store
+        print(f"evalsuite ingest: nothing to ingest: no spool files (*.jsonl) in {', '.join(args.spool)}")
+        return 0
     for path in files:
         try:
-            written = skipped = 0
-            for run, cases in spool.load(path):
-                w, s = sink.insert(run, cases)
-                written, skipped = written + w, skipped + s
+            written = skipped = replaced = 0
+            runs, bad = spool.load_intact(path)
+            for line in bad:  # e.g. the last line of a run killed while writing it
+                print(f"{line}: not a spool line, left out (the file's other lines are ingested)", file=sys.stderr)
+                rc = 1
+            for run, cases in runs:
+                counts = sink.insert(run, cases)
+                written, skipped, replaced = (written + counts.written, skipped + counts.skipped,
+                                              replaced + counts.replaced)
         except Exception as exc:  # keep the file; say why and go on with the next
             print(f"{path}: not ingested, kept: {sink.explain(exc)}", file=sys.stderr)
             rc = 1
             continue
         moved = "" if path.parent.name == spool.DONE_DIR else f"; moved to {spool.mark_done(path)}"
-        print(f"{path}: {written} rows written to {sink.where}, {skipped} already present{moved}")
+        again = f", replacing {replaced} rows of an earlier run with the same run id" if replaced else ""
+        print(f"{path}: {written} rows written to {sink.where}, {skipped} already present or superseded"
+              f"{again}{moved}")
     return rc
 
 
@@ -195,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.dsn and urlsplit(args.dsn).password is not None:
+    if args.dsn and has_password(args.dsn):
         parser.error("--dsn must not carry a password: set EVALSUITE_CLICKHOUSE_PASSWORD "
                      "(or put the whole DSN in EVALSUITE_CLICKHOUSE_DSN)")
     try:

@@ -256,7 +256,8 @@ class Engine:
                        compression=[out.compression_seconds for _, out in calls])
 
     def _case_kpis(self, adapter, compressor, records, timing: Timings, ref: Reference) -> dict[str, float]:
-        ok = [r for r in records if r.error is None]
+        # a sample whose OCR alone failed keeps its tokens and cosine (no OCR KPIs: it has none)
+        ok = [r for r in records if r.error is None or r.info.get("error_stage") == "ocr"]
 
         def mean(key):
             values = [r.kpis[key] for r in ok if key in r.kpis and not math.isnan(r.kpis[key])]

@@ -57,6 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("evalsuite_run_id", "string", "", "run id"),
         ("evalsuite_no_ocr", "bool", False, "skip OCR KPIs"),
         ("evalsuite_scheduler", "string", "affinity", "xdist scheduler under --dist worksteal"),
+        ("evalsuite_spool_fallback", "string", "",
+         "folders for the spool when its own cannot be written (os.pathsep-separated; env EVALSUITE_SPOOL_FALLBACK); "
+         "the system's temporary folder comes last"),
     ]:
         parser.addini(name, text, type=kind, default=default)
 
@@ -72,6 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "evalsuite: an evaluation case from the case matrix")
     _refuse_gpu_without_cuda(config)
     session = config.stash[SESSION_KEY] = EvalSession(config)
+    _sigterm_as_ctrl_c(config)
     config.pluginmanager.register(_ReportHooks(session), "evalsuite-reports")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "evalsuite-xdist")
@@ -96,7 +100,38 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    session.config.stash[SESSION_KEY].finish()
+    _restore_sigterm(session.config)  # a second SIGTERM while results are written ends the run; they are spooled
+    if not session.config.stash[SESSION_KEY].finish() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR  # the rows could not be kept: the gate must not pass
+
+
+_SIGTERM_KEY = pytest.StashKey[object]()
+
+
+def _sigterm_as_ctrl_c(config: pytest.Config) -> None:
+    """SIGTERM (what CI sends to a cancelled or timed-out job) interrupts the run as Ctrl-C does:
+    pytest ends it, the KPI table is printed, the finished cases' rows are written and the exit code
+    is pytest's for an interrupted run. A handler someone else installed is left as it is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    config.stash[_SIGTERM_KEY] = signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(lambda: _restore_sigterm(config))
+
+
+def _restore_sigterm(config: pytest.Config) -> None:
+    import signal
+
+    previous = config.stash.get(_SIGTERM_KEY, None)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+        del config.stash[_SIGTERM_KEY]
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:

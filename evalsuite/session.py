@@ -61,6 +61,9 @@ class EvalSession:
         self.first_case_start: float | None = None  # epoch seconds, from the test reports
         self.last_case_stop: float | None = None
         self.outcomes: list[str] = []  # where results went, for the terminal summary
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # tells reruns of an id apart
+        self._journal = None  # the controller's spool of finished cases (evalsuite.sinks.journal)
+        self._run_static: dict | None = None
         self._engine: Engine | None = None
         workerinput = getattr(config, "workerinput", {})
         self.run_id = workerinput.get("evalsuite_run_id") or option(config, "run_id") or _new_run_id()
@@ -252,35 +255,49 @@ class EvalSession:
         for name, value in report.user_properties:
             if name == RESULT_PROPERTY:
                 self.results.append(CaseResult.from_json(value))
+                if self.is_controller:  # on disk before the next case: a run cut short keeps it
+                    self.journal.append(self.run_info(), self.results[-1])
+
+    @property
+    def journal(self):
+        """Controller: the run's spool, written case by case (:mod:`evalsuite.sinks.journal`)."""
+        if self._journal is None:
+            from .sinks import Journal, spool_folder
+            from .sinks.journal import fallback_folders
+
+            folders = [spool_folder(self.config), *fallback_folders(option(self.config, "spool_fallback"))]
+            self._journal = Journal(folders, self.run_id)
+        return self._journal
 
     def run_info(self) -> RunInfo:
-        return RunInfo(
-            run_id=self.run_id,
-            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            git_commit=_git_commit(self.rootdir),
-            host=socket.gethostname(),
-            gpu=_gpu_summary(self.results),
-            tenant_id=os.environ.get("EVALSUITE_TENANT", "default"),
-            versions=package_versions(),
-            seed=self.defaults()["seed"],
-        )
+        if self._run_static is None:  # what does not change during the run, looked up once
+            self._run_static = dict(git_commit=_git_commit(self.rootdir), host=socket.gethostname(),
+                                    tenant_id=os.environ.get("EVALSUITE_TENANT", "default"),
+                                    versions=package_versions(), seed=self.defaults()["seed"])
+        return RunInfo(run_id=self.run_id, started_at=self.started_at, gpu=_gpu_summary(self.results),
+                       **self._run_static)
 
-    def finish(self) -> None:
-        """Controller only: hand every collected result to the sinks."""
+    def finish(self) -> bool:
+        """Controller only: hand every collected result to the sinks; False when their rows could not
+        be kept anywhere (the store and every spool folder failed)."""
         if not self.is_controller:
-            return
+            return True
+        kept = True
         run = self.run_info()
         self._record_costs()
         if self.results:
-            from .sinks import write_results
+            from .sinks import ROWS_LOST, write_results
 
-            self.outcomes.extend(write_results(self.config, run, self.results))
+            lines = write_results(self.config, run, self.results, self.journal)
+            self.outcomes.extend(lines)
+            kept = not any(ROWS_LOST in line for line in lines)
         if self.allure_dir:
             from .report import allure
 
             allure.write_environment(self.allure_dir, run, self.results)
             self.outcomes.append(f"evalsuite Allure results: {self.allure_dir} "
                                  f"(HTML: allure generate {self.allure_dir} -o allure-report)")
+        return kept
 
     def close(self) -> None:
         if self._engine is not None:

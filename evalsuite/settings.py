@@ -24,7 +24,7 @@ class EngineSettings:
     timing_repeats: int = 10
     timing_warmup: int = 2
     ocr_engine: str | None = "rapidocr"  # None: no OCR KPIs
-    ocr_workers: int = 0  # OCR pool processes; 0: one per available core, ocr.stage.GPU_READERS on a GPU
+    ocr_workers: int = 0  # OCR pool processes; 0: one per available core, ocr.reader.GPU_READERS on a GPU
     ocr_device: str = "auto"  # auto: the worker's GPU when its cases run on one; "cpu"; "cuda"
     export_dir: Path | None = None  # per-case .npz of what the model still sees
     worker_index: int = 0  # pytest-xdist worker number, picks the GPU

@@ -131,3 +131,12 @@ def test_a_device_or_runtime_rapidocr_cannot_use_is_refused(options, message):
 def test_paddleocr_missing_is_a_clear_error():
     with pytest.raises(OcrEngineUnavailable, match="paddleocr is not installed.*models"):
         OCR_ENGINES.get("paddleocr")()
+
+
+@pytest.mark.parametrize("shape", [(40, 5000, 3), (5000, 40, 3)])
+def test_an_image_too_thin_to_read_fails_with_its_size_and_the_reason(engine, shape):
+    """rapidocr's own error here has an empty message; the cause it carries says why."""
+    from evalsuite.ocr.engines import OcrReadError
+
+    with pytest.raises(OcrReadError, match=rf"a {shape[1]}x{shape[0]} image: ResizeImgError: resize_w or resize_h"):
+        engine.read(np.full(shape, 255, np.uint8))

@@ -14,7 +14,7 @@ from PIL import Image
 from evalsuite.data.pages import render_page
 from evalsuite.data.sample import Sample, SampleError
 from evalsuite.ocr import cache
-from evalsuite.ocr import stage as stage_module
+from evalsuite.ocr import reader as reader_module
 from evalsuite.ocr.stage import OcrStage
 from evalsuite.plan import TokenPlan
 from evalsuite.results import SampleRecord
@@ -28,7 +28,7 @@ def _what_this_process_loaded() -> tuple[int, list]:
     """(pid, [the session types of the det and rec models this pool process holds, OpenCV's threads])."""
     import cv2
 
-    ocr = stage_module._ENGINE._ocr
+    ocr = reader_module._ENGINE._ocr
     models = [] if ocr is None else [ocr.text_det, ocr.text_rec]
     return os.getpid(), [type(model.session).__name__ for model in models if model is not None] + [cv2.getNumThreads()]
 
@@ -39,8 +39,8 @@ def test_every_pool_process_has_loaded_its_models_once_the_stage_says_so(device,
     stage = OcrStage(workers=2, device=device)
     try:
         stage.wait_loaded()
-        assert len(stage._pool._processes) == 2  # both started with the stage, before any read
-        seen = dict(stage._pool.submit(_what_this_process_loaded).result() for _ in range(6))
+        assert len(stage.reader.pids()) == 2  # both started with the stage, before any read
+        seen = dict(stage.reader.run_in_pool(_what_this_process_loaded).result() for _ in range(6))
     finally:
         stage.close()
     assert seen and all(loaded == [session, session, 1] for loaded in seen.values())  # one OpenCV thread each
@@ -56,7 +56,7 @@ def test_a_pool_whose_models_cannot_load_reports_it_on_every_read():
         stage.wait_loaded()
         for _ in range(2):
             with pytest.raises(RuntimeError, match="NVIDIA driver|CUDA"):
-                stage._pool.submit(stage_module._read, page, None).result()
+                stage.reader.run_in_pool(reader_module.read_in_process, page, None).result()
     finally:
         stage.close()
 
@@ -116,7 +116,7 @@ def test_reads_cached_before_are_looked_up_by_the_stage_not_sent_to_its_pool(tmp
     try:
         first, again = records(), records()
         stage.collect(stage.submit(samples[:1], [half], first))
-        stage._pool.shutdown(wait=True)  # from here, a read the pool has to do raises
+        stage.reader.stop_pool()  # from here, a read the pool has to do raises
         stage.collect(stage.submit(samples[:1], [half], again))
         with pytest.raises(RuntimeError, match="shutdown"):
             stage.submit(samples[1:], [half], records())
@@ -135,18 +135,18 @@ def test_a_read_another_worker_has_claimed_is_waited_for_not_done_again(tmp_path
     other = np.ascontiguousarray(page[:, ::-1])
     stage = OcrStage(workers=1)
     try:
-        claim_file = claim_of_an_ended_process(cache.cache_key(other, stage._engine))  # its process is gone
-        read_here = stage._read_job(other)
-        assert read_here.result(timeout=120) == stage._engine.read(other).text
-        assert not claim_file.exists() and cache.lookup(cache.cache_key(other, stage._engine))  # given up
+        claim_file = claim_of_an_ended_process(cache.cache_key(other, stage.reader.engine))  # its process is gone
+        read_here = stage.reader.read(other)
+        assert read_here.result(timeout=120) == stage.reader.engine.read(other).text
+        assert not claim_file.exists() and cache.lookup(cache.cache_key(other, stage.reader.engine))  # given up
 
-        stage._pool.shutdown(wait=True)  # from here, a read the pool has to do raises
-        key = cache.cache_key(page, stage._engine)
+        stage.reader.stop_pool()  # from here, a read the pool has to do raises
+        key = cache.cache_key(page, stage.reader.engine)
         assert cache.claim(key)  # "another worker" (a live process: this one) is reading the page
-        waited = stage._read_job(page)
-        time.sleep(5 * stage._others.POLL_S)
+        waited = stage.reader.read(page)
+        time.sleep(5 * reader_module.OtherWorkersReads.POLL_S)
         assert not waited.done()
-        cache.store(key, stage._engine, stage._engine.read(page))  # the other worker's entry lands
+        cache.store(key, stage.reader.engine, stage.reader.engine.read(page))  # the other worker's entry lands
         cache.release(key)
         assert waited.result(timeout=10) == cache.lookup(key).text
     finally:
@@ -164,12 +164,12 @@ def test_a_read_claimed_elsewhere_after_it_was_queued_is_waited_for(tmp_path, mo
     stage = OcrStage(workers=1)
     try:
         stage.wait_loaded()
-        key = cache.cache_key(page, stage._engine)
+        key = cache.cache_key(page, stage.reader.engine)
         assert cache.claim(key)  # taken after the look: the stage sends the page to its pool
-        waited = stage._pool_read(page, key)
-        time.sleep(5 * stage._others.POLL_S)
+        waited = stage.reader.read_in_pool(page, key)
+        time.sleep(5 * reader_module.OtherWorkersReads.POLL_S)
         assert not waited.done() and not cache.lookup(key)  # the pool process did not read it
-        cache.store(key, stage._engine, OcrResult("read by the other worker", []))
+        cache.store(key, stage.reader.engine, OcrResult("read by the other worker", []))
         cache.release(key)
         assert waited.result(timeout=10) == "read by the other worker"
     finally:
@@ -192,14 +192,14 @@ def test_originals_read_ahead_are_read_once_and_scored_without_the_pool(tmp_path
     stage = OcrStage(workers=1)
     try:
         stage.wait_loaded()
-        stage._pool.submit(time.sleep, 1.0)  # the one reader is busy: what is queued now stays queued
+        stage.reader.run_in_pool(time.sleep, 1.0)  # the one reader is busy: what is queued now stays queued
         pixels = np.asarray(page.image)
-        queued = stage._read_job(pixels)
-        assert stage._read_job(pixels.copy()) is queued and not queued.done()  # one read, shared
+        queued = stage.reader.read(pixels)
+        assert stage.reader.read(pixels.copy()) is queued and not queued.done()  # one read, shared
         stage.read_ahead(samples)
         stage.wait_idle()
-        assert queued.done() and not stage._in_flight and len(stage._ahead_jobs) == 0
-        stage._pool.shutdown(wait=True)  # from here, a read the pool has to do raises
+        assert queued.done() and stage.reader.in_flight() == 0
+        stage.reader.stop_pool()  # from here, a read the pool has to do raises
         records = [SampleRecord(s.sample_id, s.doc_type) for s in samples]
         identity = TokenPlan.identity((2, 2))
         stage.collect(stage.submit(samples, [SimpleNamespace(plans=[identity] * 3)], records))
@@ -224,10 +224,126 @@ def test_an_entry_stored_as_its_claim_is_released_is_not_read_again(monkeypatch)
     def read_here(image, key):
         raise AssertionError("read again although the entry had landed")
 
-    others = stage_module.OtherWorkersReads(read_here)
+    others = reader_module.OtherWorkersReads(read_here)
     try:
         future = Future()
         assert others._settle("key", np.zeros((2, 2, 3), np.uint8), future)
         assert future.result(timeout=0) == "stored by the other worker"
     finally:
         others.close()
+
+
+def _kill(pids: list[int]) -> None:
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _children() -> set[int]:
+    """This process's child processes, from /proc (the pool's readers among them)."""
+    from pathlib import Path
+
+    return {int(pid) for task in Path(f"/proc/{os.getpid()}/task").iterdir()
+            for pid in (task / "children").read_text().split()}
+
+
+def test_a_reader_killed_mid_read_costs_only_that_read_which_is_read_again(tmp_path, monkeypatch):
+    """kill -9 of a pool process while a read waits for it breaks the pool; the pool is built again
+    and the read queued there, so it still returns the page's text; later reads use the new pool."""
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
+    page = np.ascontiguousarray(np.asarray(render_page("invoice", 8).image)[:300])  # a few lines: quick reads
+    stage = OcrStage(workers=1)
+    try:
+        stage.wait_loaded()
+        [reader_pid] = stage.reader.pids()
+        assert reader_pid in _children()
+        stage.reader.run_in_pool(time.sleep, 30.0)  # the one reader is busy: the read below waits for it
+        text = stage.reader.read(page)
+        _kill([reader_pid])
+        assert text.result(timeout=120) == stage.reader.engine.read(page).text
+        assert stage.reader.restarts == 1 and reader_pid not in stage.reader.pids()
+        flipped = np.ascontiguousarray(page[::-1])
+        assert stage.reader.read(flipped).result(timeout=120) == stage.reader.engine.read(flipped).text
+        assert stage.reader.restarts == 1
+    finally:
+        stage.close()
+
+
+def test_a_sample_whose_read_fails_again_is_reported_and_keeps_its_record(tmp_path, monkeypatch):
+    """Readers killed again and again: the read fails on the rebuilt pool too, and the sample gets
+    an error naming it instead of OCR KPIs (the error does not end the case)."""
+    import threading
+
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))
+    page = render_page("invoice", 9)
+    sample = Sample("t/page", "t", "document", lambda: page.image, reference_text=page.text)
+    record = SampleRecord(sample.sample_id, "document", kpis={"feature_cosine": 1.0})
+    stage = OcrStage(workers=1)
+    stop = threading.Event()
+
+    def keep_killing():
+        while not stop.is_set():
+            _kill(stage.reader.pids())
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=keep_killing, daemon=True)
+    try:
+        killer.start()
+        stage.collect(stage.submit([sample], [SimpleNamespace(plans=[HALF])], [record]))
+    finally:
+        stop.set()
+        killer.join()
+        stage.close()
+    assert record.error.startswith("OCR failed on sample t/page: BrokenProcessPool")
+    assert record.info["error_stage"] == "ocr" and record.kpis == {"feature_cosine": 1.0}
+    assert 1 <= stage.reader.restarts <= 2  # each of the two reads (original, reconstruction) retried once, not forever
+
+
+READER_IN_A_WORKER = """
+import sys, time
+from evalsuite.ocr.reader import OcrReader
+
+reader = OcrReader(workers=2)
+reader.wait_loaded()
+print(*reader.pids(), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by its new parent, does not)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_readers_end_with_their_worker_when_it_is_killed(tmp_path):
+    """kill -9 of the process that started a pool (an xdist worker, say) runs no clean-up: its
+    readers notice they lost their parent and end within seconds, instead of holding their models."""
+    import signal
+    import subprocess
+    import sys
+
+    worker = subprocess.Popen([sys.executable, "-c", READER_IN_A_WORKER], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "EVALSUITE_CACHE": str(tmp_path)})
+    try:
+        pids = [int(pid) for pid in worker.stdout.readline().split()]
+        assert len(pids) == 2 and all(map(_alive, pids))
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    deadline = time.monotonic() + 5 * stage_module_check_s() + 5
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, pids)), f"readers {pids} outlived their worker"
+
+
+def stage_module_check_s() -> float:
+    return reader_module.PARENT_CHECK_S

@@ -169,7 +169,7 @@ def pytest_runtest_setup(item):
     from evalsuite.plugin import SESSION_KEY
 
     engine = item.config.stash[SESSION_KEY]._engine
-    started = engine is not None and engine._ocr is not None and bool(engine._ocr._pool._processes)
+    started = engine is not None and engine._ocr is not None and bool(engine._ocr.reader.pids())
     with open("ocr_at_setup.txt", "a") as fh:
         fh.write(f"{item.callspec.id} {started}\\n")
 """
@@ -203,6 +203,36 @@ def evaluate_once(case: CaseSpec, **settings):
         return engine.evaluate(case)
     finally:
         engine.close()
+
+
+def test_a_reader_killed_during_a_case_costs_no_kpi(tmp_path, monkeypatch):
+    """kill -9 of the OCR pool's process (a child of this one) as the case queues its reads: the
+    pool is built again, the reads succeed there, and the case keeps every KPI, OCR's included."""
+    import signal
+
+    from evalsuite.ocr.stage import OcrStage
+
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))  # the reconstruction is read, not found cached
+    submit, killed, stages = OcrStage.submit, [], []
+
+    def kill_then_submit(stage, *args):
+        stages.append(stage)
+        for pid in stage.reader.pids():
+            assert str(pid) in Path(f"/proc/{pid}/stat").read_text() and _parent(pid) == os.getpid()
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        return submit(stage, *args)
+
+    monkeypatch.setattr(OcrStage, "submit", kill_then_submit)
+    result = evaluate_once(small_case("tome", {"merge_factor": 0.5}, "tome_f0.5"))
+    assert killed and stages[0].reader.restarts == 1
+    assert all(s.error is None for s in result.samples), [s.error for s in result.samples]
+    assert result.error is None and result.kpis["tokens_reduction_pct"] > 0 and result.kpis["feature_cosine_mean"] > 0
+    assert "ocr_wer_drift" in result.kpis and result.kpis["encoder_ms_p50"] > 0
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def test_unreadable_image_fails_that_sample_and_the_case_goes_on(tmp_path, monkeypatch):
@@ -239,7 +269,7 @@ def test_case_is_timed_with_no_ocr_read_in_flight(monkeypatch, device):
 
         def watched(*args, **kwargs):
             if name == "_time":  # args[0]: the engine; its stage's reads queued and not yet done
-                events.append(f"_time starts, {len(args[0]._ocr._in_flight)} reads in flight")
+                events.append(f"_time starts, {args[0]._ocr.reader.in_flight()} reads in flight")
             else:
                 events.append(f"{name} starts")
             try:

@@ -150,6 +150,7 @@ def test_chdb_dir_owned_by_another_process_spools(sink, tmp_path):
     finally:
         holder.communicate("", timeout=30)
     assert outcome.spooled and outcome.rows == 5 and sink.where in outcome.reason
+    assert "is in use by another process" in outcome.reason and "cannot be written" not in outcome.reason
     assert (tmp_path / "spool" / "run-7.jsonl").exists()
     assert not sink.write(RUN, results()).spooled  # free again: this process opens it
 
@@ -197,3 +198,54 @@ def test_write_results_spools_when_the_option_carries_a_password(tmp_path):
     spooled = tmp_path / ".evalsuite" / "spool" / "run-7.jsonl"
     assert "hunter2" not in line and "u:***@db" in line and PASSWORD_ENV in line
     assert line.endswith(f"load later with: evalsuite ingest {spooled}") and spooled.exists()
+
+
+def test_a_rerun_of_a_run_id_replaces_its_rows_and_an_older_spool_does_not_undo_it(sink, tmp_path):
+    """The same run id run twice, the second time with the opposite verdict: the table then holds
+    the second run's rows only (what the terminal said last); ingesting the first run's spool
+    afterwards changes nothing; writing the second run again adds nothing."""
+    from dataclasses import replace as copy
+
+    first_run, second_run = RUN, copy(RUN, started_at="2026-11-22T10:05:00.250+00:00")
+    passed = [CaseResult("c", "vit_b16", "none", {}, "photos", kpis={"tokens_before": 196.0},
+                         samples=[SampleRecord("p1", "photo", {})])]
+    failed = [copy(passed[0], breaches=[Breach("emd", 0.5, 0.3, "<=", "t")], samples=[
+        SampleRecord("p1", "photo", {}), SampleRecord("p2", "photo", {})])]
+    assert str(sink.write(first_run, passed)).startswith("2 rows written")
+    again = sink.write(second_run, failed)
+    assert again.rows == 3 and again.replaced == 2 and "replacing 2 rows of an earlier run" in str(again)
+
+    def table():
+        return sink.select(f"SELECT row_kind, sample_id, passed FROM {TABLE} WHERE run_id = 'run-7' "
+                           "ORDER BY row_kind, sample_id")[1]
+
+    assert table() == [("case", "", 0), ("sample", "p1", 1), ("sample", "p2", 1)]
+    late = sink.write(first_run, passed)  # the first run's spool, ingested late
+    assert late.superseded and late.rows == 0 and "holds a later run" in str(late)
+    assert sink.write(second_run, failed).skipped == 3
+    assert table() == [("case", "", 0), ("sample", "p1", 1), ("sample", "p2", 1)]
+    assert sink.select(f"SELECT count() FROM {TABLE}")[1] == [(3,)]  # no FINAL needed
+
+
+def test_a_read_only_chdb_folder_is_told_from_a_locked_one(tmp_path):
+    """A chDB folder on a read-only disk (a tmpfs remounted read-only: chmod does not stop root)
+    spools with that reason, not "in use"."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        (disk / "chdb").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        outcome = ClickHouseSink(chdb_dir=disk / "chdb", spool_dir=tmp_path / "spool").write(RUN, results())
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    assert outcome.spooled and "cannot be written (Read-only file system)" in outcome.reason
+    assert "in use" not in outcome.reason
+
+
+def test_write_results_refuses_a_password_in_the_dsn_query(tmp_path):
+    [line] = write_results(_Config(tmp_path, "clickhouse://db:8123/evals?password=hunter2"), RUN, results())
+    assert "hunter2" not in line and "password=***" in line and "carries a password" in line and "spooled" in line

@@ -53,10 +53,31 @@ def test_a_failed_ingest_keeps_the_file(spooled, capsys):
     assert "not ingested, kept" in capsys.readouterr().err and spooled.exists()
 
 
-def test_a_password_on_the_command_line_is_refused(spooled, capsys):
+@pytest.mark.parametrize("dsn", ["clickhouse://u:hunter2@db:8123", "clickhouse://db:8123/evals?password=hunter2"])
+def test_a_password_on_the_command_line_is_refused(spooled, capsys, dsn):
     with pytest.raises(SystemExit) as exit_:
-        main(["ingest", str(spooled), "--dsn", "clickhouse://u:hunter2@db:8123"])
-    assert exit_.value.code == 2 and "EVALSUITE_CLICKHOUSE_PASSWORD" in capsys.readouterr().err
+        main(["ingest", str(spooled), "--dsn", dsn])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "EVALSUITE_CLICKHOUSE_PASSWORD" in err and "hunter2" not in err
+
+
+def test_a_truncated_line_is_named_and_the_intact_lines_are_ingested(spooled, tmp_path, capsys):
+    """The last line cut short, as a run killed while writing it leaves it: the other cases go in."""
+    text = spooled.read_text()
+    spooled.write_text(text[: len(text) - 40])  # the second case's line loses its end
+    chdb = tmp_path / "chdb"
+    assert main(["ingest", str(spooled), "--chdb-dir", str(chdb)]) == 1
+    out, err = capsys.readouterr()
+    assert f"{spooled}:3: not a spool line" in err and "left out" in err
+    assert "4 rows written" in out and count(chdb) == 4  # the first case and its 3 samples
+
+
+def test_an_empty_spool_folder_is_nothing_to_do(tmp_path, capsys):
+    (tmp_path / "spool").mkdir()
+    assert main(["ingest", str(tmp_path / "spool"), "--chdb-dir", str(tmp_path / "chdb")]) == 0
+    assert "nothing to ingest" in capsys.readouterr().out
+    assert main(["ingest", str(tmp_path / "absent"), "--chdb-dir", str(tmp_path / "chdb")]) == 1
+    assert "no such spool file or folder" in capsys.readouterr().err
 
 
 def test_another_process_can_query_after_the_sink_closed(tmp_path):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stage
+from . import reader
 from ..workers import available_cores
 
 
@@ -54,12 +54,12 @@ def worker_counts(cores: int) -> list[int]:
 
 def time_reads(images: list[np.ndarray], workers: int, engine_name: str = "rapidocr", device: str = "cpu") -> float:
     """Wall seconds for ``workers`` warmed-up pool processes to read every image once, uncached."""
-    pool, loading = stage.start_pool(engine_name, device, workers, warmup=images[0])  # the OCR stage's pool
+    pool, loading = reader.start_pool(engine_name, device, workers, warmup=images[0])  # the OCR stage's pool
     with pool:
         for job in loading:  # every process up and warm before the clock starts
             job.result()
         start = time.perf_counter()
-        list(pool.map(stage._read, images, [None] * len(images)))
+        list(pool.map(reader.read_in_process, images, [None] * len(images)))
         return time.perf_counter() - start
 
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = args.workers or worker_counts(cores)
     timings = run(sets, counts, args.engine, args.device)
     load_after = os.getloadavg()[0]
-    info = get_engine(args.engine, **stage.reader_options(args.device)).version_info()
+    info = get_engine(args.engine, **reader.reader_options(args.device)).version_info()
     runtime = info.get("runtime") or f"onnxruntime {info.get('onnxruntime', '-')}"
     print(f"OCR stage throughput: {info.get('engine')} {info.get('version')}, {runtime} on {args.device}, "
           f"1 CPU thread per process, cache bypassed, {cores} cores available")

@@ -12,8 +12,8 @@ Entries are JSON under ``cache_dir("ocr")``, written to a temporary file and
 renamed into place, so concurrent workers never read half a file. A process about
 to read an image claims its key first (:func:`claim`, a file created exclusively
 beside the entry); another worker that finds the claim waits for the entry
-instead of reading the same image at the same time (on a GPU gate with a fresh
-cache, both workers began with the 100 SROIE receipts). A claim whose process
+instead of reading the same image at the same time (two workers that begin on the
+same dataset with a fresh cache would otherwise read all its originals twice). A claim whose process
 has ended, or older than :data:`CLAIM_STALE_S`, no longer counts. A hit marks its entry used;
 :func:`prune` drops the least recently used entries beyond :data:`CACHE_BYTES`
 (each worker asks, at most hourly: :func:`prune_if_due`).
@@ -35,10 +35,10 @@ from evalsuite.ocr.engines import OcrEngine, OcrLine, OcrResult
 from evalsuite.paths import cache_dir
 
 
-CACHE_BYTES = 512 << 20  # what :func:`prune` keeps: about 50 gate runs of new plans on the full store
-PRUNE_EVERY_S = 3600.0  # :func:`prune_if_due`: a full cache takes about 1 s to scan (130k entries)
-CLAIM_STALE_S = 900.0  # a claim this old counts as abandoned: a claim lasts one read (about 3 s a receipt on
-                       # one core); this bounds one left by a process on another host, whose pid is not checked
+CACHE_BYTES = 512 << 20  # what :func:`prune` keeps: many gate runs' worth of new plans on the full store
+PRUNE_EVERY_S = 3600.0  # :func:`prune_if_due`: scanning a full cache takes a noticeable time, so not every run
+CLAIM_STALE_S = 900.0  # a claim this old counts as abandoned: a claim lasts one read (seconds), so this only
+                       # bounds one left by a process on another host, whose pid is not checked
 
 
 def cache_key(image: np.ndarray, engine: OcrEngine) -> str:
@@ -46,7 +46,7 @@ def cache_key(image: np.ndarray, engine: OcrEngine) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps(engine.version_info(), sort_keys=True, default=str).encode())
     digest.update(repr(image.shape).encode())
-    digest.update(np.ascontiguousarray(image).data)  # the pixels in place: no copy of a 26 MB page
+    digest.update(np.ascontiguousarray(image).data)  # the pixels in place: no copy of a page of megapixels
     return digest.hexdigest()
 
 

@@ -55,6 +55,35 @@ class OcrEngineUnavailable(RuntimeError):
     """The engine cannot run here (package or model files missing); the message says what to install."""
 
 
+class OcrReadError(RuntimeError):
+    """An engine failed on one image; the message says why (and its size)."""
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, from ``exc`` or the errors that caused it (rapidocr's resize error of an image
+    too thin to scale has an empty message; its cause says the short side would be 0 pixels).
+
+    >>> try:
+    ...     try:
+    ...         raise ValueError("resize_w or resize_h is less than or equal to 0")
+    ...     except ValueError as cause:
+    ...         raise KeyError() from cause
+    ... except KeyError as exc:
+    ...     _reason(exc)
+    'KeyError: ValueError: resize_w or resize_h is less than or equal to 0'
+    """
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 5:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = [type(e).__name__ for e in chain]
+    for i, error in enumerate(chain):
+        if str(error).strip():
+            shown = [n for j, n in enumerate(names[:i + 1]) if j == 0 or n != names[j - 1]]
+            return ": ".join(shown) + f": {str(error).strip()}"
+    return f"{names[0]} (no message)"
+
+
 @runtime_checkable
 class OcrEngine(Protocol):
     name: str
@@ -90,8 +119,8 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
 class _ClassScores:
     """What rapidocr's CTC decoder reads of the rec model's scores [lines, steps, classes]:
     their ``argmax`` and ``max`` over the classes, reduced where the scores are. The
-    classes are 18k wide: copying them to the host and reducing them there made one
-    pool process read 2.4 receipts/s on an H100 instead of 3.1."""
+    classes are 18k wide: copying them to the host to reduce them there slows every read on a GPU
+    (docs/performance.md)."""
 
     def __init__(self, scores):
         best, index = scores.max(dim=-1)  # ties: the first index, as numpy's argmax
@@ -228,7 +257,11 @@ class RapidOcrEngine:
 
     def read(self, image: np.ndarray) -> OcrResult:
         bgr = np.ascontiguousarray(_check_rgb(image)[..., ::-1])  # rapidocr takes arrays as OpenCV BGR
-        output = self._engine()(bgr)
+        try:
+            output = self._engine()(bgr)
+        except Exception as exc:
+            raise OcrReadError(f"rapidocr could not read a {image.shape[1]}x{image.shape[0]} image: "
+                               f"{_reason(exc)}") from exc
         if not getattr(output, "txts", None):
             return OcrResult("", [])
         lines = [OcrLine(tuple((float(x), float(y)) for x, y in box), text, float(score))

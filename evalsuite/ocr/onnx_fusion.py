@@ -5,8 +5,8 @@ a convolution's bias as an Add after it, a linear layer's bias as an Add after
 its MatMul, GELU as five elementwise nodes (``x * (1 + erf(x / sqrt 2)) * 0.5``),
 LayerNorm as nine; and about 140 of their ~470 nodes are Identity. Each node the
 interpreter runs costs host time and, on a GPU, a kernel launch and a pass over
-memory. Fused, the det and rec graphs run 190 nodes each instead of 464 and 480,
-and a receipt read on one CPU thread takes 13% less time (same texts).
+memory. Fused, the det and rec graphs run well under half as many nodes, and a
+read takes less time on the CPU too, with the same texts (docs/performance.md).
 
 A rewrite matches a chain whose intermediate values have one reader each and
 are no graph output, and puts one node where the chain's last node was (every

@@ -18,7 +18,8 @@ reason (server down, bad DSN, disk full, chDB directory owned by another
 process, schema mismatch) the rows go to the JSONL spool and the outcome says
 why. Ingestion is idempotent twice over: rows have deterministic ids and the
 table is a ReplacingMergeTree keyed on them, and ids already in the table are
-not inserted again, so ``count()`` is right even without ``FINAL``.
+not inserted again, so ``count()`` is right even without ``FINAL``. A rerun
+under the same run id replaces the earlier run's rows (:meth:`ClickHouseSink.insert`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from evalsuite.results import CaseResult, RunInfo
 from evalsuite.sinks import spool
-from evalsuite.sinks.base import WriteOutcome
-from evalsuite.sinks.rows import SCHEMA_VERSION, to_rows
+from evalsuite.sinks.base import InsertCounts, WriteOutcome
+from evalsuite.sinks.rows import SCHEMA_VERSION, parse_timestamp, to_rows
 
 TABLE = "vision_compression_results"
 DSN_ENV, USER_ENV, PASSWORD_ENV = "EVALSUITE_CLICKHOUSE_DSN", "EVALSUITE_CLICKHOUSE_USER", "EVALSUITE_CLICKHOUSE_PASSWORD"
@@ -142,6 +143,40 @@ def resolve_dsn(dsn: str | None = None, chdb_dir: str | os.PathLike | None = Non
     return "chdb://" + Path(chdb_dir).resolve().as_posix()
 
 
+def _epoch_ms(stamp) -> int:
+    """Milliseconds since the epoch of an aware datetime, as ``toUnixTimestamp64Milli`` gives them."""
+    return round(stamp.timestamp() * 1000)
+
+
+class ChdbFolderError(OSError):
+    """The chDB folder cannot be opened, for the reason the message gives (read-only, in use)."""
+
+
+def chdb_folder_problem(folder: Path) -> str | None:
+    """Why chDB cannot open ``folder``, told apart: a folder that cannot be made or written (a
+    read-only or full disk) or one another process holds (chDB lets one process open a folder at
+    a time, and locks its ``status`` file); None when neither is found."""
+    import fcntl
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"chDB folder {folder} cannot be written ({exc.strerror or exc}): a read-only or full disk?"
+    try:
+        with open(folder / "status", "a") as status:
+            fcntl.flock(status, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(status, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return (f"chDB folder {folder} is in use by another process (chDB lets one process open a folder "
+                "at a time): wait for it to end, or point --evalsuite-dsn at another folder")
+    except OSError as exc:
+        return f"chDB folder {folder}: its status file cannot be opened ({exc.strerror or exc})"
+    return None
+
+
 def is_store_error(exc: BaseException) -> bool:
     """Raised by the client or the engine (as opposed to a bug in evalsuite)."""
     return type(exc).__module__.split(".")[0] in ("clickhouse_connect", "chdb", "urllib3") or isinstance(exc, OSError)
@@ -180,28 +215,49 @@ class ClickHouseSink:
         Raises only when the spool cannot be written either (the caller still holds the results).
         """
         try:
-            written, skipped = self.insert(run, results)
+            counts = self.insert(run, results)
         except Exception as exc:  # whatever went wrong, the results must survive
             path = spool.append(spool.spool_file(self.spool_dir, run.run_id), run, results)
             return WriteOutcome(spool.row_count(results), str(path), spooled=True,
                                 reason=f"{self.where} failed: {self.explain(exc)}")
-        return WriteOutcome(written, self.where, skipped=skipped)
+        return WriteOutcome(counts.written, self.where, skipped=counts.skipped, replaced=counts.replaced,
+                            superseded=counts.superseded)
 
-    def insert(self, run: RunInfo, results: list[CaseResult]) -> tuple[int, int]:
-        """Insert rows whose ids the table does not hold yet -> (written, skipped). Raises on failure."""
+    def insert(self, run: RunInfo, results: list[CaseResult]) -> InsertCounts:
+        """Insert the rows of ``results``, one run's, so that the table holds the latest run of a run
+        id, and it alone. Raises on failure.
+
+        A run is told from another with the same id by its start (``run.started_at``, the rows'
+        ``timestamp``): rows of the same run already held are skipped (ingesting twice is
+        harmless); rows of an earlier run with this id are deleted first (a rerun replaces it:
+        the table never keeps the verdict the terminal no longer shows); and a run older than one
+        the table holds is left out (an old spool ingested late does not undo a rerun).
+        """
         rows = {r["row_id"]: r for r in to_rows(run, results)}
+        total = len(rows)
+        started = _epoch_ms(parse_timestamp(run.started_at))
         with self.client() as client:
             held = client.query(
-                f"SELECT DISTINCT row_id FROM `{self.table}` WHERE run_id IN {{runs:Array(String)}}",
-                parameters={"runs": sorted({r["run_id"] for r in rows.values()})},
+                f"SELECT toUnixTimestamp64Milli(timestamp) AS started, count(), groupArray(row_id) "
+                f"FROM `{self.table}` WHERE run_id = {{run:String}} GROUP BY started",
+                parameters={"run": run.run_id},
             ).result_rows
-            for (row_id,) in held:
-                rows.pop(row_id, None)
+            if any(other > started for other, _, _ in held):
+                return InsertCounts(0, total, superseded=True)
+            replaced = sum(n for other, n, _ in held if other < started)
+            if replaced:
+                client.command(
+                    f"ALTER TABLE `{self.table}` DELETE WHERE run_id = {{run:String}} "
+                    f"AND toUnixTimestamp64Milli(timestamp) < {{started:Int64}}",
+                    parameters={"run": run.run_id, "started": started}, settings={"mutations_sync": 2})
+            for other, _, ids in held:
+                if other == started:
+                    for row_id in ids:
+                        rows.pop(row_id, None)
             if rows:
                 client.insert(self.table, [[r[c] for c in COLUMN_NAMES] for r in rows.values()],
                               column_names=COLUMN_NAMES)
-        total = spool.row_count(results)
-        return len(rows), total - len(rows)
+        return InsertCounts(len(rows), total - len(rows), replaced)
 
     def select(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
         """Run ``sql`` -> (column names, rows)."""
@@ -227,8 +283,15 @@ class ClickHouseSink:
         import clickhouse_connect
 
         if self.is_chdb:
-            Path(urlsplit(self.dsn).path).mkdir(parents=True, exist_ok=True)
-            return clickhouse_connect.get_client(dsn=self.dsn)
+            folder = Path(urlsplit(self.dsn).path)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                return clickhouse_connect.get_client(dsn=self.dsn)
+            except Exception as exc:
+                reason = chdb_folder_problem(folder)
+                if reason is None:
+                    raise
+                raise ChdbFolderError(reason) from exc
         parts = urlsplit(self.dsn)
         interface = {"https": "https", "clickhouses": "https", "http": "http"}.get(parts.scheme)
         return clickhouse_connect.get_client(

@@ -12,6 +12,7 @@ it, so a glob over ``*.jsonl`` only ever picks up work that is still pending.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -37,22 +38,53 @@ def row_count(results: list[CaseResult]) -> int:
 
 
 def append(path: str | os.PathLike, run: RunInfo, results: list[CaseResult]) -> Path:
-    """Append ``run`` and ``results`` to ``path`` and fsync it."""
+    """Append ``run`` and ``results`` to ``path`` and fsync it; checked: an error while writing or
+    syncing (a full or read-only disk, a file size limit), or a file that did not grow by what was
+    written, raises :class:`OSError` after cutting the file back to its size before, so a failed
+    append leaves no half line behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"type": "run", "format": FORMAT, "run": asdict(run)})]
     lines += [json.dumps({"type": "case", "run_id": run.run_id, "case": asdict(r)}, default=float) for r in results]
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):  # a short write is what a nearly full disk does first
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            if size != start + len(data):
+                raise OSError(errno.EIO, f"{path} holds {size} bytes after appending {len(data)} to {start}")
+        except BaseException:  # a disk error, or Ctrl-C/SIGTERM between a short write and the rest
+            try:
+                os.ftruncate(fd, start)
+            except OSError:  # the file may keep a partial last line: load names it
+                pass
+            raise
+    finally:
+        os.close(fd)
     return path
 
 
 def load(path: str | os.PathLike) -> list[tuple[RunInfo, list[CaseResult]]]:
-    """Every run in a spool file with its cases, in file order (repeated runs merged)."""
+    """Every run in a spool file with its cases, in file order (repeated runs merged; a run's info
+    is its latest ``run`` line, which the controller writes again with every case). A line that is
+    not a spool line raises :class:`ValueError` naming the file and line (:func:`load_intact` skips it)."""
+    runs, bad = load_intact(path)
+    if bad:
+        raise ValueError(bad[0])
+    return runs
+
+
+def load_intact(path: str | os.PathLike) -> tuple[list[tuple[RunInfo, list[CaseResult]]], list[str]]:
+    """:func:`load`'s runs from the lines that parse, and ``"<file>:<line>: not a spool line (why)"``
+    for each that does not (a truncated last line, say, of a run killed while writing it)."""
     runs: dict[str, tuple[RunInfo, list[CaseResult]]] = {}
-    with open(path, encoding="utf-8") as f:
+    bad = []
+    with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -60,14 +92,14 @@ def load(path: str | os.PathLike) -> list[tuple[RunInfo, list[CaseResult]]]:
                 entry = json.loads(line)
                 if entry["type"] == "run":
                     run = RunInfo(**entry["run"])
-                    runs.setdefault(run.run_id, (run, []))
+                    runs[run.run_id] = (run, runs[run.run_id][1] if run.run_id in runs else [])
                 elif entry["type"] == "case":
                     runs[entry["run_id"]][1].append(CaseResult.from_json(json.dumps(entry["case"])))
                 else:
                     raise ValueError(f"unknown line type {entry['type']!r}")
             except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a spool line ({exc})") from exc
-    return list(runs.values())
+                bad.append(f"{path}:{lineno}: not a spool line ({exc})")
+    return list(runs.values()), bad
 
 
 def mark_done(path: str | os.PathLike) -> Path:
