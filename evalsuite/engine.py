@@ -172,7 +172,7 @@ class Engine:
         with self._stage("compressed_pass"):  # then to the CPU, for OCR, export and the reports
             outputs = [out if out is ref_out else _to_cpu(out) for out, ref_out in zip(outputs, ref.outputs)]
         # Timed with no OCR in flight, on a GPU too: a forward at the timing batch is host-bound,
-        # and OCR reads on every core doubled its p50 on an H100 host (README, on latency KPIs).
+        # and OCR reads on every core slow it down (docs/performance.md, "Latency KPIs").
         # So the pool has loaded and the reads queued ahead are done before either model is timed.
         if ocr is not None:
             with self._stage("ocr"):

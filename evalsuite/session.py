@@ -12,7 +12,7 @@ an xdist worker or the controller (or both, without xdist):
 
 A controller that hands the cases out to xdist workers never imports torch:
 its start-up is on the critical path of every gate run (the workers start
-after it), and torch took 2.5-3 s of it. It reads the matrix without building
+after it), and importing torch would be most of it. It reads the matrix without building
 the methods (:func:`evalsuite.matrix.read`); the workers build them, which
 checks their parameters, as a run without xdist does.
 """
@@ -289,8 +289,8 @@ class EvalSession:
 
 def _share_cpu_threads() -> None:
     """Under xdist, give each worker its share of the cores: N workers x all-core thread pools
-    oversubscribe the CPU (model loading and CPU-side work slowed 2x on a 2-GPU host).
-    Pinning each worker to its own cores as well was measured and gained nothing (2xH200)."""
+    oversubscribe the CPU and slow model loading and CPU-side work. Pinning each worker to its own
+    cores as well was measured and gained nothing (docs/performance.md, "GPU gate")."""
     import torch
 
     if xdist_workers() > 1:
@@ -356,11 +356,11 @@ def _git_commit(root: Path) -> str:
 
 def _gpu_summary(results: list[CaseResult]) -> str:
     """The GPUs the cases ran on, as the workers reported them (the controller never touches CUDA:
-    initialising it there cost the gate most of a second).
+    initialising it there would delay the gate's end).
 
-    >>> r = CaseResult("c", "m", "none", {}, "d", env={"device": "cuda:1", "gpu_name": "H200"})
-    >>> _gpu_summary([r, CaseResult("c", "m", "none", {}, "d", env={"device": "cuda:0", "gpu_name": "H200"})])
-    '2x H200'
+    >>> r = CaseResult("c", "m", "none", {}, "d", env={"device": "cuda:1", "gpu_name": "GPU-X"})
+    >>> _gpu_summary([r, CaseResult("c", "m", "none", {}, "d", env={"device": "cuda:0", "gpu_name": "GPU-X"})])
+    '2x GPU-X'
     """
     gpus = {(r.env["device"], r.env["gpu_name"]) for r in results if "gpu_name" in r.env}
     if gpus:
