@@ -1,4 +1,4 @@
-"""The ``evalsuite`` command: ``ingest`` spool files, build the PoC ``report``, ``query`` results.
+"""The ``evalsuite`` command: ``ingest`` spool files, build the PoC ``report``, ``compare`` runs, ``query`` results.
 
 ``evalsuite baselines --model M --dataset D [--data DIR] [--limit N] [--out baselines/]``
 writes the Stage A baselines of one model x dataset (:mod:`evalsuite.baselines`);
@@ -15,6 +15,10 @@ history and process lists.
 rows all reached the store is moved to ``done/`` beside it (re-ingesting it is
 harmless: rows already stored are skipped). Run it when no pytest session owns
 the chDB directory: chDB lets one process at a time open it.
+
+``evalsuite compare RUN_A RUN_B [--margin KPI=VALUE] [--markdown FILE]`` prints the KPI deltas of
+the cases both runs hold (:mod:`evalsuite.report.compare`) and exits 1 on a regression, 2 when a
+run id is not in the store.
 """
 
 from __future__ import annotations
@@ -91,6 +95,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"{report.path} (run {report.run_id}, plot {report.plot.name})")
     print(report.recommendation.reason)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0: no regression; 1: a regression (for CI); 2: an unknown run, KPI or margin, or no store."""
+    from evalsuite.registry import UnknownNameError
+    from evalsuite.report import compare
+    from evalsuite.sinks.clickhouse import is_store_error
+
+    sink = _sink(args)
+    try:
+        margins = {}
+        for spec in args.margin:
+            kpi, sep, value = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--margin {spec!r}: expected KPI=VALUE (e.g. feature_cosine_mean=0.005, "
+                                 "encoder_ms_p50=20%)")
+            margins[kpi.strip()] = compare.Margin.parse(value)
+        rows_a, rows_b = compare.load_runs(sink, args.run_a, args.run_b)
+        result = compare.compare(rows_a, rows_b, args.run_a, args.run_b, kpis=args.kpi or compare.DEFAULT_KPIS,
+                                 margins=margins, resamples=args.resamples, seed=args.seed)
+    except (compare.CompareError, UnknownNameError, ValueError) as exc:
+        print(f"evalsuite compare: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not is_store_error(exc):
+            raise
+        print(f"evalsuite compare: {sink.explain(exc)}", file=sys.stderr)
+        return 2
+    print(result.text(every_kpi=args.all))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(result.markdown(), encoding="utf-8")
+        print(f"markdown: {args.markdown}")
+    return 1 if result.regressed else 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -171,6 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-informational", action="append", default=[], metavar="DATASET",
                    help="a dataset whose OCR drift is not judged (thresholds: ocr_wer_drift = false); repeatable")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", parents=[store], help="KPI deltas of run B against run A; exit 1 on a regression",
+                       description="Per-case KPI deltas (B - A) of the cases both runs hold, with paired bootstrap "
+                                   "intervals where the samples match. Exit 0: no regression, 1: a regression, "
+                                   "2: an unknown run or bad arguments.")
+    p.add_argument("run_a", metavar="RUN_A", help="the base run (e.g. main's)")
+    p.add_argument("run_b", metavar="RUN_B", help="the run to judge (e.g. the pull request's)")
+    p.add_argument("--margin", action="append", default=[], metavar="KPI=VALUE",
+                   help="how far KPI may move the bad way: absolute (0.005) or relative to A (20%%); repeatable "
+                        "(default: 20%% for timings, 1 point for percentages, 0.01 otherwise)")
+    p.add_argument("--kpi", action="append", default=[], metavar="NAME",
+                   help="compare these KPIs only; repeatable (default: the gated KPIs and timings)")
+    p.add_argument("--markdown", type=Path, metavar="FILE", help="also write the comparison as markdown (a PR comment)")
+    p.add_argument("--all", action="store_true", help="print every compared KPI, not only those that moved")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("query", parents=[store], help="run SQL and print a table")
     p.add_argument("sql", help="e.g. \"SELECT method, avg(clip_score) FROM vision_compression_results GROUP BY method\"")
