@@ -64,6 +64,7 @@ class EvalSession:
         self._engine: Engine | None = None
         workerinput = getattr(config, "workerinput", {})
         self.run_id = workerinput.get("evalsuite_run_id") or option(config, "run_id") or _new_run_id()
+        self.shard = shard_label(config)  # "2/3" when pytest-split runs one group of the matrix
         if option(config, "ocr_device") not in OCR_DEVICES:
             raise pytest.UsageError(f"evalsuite_ocr_device = {option(config, 'ocr_device')!r}: "
                                     f"choose one of {', '.join(OCR_DEVICES)}")
@@ -261,7 +262,7 @@ class EvalSession:
             host=socket.gethostname(),
             gpu=_gpu_summary(self.results),
             tenant_id=os.environ.get("EVALSUITE_TENANT", "default"),
-            versions=package_versions(),
+            versions={**package_versions(), **({"shard": self.shard} if self.shard else {})},
             seed=self.defaults()["seed"],
         )
 
@@ -275,6 +276,9 @@ class EvalSession:
             from .sinks import write_results
 
             self.outcomes.extend(write_results(self.config, run, self.results))
+            if self.shard and not option(self.config, "run_id"):
+                self.outcomes.append(f"evalsuite: shard {self.shard} wrote run {self.run_id} on its own: give every "
+                                     "shard the same --evalsuite-run-id to read them as one run")
         if self.allure_dir:
             from .report import allure
 
@@ -339,6 +343,13 @@ def _count(value, key: str) -> int:
     if count < 0:
         raise pytest.UsageError(f"{key} = {value!r}: expected a count (0: the default)")
     return count
+
+
+def shard_label(config: pytest.Config) -> str | None:
+    """``GROUP/SPLITS`` of a pytest-split run (``--splits 3 --group 2`` -> ``"2/3"``), else None.
+    Every shard of a run writes under one run id; the label tells their rows apart."""
+    splits, group = getattr(config.option, "splits", None), getattr(config.option, "group", None)
+    return f"{group}/{splits}" if splits and group else None
 
 
 def _new_run_id() -> str:

@@ -235,6 +235,17 @@ def _when(stamp: Any) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M:%S") if hasattr(stamp, "strftime") else str(stamp)
 
 
+def _started(rows: list[Row]) -> Any:
+    """The earliest start: shards of a run each record their own."""
+    return min((r["timestamp"] for r in rows), key=lambda t: (str(type(t)), t))
+
+
+def _shards(rows: list[Row]) -> str:
+    """`` in 2 shards (1/2, 2/2)`` when the run was split over machines (pytest-split), else ''."""
+    shards = sorted({(r.get("versions") or {}).get("shard") for r in rows} - {None})
+    return f" in {len(shards)} shard{'s' * (len(shards) != 1)} ({', '.join(shards)})" if shards else ""
+
+
 def _status(row: Row) -> str:
     return "ERROR" if row.get("error") else ("pass" if row.get("passed") else "FAIL")
 
@@ -252,8 +263,8 @@ def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recomme
     out = [
         "# Vision token compression PoC",
         "",
-        f"Run `{first['run_id']}` (tenant `{first['tenant_id']}`), started {_when(first['timestamp'])} UTC, "
-        f"commit `{_distinct(case_rows, 'git_commit')}`, host {_distinct(case_rows, 'host')}, "
+        f"Run `{first['run_id']}` (tenant `{first['tenant_id']}`), started {_when(_started(case_rows))} UTC"
+        f"{_shards(case_rows)}, commit `{_distinct(case_rows, 'git_commit')}`, host {_distinct(case_rows, 'host')}, "
         f"GPU {_distinct(case_rows, 'gpu')}.",
         f"{len(case_rows)} cases: {n_pass} passed, {len(case_rows) - n_pass - n_err} breached a threshold, "
         f"{n_err} errored.",

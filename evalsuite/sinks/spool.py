@@ -50,8 +50,13 @@ def append(path: str | os.PathLike, run: RunInfo, results: list[CaseResult]) -> 
 
 
 def load(path: str | os.PathLike) -> list[tuple[RunInfo, list[CaseResult]]]:
-    """Every run in a spool file with its cases, in file order (repeated runs merged)."""
-    runs: dict[str, tuple[RunInfo, list[CaseResult]]] = {}
+    """Every run in a spool file with its cases, in file order (repeated runs merged).
+
+    A case belongs to the last ``run`` line of its run id before it. Shards of one run (pytest-split
+    on several machines, one run id) each write their own run line, with their host and start; spools
+    concatenated into one file keep them apart, so each shard's rows keep their own host."""
+    runs: dict[str, tuple[RunInfo, list[CaseResult]]] = {}  # run line (JSON) -> run and its cases
+    current: dict[str, str] = {}  # run id -> its latest run line
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -60,9 +65,10 @@ def load(path: str | os.PathLike) -> list[tuple[RunInfo, list[CaseResult]]]:
                 entry = json.loads(line)
                 if entry["type"] == "run":
                     run = RunInfo(**entry["run"])
-                    runs.setdefault(run.run_id, (run, []))
+                    key = current[run.run_id] = json.dumps(entry["run"], sort_keys=True)
+                    runs.setdefault(key, (run, []))
                 elif entry["type"] == "case":
-                    runs[entry["run_id"]][1].append(CaseResult.from_json(json.dumps(entry["case"])))
+                    runs[current[entry["run_id"]]][1].append(CaseResult.from_json(json.dumps(entry["case"])))
                 else:
                     raise ValueError(f"unknown line type {entry['type']!r}")
             except (ValueError, KeyError, TypeError) as exc:
