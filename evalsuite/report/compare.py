@@ -237,6 +237,21 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = 
     return float(lo), float(hi)
 
 
+def bootstrap_interval(values: np.ndarray, weights: np.ndarray | None = None, *, resamples: int = 2000,
+                       seed: int | Iterable[int] = 0, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of the (weighted) mean of ``values`` [n] over resampled samples; None below two.
+
+    The one-run variant of :func:`paired_bootstrap` (the same resamples as a pair whose ``a`` is zero).
+
+    >>> lo, hi = bootstrap_interval(np.array([0.90, 0.80, 0.95, 0.70]), seed=1)
+    >>> 0.70 <= lo < 0.84 < hi <= 0.95
+    True
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return paired_bootstrap(np.zeros_like(values), values, weights, resamples=resamples, seed=seed,
+                            confidence=confidence)
+
+
 # -- comparing rows -----------------------------------------------------------------------------
 def compare(rows_a: list[Row], rows_b: list[Row], run_a: str = "A", run_b: str = "B", *,
             kpis: Iterable[str] = DEFAULT_KPIS, margins: dict[str, Margin] | None = None,

@@ -110,6 +110,7 @@ class Recommendation:
     candidate: Candidate | None
     reason: str
     ranked: list[Candidate] = field(default_factory=list)  # best first
+    operating_point: Any = None  # the evalsuite.search.OperatingPoint named, if any
 
 
 def judge(case_rows: list[Row], limits: Limits) -> list[Candidate]:
@@ -147,15 +148,51 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def recommend(case_rows: list[Row], limits: Limits = Limits()) -> Recommendation:
+def point_failures(point, limits: Limits) -> list[str]:
+    """Why an operating point (:class:`evalsuite.search.OperatingPoint`) cannot be recommended; [] if it can."""
+    if not point.found:
+        return [f"no passing setting in [{point.lo:g}, {point.hi:g}]"]
+    safe = point.probe(point.value)
+    failures = []
+    if safe.reduction_pct is None or safe.reduction_pct < limits.min_reduction_pct:
+        failures.append(f"token reduction {_fmt(safe.reduction_pct, '.1f')}% < {limits.min_reduction_pct:g}%")
+    if point.dataset not in limits.drift_informational:
+        if safe.ocr_wer_drift is None:
+            failures.append("no OCR WER drift measured")
+        elif safe.ocr_wer_drift > limits.max_wer_drift:
+            failures.append(f"OCR WER drift {safe.ocr_wer_drift:+.4f} > {limits.max_wer_drift:g}")
+    return failures
+
+
+def _point_text(point) -> str:
+    safe = point.probe(point.value)
+    interval = (f" [{point.reduction_interval[0]:.1f}, {point.reduction_interval[1]:.1f}]"
+                if point.reduction_interval else "")
+    return (f"{point.label} on {point.model} (the strongest setting passing every threshold on {point.dataset}, "
+            f"n={safe.n}: {_fmt(safe.reduction_pct, '.1f')}%{interval} tokens saved)")
+
+
+def recommend(case_rows: list[Row], limits: Limits = Limits(), points: Iterable = ()) -> Recommendation:
+    """The best matrix candidate; with operating points from ``evalsuite search`` (``points``) the
+    recommendation also names the setting to use: the candidate's method at its operating point,
+    or, when no matrix point is eligible, the eligible operating point that saves the most."""
     ranked = judge(case_rows, limits)
+    usable = sorted((p for p in points if not point_failures(p, limits)),
+                    key=lambda p: -p.probe(p.value).reduction_pct)
+    best = ranked[0] if ranked else None
+    if best is not None and best.eligible:
+        reason = (f"Recommended: {best.name}: worst-case token reduction {best.reduction_pct:.1f}% and worst OCR WER "
+                  f"drift {best.wer_drift:+.4f} over {len(best.cases)} case(s) ({limits}).")
+        own = next((p for p in usable if (p.model, p.method) == (best.model, best.method)), None)
+        if own is not None:
+            reason += f" Operating point: {_point_text(own)}."
+        return Recommendation(best, reason, ranked, own)
+    if usable:
+        return Recommendation(None, f"Recommended: {_point_text(usable[0])}, which keeps {limits}; no matrix point "
+                                    "did" + ("" if ranked else " (the run has no compression cases)") + ".",
+                              ranked, usable[0])
     if not ranked:
         return Recommendation(None, "No candidate: the run has no compression cases (only the baseline).", ranked)
-    best = ranked[0]
-    if best.eligible:
-        return Recommendation(best, (
-            f"Recommended: {best.name}: worst-case token reduction {best.reduction_pct:.1f}% and worst OCR WER "
-            f"drift {best.wer_drift:+.4f} over {len(best.cases)} case(s) ({limits})."), ranked)
     closest = sorted(ranked, key=lambda c: -_or(c.reduction_pct, -math.inf))[:3]
     why = "; ".join(f"{c.name}: {', '.join(c.failures)}" for c in closest)
     return Recommendation(None, f"No candidate: none of {len(ranked)} candidate(s) keeps {limits}. "
@@ -255,7 +292,7 @@ def _distinct(rows: list[Row], key: str) -> str:
 
 
 def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recommendation, *, plot_name: str,
-           plotted: int, limits: Limits = Limits()) -> str:
+           plotted: int, limits: Limits = Limits(), points: list | tuple = ()) -> str:
     """The markdown text of the report."""
     first = case_rows[0]
     n_pass = sum(1 for r in case_rows if r.get("passed"))
@@ -288,6 +325,9 @@ def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recomme
         ([c.label, c.model, str(len(c.cases)), _fmt(c.reduction_pct, ".1f"), _fmt(c.wer_drift, "+.4f"),
           "eligible" if c.eligible else "; ".join(c.failures)] for c in recommendation.ranked),
     ) if recommendation.ranked else ["(none)"]
+    if points:
+        out += ["", "### Operating points (`evalsuite search`)", ""]
+        out += _points_table(points, limits)
     out += ["", "## Comparison: model x method x dataset", ""]
     ordered = sorted(case_rows, key=lambda r: (r["model"], r["method"] != BASELINE, method_label(r), r["dataset"]))
     out += _table(
@@ -318,6 +358,26 @@ def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recomme
         out.append("")
     out += _environment(case_rows)
     return "\n".join(out) + "\n"
+
+
+def _points_table(points, limits: Limits) -> list[str]:
+    def interval(pair, spec):
+        return f" [{format(pair[0], spec)}, {format(pair[1], spec)}]" if pair else ""
+
+    rows = []
+    for p in points:
+        safe = p.probe(p.value) if p.found else None
+        failing = p.probe(p.fails_at)
+        rows.append([
+            p.method, p.model, p.dataset, f"{p.param} in [{p.lo:g}, {p.hi:g}]", "none" if safe is None else f"{p.value:g}",
+            "-" if safe is None else _fmt(safe.reduction_pct, ".1f") + interval(p.reduction_interval, ".1f"),
+            "-" if safe is None else _fmt(safe.feature_cosine, ".4f") + interval(p.cosine_interval, ".4f"),
+            "-" if safe is None else _fmt(safe.ocr_wer_drift, "+.4f"), "-" if safe is None else str(safe.n),
+            "-" if failing is None else f"{p.fails_at:g}: " + "; ".join(failing.breaches),
+            "; ".join(point_failures(p, limits)) or "eligible",
+        ])
+    return _table(["method", "model", "dataset", "searched", "safe setting", "token reduction % [95%]",
+                   "feature cosine [95%]", "WER drift", "n", "fails at", "verdict"], rows)
 
 
 def _doc_type_table(sample_rows: list[Row]) -> list[str]:
@@ -357,17 +417,19 @@ class PocReport:
 
 
 def write_report(case_rows: list[Row], sample_rows: list[Row], out: str | Path = DEFAULT_OUT,
-                 limits: Limits = Limits()) -> PocReport:
-    """Write the markdown and ``<stem>_pareto.png`` beside it from rows of one run."""
+                 limits: Limits = Limits(), points: Iterable = ()) -> PocReport:
+    """Write the markdown and ``<stem>_pareto.png`` beside it from rows of one run; ``points`` are the
+    operating points of ``evalsuite search`` (:func:`load_operating_points`)."""
     if not case_rows:
         raise ValueError("no case rows to report on")
+    points = list(points)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot = out.with_name(out.stem + "_pareto.png")
     plotted = plot_pareto(case_rows, plot, limits)
-    rec = recommend(case_rows, limits)
-    out.write_text(render(case_rows, sample_rows, rec, plot_name=plot.name, plotted=plotted, limits=limits),
-                   encoding="utf-8")
+    rec = recommend(case_rows, limits, points)
+    out.write_text(render(case_rows, sample_rows, rec, plot_name=plot.name, plotted=plotted, limits=limits,
+                          points=points), encoding="utf-8")
     return PocReport(out, plot, case_rows[0]["run_id"], rec)
 
 
@@ -378,8 +440,15 @@ def latest_run_id(sink: Any, tenant_id: str | None = None) -> str | None:
     return rows[0][0] if rows else None
 
 
+def load_operating_points(path: str | Path | None) -> list:
+    """The operating points ``evalsuite search`` wrote to ``path``; [] when there is no such file."""
+    from ..search import read_points
+
+    return read_points(path) if path is not None and Path(path).exists() else []
+
+
 def generate(sink: Any, out: str | Path = DEFAULT_OUT, limits: Limits = Limits(), *, run_id: str | None = None,
-             tenant_id: str | None = None) -> PocReport:
+             tenant_id: str | None = None, points: Iterable = ()) -> PocReport:
     """Read one run (latest by default) from a :class:`~evalsuite.sinks.clickhouse.ClickHouseSink` and report."""
     run_id = run_id or latest_run_id(sink, tenant_id)
     if run_id is None:
@@ -388,4 +457,4 @@ def generate(sink: Any, out: str | Path = DEFAULT_OUT, limits: Limits = Limits()
     if not any(r["row_kind"] == "case" for r in rows):
         raise LookupError(f"no results for run {run_id!r} in {sink.where}")
     return write_report([r for r in rows if r["row_kind"] == "case"], [r for r in rows if r["row_kind"] == "sample"],
-                        out, limits)
+                        out, limits, points)
