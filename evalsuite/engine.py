@@ -21,7 +21,7 @@ from .data.datasets import DATASETS
 from .data.sample import Sample, SampleError
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
 from .methods import build
-from .metrics import flops, similarity
+from .metrics import flops, retrieval, similarity
 from .metrics.latency import timed_calls
 from .models import MODELS
 from .models.base import EncoderOutput, ModelAdapter
@@ -228,6 +228,11 @@ class Engine:
                     "emd": float(emd[b]),
                 }))
                 index += 1
+        # retrieval among the dataset's uncompressed embeddings (evalsuite.metrics.retrieval)
+        hits = retrieval.self_hits(torch.cat([out.pooled.cpu() for out in outputs]),
+                                   torch.cat([ref_out.pooled for ref_out in ref.outputs]))
+        for record, hit in zip(records, hits):
+            record.kpis.update(hit)
         return records
 
     def _case_timing(self, adapter, compressor, ref: Reference, case: CaseSpec) -> Timings:
@@ -284,6 +289,9 @@ class Engine:
             value = corpus_level(ok, key)
             if value is not None:
                 kpis[key] = value
+        for k in retrieval.KS:
+            if not math.isnan(mean(retrieval.sample_key(k))):
+                kpis[retrieval.case_key(k)] = mean(retrieval.sample_key(k))
         if not math.isnan(mean("sroie_fields_found")):
             kpis["sroie_fields_found"] = mean("sroie_fields_found")
         return kpis

@@ -31,7 +31,8 @@ from .thresholds import Thresholds
 DEFAULT_OUT = Path("reports") / "operating_points.json"
 DEFAULT_STEPS = 5
 # KPIs a case may not measure (no OCR text, or OCR off); as in EvalSession.evaluate they are not checked then
-SOMETIMES_MEASURED = ("ocr_wer", "ocr_cer", "ocr_wer_drift", "ocr_cer_drift", "sroie_fields_found")
+SOMETIMES_MEASURED = ("ocr_wer", "ocr_cer", "ocr_wer_drift", "ocr_cer_drift", "sroie_fields_found",
+                      "retrieval_recall_at_1", "retrieval_recall_at_5")  # retrieval: not on a one-image dataset
 
 
 @dataclass(frozen=True)

@@ -49,3 +49,5 @@ _kpi("ocr_cer_original", None, "", "character error rate of OCR(original) agains
 _kpi("ocr_wer_drift", False, "", "ocr_wer - ocr_wer_original (corpus-level, over samples with text)")
 _kpi("ocr_cer_drift", False, "", "ocr_cer - ocr_cer_original (corpus-level, over samples with text)")
 _kpi("sroie_fields_found", True, "", "fraction of SROIE key fields (company, date, address, total) found in the OCR text")
+_kpi("retrieval_recall_at_1", True, "", "share of images whose compressed embedding retrieves their own uncompressed one first, among the dataset's")
+_kpi("retrieval_recall_at_5", True, "", "the same within the 5 nearest (datasets of more than 5 images)")

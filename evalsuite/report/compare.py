@@ -34,7 +34,7 @@ Row = dict[str, Any]
 # The KPIs shown by default: the gated ones and what a reviewer reads first.
 DEFAULT_KPIS = (
     "tokens_reduction_pct", "feature_cosine_mean", "feature_cosine_p5", "emd", "ocr_wer_drift", "ocr_cer_drift",
-    "sroie_fields_found", "compression_latency_ms_p95", "encoder_ms_p50", "throughput_speedup",
+    "sroie_fields_found", "retrieval_recall_at_1", "compression_latency_ms_p95", "encoder_ms_p50", "throughput_speedup",
 )
 
 # Case KPI -> (per-sample KPI it aggregates, weight in the sample's info or None for a plain mean).
@@ -46,6 +46,8 @@ PER_SAMPLE: dict[str, tuple[str, str | None]] = {
     "tokens_before": ("tokens_before", None),
     "tokens_after": ("tokens_after", None),
     "sroie_fields_found": ("sroie_fields_found", None),
+    "retrieval_recall_at_1": ("retrieval_hit_at_1", None),
+    "retrieval_recall_at_5": ("retrieval_hit_at_5", None),
     **{f"ocr_{rate}{part}": (f"ocr_{rate}{part}", "ocr_reference_words" if rate == "wer" else "ocr_reference_chars")
        for rate in ("wer", "cer") for part in ("", "_original", "_drift")},
 }
