@@ -148,7 +148,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from evalsuite.paths import data_root
     from evalsuite.registry import UnknownNameError
     from evalsuite.results import RunInfo
-    from evalsuite.session import _new_run_id, package_versions
+    from evalsuite.session import _git_commit, _new_run_id, package_versions
     from evalsuite.thresholds import Thresholds, ThresholdsError
 
     try:
@@ -186,7 +186,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"note: {args.model} runs with random weights (label random-weights): these settings say nothing "
               "about the trained model")
     print(f"operating points: {search.write_points(args.out, points, run_id)}")
-    run = RunInfo(run_id, datetime.now(timezone.utc).isoformat(timespec="seconds"), "unknown", socket.gethostname(),
+    run = RunInfo(run_id, datetime.now(timezone.utc).isoformat(timespec="seconds"), _git_commit(project_root()),
+                  socket.gethostname(),
                   results[0].env.get("gpu_name", "none"), versions={**package_versions(), "search": "1"})
     print(f"probes (run {run_id}): {_sink(args).write(run, results)}")
     return 0

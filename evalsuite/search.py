@@ -155,7 +155,8 @@ def search(evaluate: Callable[[CaseSpec], CaseResult], thresholds: Thresholds, m
 
     ``evaluate`` runs one case (:meth:`Engine.evaluate`); ``on_result`` sees every probe's result
     with its breaches (to store it). ``steps`` bisection steps follow the two ends; a probe that
-    rounds to a setting already probed ends the search.
+    rounds to a setting already probed ends the search. An end the method refuses (``keep = 0``)
+    is a ValueError before anything runs; a probe that raises fails, with its error.
     """
     if method not in KNOBS:
         raise ValueError(f"search: method {method!r} has no knob to search; one of {', '.join(KNOBS)}")
@@ -166,8 +167,19 @@ def search(evaluate: Callable[[CaseSpec], CaseResult], thresholds: Thresholds, m
     point = OperatingPoint(model.id, dataset.id, method, knob.param, min(lo, hi), max(lo, hi), None, None)
     samples: dict[float, CaseResult] = {}
 
+    from .data.datasets import DatasetUnavailable
+
+    specs = {value: case_spec(model, dataset, method, {knob.param: value}, settings) for value in (weak, strong)}
+
     def probe(value: float) -> bool:
-        result = check(thresholds, evaluate(case_spec(model, dataset, method, {knob.param: value}, settings)))
+        spec = specs.get(value) or case_spec(model, dataset, method, {knob.param: value}, settings)
+        try:
+            result = check(thresholds, evaluate(spec))
+        except DatasetUnavailable:
+            raise
+        except Exception as exc:  # a setting the model cannot run fails like an errored case of the gate
+            result = CaseResult(spec.id, model.id, method, dict(spec.params), dataset.id,
+                                error=f"{type(exc).__name__}: {exc}")
         if on_result is not None:
             on_result(result)
         samples[value] = result

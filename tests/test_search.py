@@ -95,3 +95,27 @@ def test_cli_reports_a_range_without_passing_setting_and_stores_the_probes(tmp_p
 def test_cli_refuses_a_method_without_knob(tmp_path, capsys):
     assert main(["search", "--model", "dinov2_s14", "--dataset", "synthetic", "--method", "none"]) == 2
     assert "unknown searchable method 'none'" in capsys.readouterr().err
+
+
+def test_bad_ends_are_refused_and_a_probe_that_raises_fails(tmp_path):
+    """The bisection itself, over an evaluation whose outcome is known: cosine falls with sparsity,
+    and the model cannot run beyond sparsity 0.8."""
+    from evalsuite.results import CaseResult, SampleRecord
+
+    def evaluate(spec):
+        sparsity = spec.params["sparsity"]
+        if sparsity > 0.8:
+            raise RuntimeError("no token left")
+        samples = [SampleRecord(f"s{i}", "document", {"tokens_before": 100.0, "tokens_after": 100 * (1 - sparsity),
+                                                      "feature_cosine": 1 - sparsity / 4 + i / 100}) for i in range(3)]
+        return CaseResult(spec.id, spec.model.id, spec.method, spec.params, spec.dataset.id, samples=samples,
+                          kpis={"tokens_reduction_pct": 100 * sparsity, "feature_cosine_mean": 1 - sparsity / 4 + 0.01})
+
+    thresholds = limits(tmp_path, "[defaults]\nfeature_cosine_mean = 0.85\n")  # passes up to sparsity 0.64
+    point = search.search(evaluate, thresholds, MODEL, DATASET, "avit", 0.0, 0.9, steps=4)
+    assert [p.value for p in point.probes] == [0.0, 0.9, 0.45, 0.675, 0.562, 0.619]
+    assert point.probes[1].breaches == ["error: RuntimeError: no token left"]
+    assert (point.value, point.fails_at) == (0.619, 0.675)
+    assert point.reduction_interval == pytest.approx((61.9, 61.9))
+    with pytest.raises(ValueError, match="keep"):
+        search.search(evaluate, thresholds, MODEL, DATASET, "v2drop", 0.0, 1.0)
