@@ -1,4 +1,4 @@
-"""The ``evalsuite`` command: ``ingest`` spool files, build the PoC ``report``, ``query`` results.
+"""The ``evalsuite`` command: ``ingest`` spool files, build the PoC ``report``, ``compare`` runs, ``query`` results.
 
 ``evalsuite baselines --model M --dataset D [--data DIR] [--limit N] [--out baselines/]``
 writes the Stage A baselines of one model x dataset (:mod:`evalsuite.baselines`);
@@ -15,6 +15,13 @@ history and process lists.
 rows all reached the store is moved to ``done/`` beside it (re-ingesting it is
 harmless: rows already stored are skipped). Run it when no pytest session owns
 the chDB directory: chDB lets one process at a time open it.
+
+``evalsuite search --model M --dataset D [--method tome] [--lo --hi --steps]`` bisects each method's
+main knob for its strongest setting that passes every threshold (:mod:`evalsuite.search`).
+
+``evalsuite compare RUN_A RUN_B [--margin KPI=VALUE] [--markdown FILE]`` prints the KPI deltas of
+the cases both runs hold (:mod:`evalsuite.report.compare`) and exits 1 on a regression, 2 when a
+run id is not in the store.
 """
 
 from __future__ import annotations
@@ -88,7 +95,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     sink = _sink(args)
     try:
         limits = poc.Limits(args.min_reduction, args.max_wer_drift, frozenset(args.drift_informational))
-        report = poc.generate(sink, args.out, limits, run_id=args.run_id, tenant_id=args.tenant)
+        points = poc.load_operating_points(args.operating_points)
+        report = poc.generate(sink, args.out, limits, run_id=args.run_id, tenant_id=args.tenant, points=points)
     except LookupError as exc:
         print(f"evalsuite report: {exc}", file=sys.stderr)
         return 1
@@ -99,6 +107,98 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1
     print(f"{report.path} (run {report.run_id}, plot {report.plot.name})")
     print(report.recommendation.reason)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0: no regression; 1: a regression (for CI); 2: an unknown run, KPI or margin, or no store."""
+    from evalsuite.registry import UnknownNameError
+    from evalsuite.report import compare
+    from evalsuite.sinks.clickhouse import is_store_error
+
+    sink = _sink(args)
+    try:
+        margins = {}
+        for spec in args.margin:
+            kpi, sep, value = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--margin {spec!r}: expected KPI=VALUE (e.g. feature_cosine_mean=0.005, "
+                                 "encoder_ms_p50=20%)")
+            margins[kpi.strip()] = compare.Margin.parse(value)
+        rows_a, rows_b = compare.load_runs(sink, args.run_a, args.run_b)
+        result = compare.compare(rows_a, rows_b, args.run_a, args.run_b, kpis=args.kpi or compare.DEFAULT_KPIS,
+                                 margins=margins, resamples=args.resamples, seed=args.seed)
+    except (compare.CompareError, UnknownNameError, ValueError) as exc:
+        print(f"evalsuite compare: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not is_store_error(exc):
+            raise
+        print(f"evalsuite compare: {sink.explain(exc)}", file=sys.stderr)
+        return 2
+    print(result.text(every_kpi=args.all))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(result.markdown(), encoding="utf-8")
+        print(f"markdown: {args.markdown}")
+    return 1 if result.regressed else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Exit 0 whether or not a method has a passing setting; 1: the dataset is unavailable; 2: bad arguments."""
+    import socket
+    from datetime import datetime, timezone
+
+    from evalsuite import search
+    from evalsuite.data.datasets import DATASETS, DatasetUnavailable
+    from evalsuite.engine import Engine, EngineSettings
+    from evalsuite.matrix import DTYPES, DatasetSpec, ModelSpec
+    from evalsuite.models import MODELS
+    from evalsuite.paths import data_root
+    from evalsuite.registry import UnknownNameError
+    from evalsuite.results import RunInfo
+    from evalsuite.session import _git_commit, _new_run_id, package_versions
+    from evalsuite.thresholds import Thresholds, ThresholdsError
+
+    try:
+        MODELS.get(args.model), DATASETS.get(args.dataset)
+        methods = args.method or list(search.KNOBS)
+        unknown = [m for m in methods if m not in search.KNOBS]
+        if unknown:
+            raise UnknownNameError("searchable method", unknown[0], list(search.KNOBS))
+        if args.dtype not in DTYPES:
+            raise ValueError(f"--dtype {args.dtype!r}: one of {', '.join(DTYPES)}")
+        thresholds = Thresholds.load(args.thresholds)
+    except (UnknownNameError, ThresholdsError, ValueError) as exc:
+        print(f"evalsuite search: {exc}", file=sys.stderr)
+        return 2
+    model = ModelSpec(args.model, args.model, args.image_size, args.device, args.dtype)
+    dataset = DatasetSpec(args.dataset, args.dataset, {"limit": args.limit} if args.limit else {})
+    engine = Engine(EngineSettings(data_root=args.data or data_root(), ocr_engine=None if args.no_ocr else args.ocr,
+                                   device_override=None if args.device == "auto" else args.device))
+    run_id = args.run_id or f"search-{_new_run_id()}"
+    settings = {"timing_repeats": args.timing_repeats}
+    results, points = [], []
+    try:
+        results.append(search.check(thresholds, engine.evaluate(search.case_spec(model, dataset, "none", {}, settings))))
+        for method in methods:
+            point = search.search(engine.evaluate, thresholds, model, dataset, method, args.lo, args.hi, args.steps,
+                                  settings, on_result=results.append)
+            points.append(point)
+            print(point.describe(), flush=True)
+    except DatasetUnavailable as exc:
+        print(f"evalsuite search: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()
+    if "random-weights" in results[0].labels:
+        print(f"note: {args.model} runs with random weights (label random-weights): these settings say nothing "
+              "about the trained model")
+    print(f"operating points: {search.write_points(args.out, points, run_id)}")
+    run = RunInfo(run_id, datetime.now(timezone.utc).isoformat(timespec="seconds"), _git_commit(project_root()),
+                  socket.gethostname(),
+                  results[0].env.get("gpu_name", "none"), versions={**package_versions(), "search": "1"})
+    print(f"probes (run {run_id}): {_sink(args).write(run, results)}")
     return 0
 
 
@@ -179,7 +279,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OCR WER drift ceiling, absolute (default: %(default)s)")
     p.add_argument("--drift-informational", action="append", default=[], metavar="DATASET",
                    help="a dataset whose OCR drift is not judged (thresholds: ocr_wer_drift = false); repeatable")
+    p.add_argument("--operating-points", type=Path, default=Path("reports") / "operating_points.json",
+                   help="evalsuite search's output, named and drawn when present (default: %(default)s)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", parents=[store], help="KPI deltas of run B against run A; exit 1 on a regression",
+                       description="Per-case KPI deltas (B - A) of the cases both runs hold, with paired bootstrap "
+                                   "intervals where the samples match. Exit 0: no regression, 1: a regression, "
+                                   "2: an unknown run or bad arguments.")
+    p.add_argument("run_a", metavar="RUN_A", help="the base run (e.g. main's)")
+    p.add_argument("run_b", metavar="RUN_B", help="the run to judge (e.g. the pull request's)")
+    p.add_argument("--margin", action="append", default=[], metavar="KPI=VALUE",
+                   help="how far KPI may move the bad way: absolute (0.005) or relative to A (20%%); repeatable "
+                        "(default: 20%% for timings, 1 point for percentages, 0.01 otherwise)")
+    p.add_argument("--kpi", action="append", default=[], metavar="NAME",
+                   help="compare these KPIs only; repeatable (default: the gated KPIs and timings)")
+    p.add_argument("--markdown", type=Path, metavar="FILE", help="also write the comparison as markdown (a PR comment)")
+    p.add_argument("--all", action="store_true", help="print every compared KPI, not only those that moved")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.set_defaults(func=cmd_compare)
+
+    from evalsuite.search import DEFAULT_OUT as POINTS_OUT, DEFAULT_STEPS
+
+    p = sub.add_parser("search", parents=[store], help="the strongest setting of each method that passes every threshold",
+                       description="Bisects each method's main knob (tome merge_factor, v2drop/random/downscale keep, "
+                                   "avit sparsity) on one model x dataset; the model, samples and reference pass are "
+                                   "loaded once. Every probe is stored as one run; the operating points go to --out "
+                                   "for the PoC report. A range with no passing setting is reported, exit 0.")
+    p.add_argument("--model", required=True, help="model factory name, e.g. dinov2_s14")
+    p.add_argument("--dataset", required=True, help="dataset name, e.g. samples, synthetic, sroie")
+    p.add_argument("--method", action="append", default=[], help="repeatable (default: every searchable method)")
+    p.add_argument("--lo", type=float, help="one end of the range, in the knob's units (default: per method)")
+    p.add_argument("--hi", type=float, help="the other end (default: per method)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="bisection steps after both ends (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="only the first N samples")
+    p.add_argument("--data", type=Path, help="external data store (default: $EVALSUITE_DATA)")
+    p.add_argument("--image-size", type=int, default=224, help="encoder input size (default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    p.add_argument("--dtype", default="float32", help="default: %(default)s")
+    p.add_argument("--timing-repeats", type=int, default=10, help="timed forwards per probe (default: %(default)s)")
+    p.add_argument("--thresholds", type=Path, default=Path("thresholds.toml"), help="default: %(default)s")
+    p.add_argument("--ocr", default="rapidocr", help="OCR engine (default: %(default)s)")
+    p.add_argument("--no-ocr", action="store_true", help="skip OCR KPIs (their limits are not checked)")
+    p.add_argument("--run-id", help="run id of the stored probes (default: search-<time>)")
+    p.add_argument("--out", type=Path, default=POINTS_OUT, help="operating points JSON (default: %(default)s)")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("query", parents=[store], help="run SQL and print a table")
     p.add_argument("sql", help="e.g. \"SELECT method, avg(clip_score) FROM vision_compression_results GROUP BY method\"")

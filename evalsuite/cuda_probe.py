@@ -2,10 +2,10 @@
 
 The pytest-xdist controller needs the answer before it spawns the workers:
 ``-n auto`` starts one worker per GPU for the GPU gate. Importing torch for it
-cost 2.5-3 s of every gate run's start-up (3.6 s or more on an H100 host), and
-the workers waited for it. The CUDA driver API answers in 0.2 s there:
-``cuInit`` and ``cuDeviceGetCount`` from ``libcuda.so.1``, which counts the
-devices ``CUDA_VISIBLE_DEVICES`` leaves visible, as torch does.
+would put torch's import on every gate run's start-up, and the workers would
+wait for it (see docs/performance.md, "Start-up"). The CUDA driver API answers
+at once: ``cuInit`` and ``cuDeviceGetCount`` from ``libcuda.so.1``, which counts
+the devices ``CUDA_VISIBLE_DEVICES`` leaves visible, as torch does.
 
 No driver library, or any driver error, means no GPU; :class:`GpuCount` keeps
 the reason for messages.

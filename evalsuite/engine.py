@@ -21,7 +21,7 @@ from .data.datasets import DATASETS
 from .data.sample import Sample, SampleError
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
 from .methods import build
-from .metrics import flops, similarity, text_tokens
+from .metrics import flops, retrieval, similarity, text_tokens
 from .metrics.latency import timed_calls
 from .models import MODELS
 from .models.base import EncoderOutput, ModelAdapter
@@ -172,7 +172,7 @@ class Engine:
         with self._stage("compressed_pass"):  # then to the CPU, for OCR, export and the reports
             outputs = [out if out is ref_out else _to_cpu(out) for out, ref_out in zip(outputs, ref.outputs)]
         # Timed with no OCR in flight, on a GPU too: a forward at the timing batch is host-bound,
-        # and OCR reads on every core doubled its p50 on an H100 host (README, on latency KPIs).
+        # and OCR reads on every core slow it down (docs/performance.md, "Latency KPIs").
         # So the pool has loaded and the reads queued ahead are done before either model is timed.
         if ocr is not None:
             with self._stage("ocr"):
@@ -230,6 +230,11 @@ class Engine:
                     "emd": float(emd[b]),
                 }))
                 index += 1
+        # retrieval among the dataset's uncompressed embeddings (evalsuite.metrics.retrieval)
+        hits = retrieval.self_hits(torch.cat([out.pooled.cpu() for out in outputs]),
+                                   torch.cat([ref_out.pooled for ref_out in ref.outputs]))
+        for record, hit in zip(records, hits):
+            record.kpis.update(hit)
         return records
 
     def _case_timing(self, adapter, compressor, ref: Reference, case: CaseSpec) -> Timings:
@@ -287,6 +292,9 @@ class Engine:
             value = corpus_level(ok, key)
             if value is not None:
                 kpis[key] = value
+        for k in retrieval.KS:
+            if not math.isnan(mean(retrieval.sample_key(k))):
+                kpis[retrieval.case_key(k)] = mean(retrieval.sample_key(k))
         if not math.isnan(mean("sroie_fields_found")):
             kpis["sroie_fields_found"] = mean("sroie_fields_found")
         return kpis

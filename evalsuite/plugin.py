@@ -149,7 +149,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto`` for the GPU gate: one worker per visible GPU (xdist would start one per core).
     Module-level: xdist asks before ``pytest_configure``. Asked of the CUDA driver: this is the
-    controller, which imports no torch (0.2 s on an H100 host against 3.6 s or more for torch)."""
+    controller, which imports no torch (the driver answers at once; torch's import would delay
+    every worker's start, see docs/performance.md)."""
     if _selects_gpu_cases_only(config):
         return max(1, visible_gpus().count)
     return None

@@ -5,7 +5,7 @@ order and lets an idle worker steal the back half of the longest queue. On the
 GPU gate that split the cases by model (the collection is model-major), left
 the worker with the lighter model idle, and then made it steal two DINOv2
 cases at the very end: it loaded DINOv2 and repeated two reference passes,
-about 10 s of work, to run 2 s of cases (two H200s, full store).
+several times the work of the cases it ran (docs/performance.md, "GPU gate").
 
 Here a case costs its own work (compressed pass, similarity, timing, OCR), and
 a worker pays a *setup* the first time it needs a model (the load) and a model

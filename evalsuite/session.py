@@ -12,7 +12,7 @@ an xdist worker or the controller (or both, without xdist):
 
 A controller that hands the cases out to xdist workers never imports torch:
 its start-up is on the critical path of every gate run (the workers start
-after it), and torch took 2.5-3 s of it. It reads the matrix without building
+after it), and importing torch would be most of it. It reads the matrix without building
 the methods (:func:`evalsuite.matrix.read`); the workers build them, which
 checks their parameters, as a run without xdist does.
 """
@@ -67,6 +67,7 @@ class EvalSession:
         self._engine: Engine | None = None
         workerinput = getattr(config, "workerinput", {})
         self.run_id = workerinput.get("evalsuite_run_id") or option(config, "run_id") or _new_run_id()
+        self.shard = shard_label(config)  # "2/3" when pytest-split runs one group of the matrix
         if option(config, "ocr_device") not in OCR_DEVICES:
             raise pytest.UsageError(f"evalsuite_ocr_device = {option(config, 'ocr_device')!r}: "
                                     f"choose one of {', '.join(OCR_DEVICES)}")
@@ -273,7 +274,7 @@ class EvalSession:
         if self._run_static is None:  # what does not change during the run, looked up once
             self._run_static = dict(git_commit=_git_commit(self.rootdir), host=socket.gethostname(),
                                     tenant_id=os.environ.get("EVALSUITE_TENANT", "default"),
-                                    versions=package_versions(), seed=self.defaults()["seed"])
+                                    versions={**package_versions(), **({"shard": self.shard} if self.shard else {})}, seed=self.defaults()["seed"])
         return RunInfo(run_id=self.run_id, started_at=self.started_at, gpu=_gpu_summary(self.results),
                        **self._run_static)
 
@@ -291,6 +292,9 @@ class EvalSession:
             lines = write_results(self.config, run, self.results, self.journal)
             self.outcomes.extend(lines)
             kept = not any(ROWS_LOST in line for line in lines)
+            if self.shard and not option(self.config, "run_id"):
+                self.outcomes.append(f"evalsuite: shard {self.shard} wrote run {self.run_id} on its own: give every "
+                                     "shard the same --evalsuite-run-id to read them as one run")
         if self.allure_dir:
             from .report import allure
 
@@ -306,8 +310,8 @@ class EvalSession:
 
 def _share_cpu_threads() -> None:
     """Under xdist, give each worker its share of the cores: N workers x all-core thread pools
-    oversubscribe the CPU (model loading and CPU-side work slowed 2x on a 2-GPU host).
-    Pinning each worker to its own cores as well was measured and gained nothing (2xH200)."""
+    oversubscribe the CPU and slow model loading and CPU-side work. Pinning each worker to its own
+    cores as well was measured and gained nothing (docs/performance.md, "GPU gate")."""
     import torch
 
     if xdist_workers() > 1:
@@ -358,6 +362,13 @@ def _count(value, key: str) -> int:
     return count
 
 
+def shard_label(config: pytest.Config) -> str | None:
+    """``GROUP/SPLITS`` of a pytest-split run (``--splits 3 --group 2`` -> ``"2/3"``), else None.
+    Every shard of a run writes under one run id; the label tells their rows apart."""
+    splits, group = getattr(config.option, "splits", None), getattr(config.option, "group", None)
+    return f"{group}/{splits}" if splits and group else None
+
+
 def _new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
@@ -373,11 +384,11 @@ def _git_commit(root: Path) -> str:
 
 def _gpu_summary(results: list[CaseResult]) -> str:
     """The GPUs the cases ran on, as the workers reported them (the controller never touches CUDA:
-    initialising it there cost the gate most of a second).
+    initialising it there would delay the gate's end).
 
-    >>> r = CaseResult("c", "m", "none", {}, "d", env={"device": "cuda:1", "gpu_name": "H200"})
-    >>> _gpu_summary([r, CaseResult("c", "m", "none", {}, "d", env={"device": "cuda:0", "gpu_name": "H200"})])
-    '2x H200'
+    >>> r = CaseResult("c", "m", "none", {}, "d", env={"device": "cuda:1", "gpu_name": "GPU-X"})
+    >>> _gpu_summary([r, CaseResult("c", "m", "none", {}, "d", env={"device": "cuda:0", "gpu_name": "GPU-X"})])
+    '2x GPU-X'
     """
     gpus = {(r.env["device"], r.env["gpu_name"]) for r in results if "gpu_name" in r.env}
     if gpus:

@@ -56,8 +56,8 @@ WARM_SECONDS = 1.0  # unpatched forwards before the first timed row of a batch (
 
 
 def _warm(fn, pixels, seconds: float) -> None:
-    """Call ``fn(pixels)`` for at least ``seconds``: a count of warm-up calls is 20 ms at batch 1,
-    shorter than an idle GPU takes to reach its clocks (the first row read 25% slow on an H100)."""
+    """Call ``fn(pixels)`` for at least ``seconds``: a fixed count of warm-up calls at batch 1 ends
+    before an idle GPU has reached its clocks, and the first timed row then reads slow."""
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         fn(pixels)

@@ -1,4 +1,4 @@
-"""Kernel-level diagnoses behind the latency figures quoted in the README.
+"""Kernel-level diagnoses behind the latency figures in docs/performance.md.
 
 ``merge-step``
     One ToMe step (:func:`evalsuite.methods.tome.merge_step`, ``r`` as ToMe f0.5
@@ -6,8 +6,8 @@
     :func:`evalsuite.methods.graphs.replay_or_run`. Eager steps cost a roughly
     constant time in kernel launches; a replay costs the copies into the graph's
     buffers, which grow with the input. Reproduces the crossover behind
-    ``GRAPH_MAX_ELEMENTS`` (README: "a ToMe merge step whose input has at most 16M
-    elements ... is replayed from a CUDA graph") and the figures in its comment.
+    ``GRAPH_MAX_ELEMENTS`` (steps with inputs up to that size are replayed from a
+    CUDA graph) and the reasoning in its comment.
     The same for the fused step (:mod:`evalsuite.methods.tome_kernels`), and both
     steps' device time without launches. ``--profile SHAPE [--fused]`` lists a
     step's kernels.
@@ -17,8 +17,8 @@
     runs them) and its GEMMs, at falling token counts. Does the block's time
     follow its FLOPs (:func:`evalsuite.metrics.flops.block_flops`)? ``% ideal`` is
     the FLOP fraction over the time fraction, both against the first count: below
-    100 a block saves less time than FLOPs. Behind "ToMe at batch 64 stays below
-    80% of its FLOP ideal" (README, after the H100 bench table).
+    100 a block saves less time than FLOPs. Behind the batch-64 ratios to the FLOP
+    ideal in docs/performance.md ("Benchmark tables").
 ``attention``
     Ways to carry the proportional-attention size bias, with DINOv2-S heads
     (6 x 64) at batch 64: the bias kernel (:mod:`evalsuite.patch.attention_kernels`,
@@ -26,15 +26,15 @@
     padded by ``HEAD_PAD`` channels (the fallback; also on the flash and on the
     cuDNN kernel alone), an additive mask with the default
     kernel choice, cuDNN and the efficient kernel with that mask, and the
-    efficient kernel with only the values padded. Behind "proportional attention
-    widens every head by 8 channels" (same README paragraph).
+    efficient kernel with only the values padded. Behind the choice of the bias
+    kernel over padded heads (docs/performance.md, "Attention with the size bias").
 
 ``in-place``
     Batch-1 compression-step time of whole compressed forwards (the bench's
     ``comp p50/p95``), with the ToMe steps' graphs reading their inputs in place
     (``MAX_IN_PLACE`` per shape) against copying them into the graph's buffers
     (0), alternating in one process so that both see the same host. Behind
-    "in-place graphs" in the README.
+    ``MAX_IN_PLACE`` (:mod:`evalsuite.methods.graphs`).
 
 ``merge-step`` times back-to-back calls with the wall clock between two device
 synchronisations: launches are what it measures. The others time kernels: a
@@ -212,7 +212,7 @@ def profile_merge_step(shape: tuple[int, int, int, int, int], device: str | torc
 
 # -- block-scaling -----------------------------------------------------------------------
 
-# Token counts of the README's DINOv2-S 518 px figures (1370 = 37 x 37 patches + CLS), as fractions of
+# Token counts measured on DINOv2-S at 518 px (1370 = 37 x 37 patches + CLS), as fractions of
 # the full count: other models and sizes are measured at the same fractions.
 TOKEN_FRACTIONS = tuple(n / 1370 for n in (1370, 1200, 962, 800, 686, 500))
 

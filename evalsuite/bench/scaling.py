@@ -5,9 +5,9 @@
 Runs the gate (``pytest cases -m gpu`` unless PYTEST ARGS are given) as
 ``pytest -n K --dist worksteal`` three times: a warm-up on N workers, not counted
 (it compiles Triton's kernels, and fills the file cache and, where Python keeps
-it, the bytecode cache: a first run on a fresh machine was 33 s slower on a
-two-H200 host), then on one worker, then on N. Each run gets a fresh OCR cache,
-so every image is read, while the converted model weights are shared. All runs
+it, the bytecode cache, so a first run on a fresh machine is slower than the
+next: see docs/performance.md), then on one worker, then on N. Each run gets a
+fresh OCR cache, so every image is read, while the converted model weights are shared. All runs
 share one pytest cache, so the N-worker run plans with the one-worker run's
 measured costs (:mod:`evalsuite.scheduling`). Results are spooled under DIR.
 

@@ -66,3 +66,5 @@ _kpi("optical_compression_ratio", True, "x", "text_pixels pages: text_tokens / v
 _kpi("char_accuracy", True, "", "text_pixels pages: 1 - CER of the PP-OCR read-back of what the compressed tokens kept, weighted by reference characters")
 _kpi("char_accuracy_vlm", True, "", "text_pixels pages: 1 - CER of the VLM's read-back (VLM cases), weighted by reference characters")
 _kpi("bytes_ratio_text_over_vision", None, "x", "BYTES, not tokens: UTF-8 bytes of the text over bytes of the vision-token activations (tokens x dim x dtype bytes), the way the 40-80x claims count")
+_kpi("retrieval_recall_at_1", True, "", "share of images whose compressed embedding retrieves their own uncompressed one first, among the dataset's")
+_kpi("retrieval_recall_at_5", True, "", "the same within the 5 nearest (datasets of more than 5 images)")

@@ -52,7 +52,7 @@ def self_transport(ref: torch.Tensor, epsilon: float = 0.02, iterations: int = 1
 
 @contextmanager
 def _one_thread_on_cpu(t: torch.Tensor):
-    """Hundreds of small ops: on CPU, thread hand-offs cost 20x more than the work."""
+    """Hundreds of small ops: on CPU, thread hand-offs cost far more than the work."""
     threads = torch.get_num_threads()
     if t.device.type != "cpu" or threads == 1:
         yield

@@ -129,9 +129,9 @@ class ModelAdapter:
 
         ``plans=False`` leaves out the token plans (``plans`` is None): where each input patch
         went is the evaluation's bookkeeping, not the method's work. Composing the per-block
-        index maps and copying them to the host costs a synchronisation and small kernels (in a
-        graphed ToMe forward of DINOv2 at 224 px, batch 64, on an H100: about 160 of its 506
-        kernels), so timed forwards run without it.
+        index maps and copying them to the host costs a synchronisation and many small kernels
+        (a sizeable share of a graphed forward's: docs/performance.md), so timed forwards run
+        without it.
         """
         run = CompressedForward(compressor, self.patch_size, timer)
         tokens = self.patch.forward_tokens(self.model, pixels, run)
@@ -229,9 +229,9 @@ def memoize_position_embeddings(embeddings: torch.nn.Module, keep: int = 4) -> N
 
     transformers resamples the position embeddings bicubically in every forward whose patch grid
     differs from the checkpoint's (DINOv2 at 224 px, every downscaled input). PyTorch's CUDA bicubic
-    kernel runs one thread per output position over all channels: 3.3 ms per forward on an H100
-    for DINOv2-S from 37x37 to 31x31, more than a whole block at batch 64, and the same at batch 1.
-    The result is a function of the weights and the grid alone, so a :class:`WeightsMemo` keeps it
+    kernel runs one thread per output position over all channels, so it costs about as much as a
+    whole block whatever the batch (docs/performance.md, "ToMe merge step"). The result is a
+    function of the weights and the grid alone, so a :class:`WeightsMemo` keeps it
     per (embedding shape, dtype, device, height, width) while the embeddings' parameters stay as they
     are. Installed as instance attributes (a bound method and its memo, so a deep copy of the model
     resamples its own weights): both passes (:meth:`ModelAdapter.reference` and

@@ -5,9 +5,9 @@ j carries a bias, the log of how many patches its token holds. PyTorch's flash
 and cuDNN kernels take no bias, and a float ``attn_mask`` sends SDPA to slower
 kernels. The fallback in :mod:`evalsuite.patch.runner` carries the bias in an
 extra channel per head (``HEAD_PAD``), which makes the heads 72 wide instead of
-64: at 518 px, batch 64 on an H100, the first block's attention took 0.64 ms
-against 0.48 ms without bias, and the projections before and after it grow by
-the same eighth.
+64: the attention is slower than without bias, and the projections before and
+after it grow by the same eighth (docs/performance.md, "Attention with the size
+bias").
 
 :func:`attention` here is a flash-attention forward (online softmax, Dao et
 al. 2022) that adds the bias to each score tile as it is computed, on heads of
@@ -46,9 +46,8 @@ HEAD_DIMS = (16, 32, 64, 128)  # head sizes the kernel takes (tl.arange needs a 
 _INTERPRET = triton_probe.INTERPRET
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Tile shape and launch settings, from a sweep of 64/128 queries x 32/64/128 keys, 4/8 warps and
-# 2-4 stages with DINOv2-S heads (6 x 64), fp16, on an H100: 128 queries a program only pays where
-# there are many tokens and many heads (batch 64, 1370 tokens: 0.568 ms against 0.577 with 64;
-# 700 tokens: 0.182 against 0.170; batch 1: 0.030 against 0.021).
+# 2-4 stages with DINOv2-S heads (6 x 64), fp16: 128 queries a program only pays where there are
+# many tokens and many heads, and is slower below (docs/performance.md, "Attention with the size bias").
 BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 3
 
 
@@ -99,7 +98,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     if any(t.stride(-1) != 1 for t in (q, k, v)):
         raise ValueError("attention_kernels.attention: q, k and v need unit stride along the channels")
     # the kernel works in powers of two; it reads this float32 copy (converting the half-precision
-    # bias in the kernel instead took 0.654 ms against 0.565 at 1370 tokens, batch 64, H100)
+    # bias inside the kernel was slower: docs/performance.md, "Attention with the size bias")
     bias = (bias.float() * math.log2(math.e)).contiguous()
     out = torch.empty(batch, tokens, heads, head_dim, device=q.device, dtype=q.dtype)
     rows = block_m(batch * heads, tokens)

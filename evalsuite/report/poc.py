@@ -110,6 +110,7 @@ class Recommendation:
     candidate: Candidate | None
     reason: str
     ranked: list[Candidate] = field(default_factory=list)  # best first
+    operating_point: Any = None  # the evalsuite.search.OperatingPoint named, if any
 
 
 def judge(case_rows: list[Row], limits: Limits) -> list[Candidate]:
@@ -147,15 +148,51 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def recommend(case_rows: list[Row], limits: Limits = Limits()) -> Recommendation:
+def point_failures(point, limits: Limits) -> list[str]:
+    """Why an operating point (:class:`evalsuite.search.OperatingPoint`) cannot be recommended; [] if it can."""
+    if not point.found:
+        return [f"no passing setting in [{point.lo:g}, {point.hi:g}]"]
+    safe = point.probe(point.value)
+    failures = []
+    if safe.reduction_pct is None or safe.reduction_pct < limits.min_reduction_pct:
+        failures.append(f"token reduction {_fmt(safe.reduction_pct, '.1f')}% < {limits.min_reduction_pct:g}%")
+    if point.dataset not in limits.drift_informational:
+        if safe.ocr_wer_drift is None:
+            failures.append("no OCR WER drift measured")
+        elif safe.ocr_wer_drift > limits.max_wer_drift:
+            failures.append(f"OCR WER drift {safe.ocr_wer_drift:+.4f} > {limits.max_wer_drift:g}")
+    return failures
+
+
+def _point_text(point) -> str:
+    safe = point.probe(point.value)
+    interval = (f" [{point.reduction_interval[0]:.1f}, {point.reduction_interval[1]:.1f}]"
+                if point.reduction_interval else "")
+    return (f"{point.label} on {point.model} (the strongest setting passing every threshold on {point.dataset}, "
+            f"n={safe.n}: {_fmt(safe.reduction_pct, '.1f')}%{interval} tokens saved)")
+
+
+def recommend(case_rows: list[Row], limits: Limits = Limits(), points: Iterable = ()) -> Recommendation:
+    """The best matrix candidate; with operating points from ``evalsuite search`` (``points``) the
+    recommendation also names the setting to use: the candidate's method at its operating point,
+    or, when no matrix point is eligible, the eligible operating point that saves the most."""
     ranked = judge(case_rows, limits)
+    usable = sorted((p for p in points if not point_failures(p, limits)),
+                    key=lambda p: -p.probe(p.value).reduction_pct)
+    best = ranked[0] if ranked else None
+    if best is not None and best.eligible:
+        reason = (f"Recommended: {best.name}: worst-case token reduction {best.reduction_pct:.1f}% and worst OCR WER "
+                  f"drift {best.wer_drift:+.4f} over {len(best.cases)} case(s) ({limits}).")
+        own = next((p for p in usable if (p.model, p.method) == (best.model, best.method)), None)
+        if own is not None:
+            reason += f" Operating point: {_point_text(own)}."
+        return Recommendation(best, reason, ranked, own)
+    if usable:
+        return Recommendation(None, f"Recommended: {_point_text(usable[0])}, which keeps {limits}; no matrix point "
+                                    "did" + ("" if ranked else " (the run has no compression cases)") + ".",
+                              ranked, usable[0])
     if not ranked:
         return Recommendation(None, "No candidate: the run has no compression cases (only the baseline).", ranked)
-    best = ranked[0]
-    if best.eligible:
-        return Recommendation(best, (
-            f"Recommended: {best.name}: worst-case token reduction {best.reduction_pct:.1f}% and worst OCR WER "
-            f"drift {best.wer_drift:+.4f} over {len(best.cases)} case(s) ({limits})."), ranked)
     closest = sorted(ranked, key=lambda c: -_or(c.reduction_pct, -math.inf))[:3]
     why = "; ".join(f"{c.name}: {', '.join(c.failures)}" for c in closest)
     return Recommendation(None, f"No candidate: none of {len(ranked)} candidate(s) keeps {limits}. "
@@ -176,21 +213,131 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     ]
 
 
-def plot_pareto(case_rows: list[Row], path: Path, limits: Limits = Limits()) -> int:
-    """Write the PNG; returns how many cases it could place (both KPIs measured and judged)."""
+# --- intervals from the sample rows -------------------------------------------------
+
+def sample_count(case_row: Row, samples: dict[str, list[Row]]) -> int | None:
+    """Samples a case measured (its sample rows without error); None when the run stored no sample rows."""
+    rows = samples.get(case_row["case_id"])
+    return None if rows is None else sum(1 for r in rows if not r.get("error"))
+
+
+def interval(case_row: Row, kpi_name: str, samples: dict[str, list[Row]], seed: int = 0,
+             resamples: int = 2000) -> tuple[float, float] | None:
+    """95% interval of a case KPI: the one the case row carries (``KPI_lo``/``KPI_hi`` in its KPIs),
+    else a seeded bootstrap over its sample rows (OCR rates weighted by reference words, as the case
+    value is; the token saving per sample from its token counts); None below two samples."""
+    import zlib
+
+    import numpy as np
+
+    from .compare import PER_SAMPLE, _info, bootstrap_interval
+
+    lo, hi = kpi(case_row, f"{kpi_name}_lo"), kpi(case_row, f"{kpi_name}_hi")
+    if lo is not None and hi is not None:
+        return lo, hi
+    rows = [r for r in samples.get(case_row["case_id"], []) if not r.get("error")]
+    if kpi_name == "tokens_reduction_pct":
+        values, weights = [token_reduction_pct(r) for r in rows], None
+    elif kpi_name in PER_SAMPLE:
+        key, weight_key = PER_SAMPLE[kpi_name]
+        values = [kpi(r, key) for r in rows]
+        weights = None if weight_key is None else [float(_info(r).get(weight_key) or 0.0) for r in rows]
+    else:
+        return None
+    keep = [i for i, v in enumerate(values) if v is not None]
+    return bootstrap_interval(np.array([values[i] for i in keep]),
+                              None if weights is None else np.array([weights[i] for i in keep]),
+                              resamples=resamples, seed=[seed, zlib.crc32(f"{case_row['case_id']}/{kpi_name}".encode())])
+
+
+def samples_by_case(sample_rows: Iterable[Row]) -> dict[str, list[Row]]:
+    grouped: dict[str, list[Row]] = defaultdict(list)
+    for r in sample_rows:
+        grouped[r["case_id"]].append(r)
+    return dict(grouped)
+
+
+@dataclass
+class PlotPoint:
+    """A point of the Pareto plot: x token reduction (%), y judged OCR WER drift, their 95% intervals."""
+
+    label: str
+    x: float
+    y: float | None  # None: an operating point searched without OCR (drawn as a vertical line)
+    x_interval: tuple[float, float] | None = None
+    y_interval: tuple[float, float] | None = None
+    row: Row | None = None  # the case row; None for an operating point
+
+
+def case_points(case_rows: list[Row], sample_rows: Iterable[Row] = (), limits: Limits = Limits(),
+                seed: int = 0) -> list[PlotPoint]:
+    """The cases the plot can place (both KPIs measured and judged), with their intervals."""
+    samples = samples_by_case(sample_rows)
+    out = []
+    for r in case_rows:
+        x, y = token_reduction_pct(r), limits.judged_drift(r)
+        if x is not None and y is not None:
+            out.append(PlotPoint(method_label(r), x, y, interval(r, "tokens_reduction_pct", samples, seed),
+                                 interval(r, "ocr_wer_drift", samples, seed), r))
+    return out
+
+
+def operating_points(points: Iterable, limits: Limits = Limits()) -> list[PlotPoint]:
+    """The found operating points of ``evalsuite search`` as plot points (drift: None if not measured
+    or informational on that dataset)."""
+    out = []
+    for p in points:
+        if not p.found:
+            continue
+        safe = p.probe(p.value)
+        if safe.reduction_pct is None:
+            continue
+        drift = None if p.dataset in limits.drift_informational else safe.ocr_wer_drift
+        out.append(PlotPoint(f"{p.label} / {p.model} / {p.dataset}", safe.reduction_pct, drift, p.reduction_interval))
+    return out
+
+
+def _bar(value: float, bounds: tuple[float, float] | None) -> list[list[float]] | None:
+    """matplotlib's [[below], [above]] of an interval around ``value`` (a case value computed otherwise
+    than its resampled mean, e.g. over all tokens, may sit just outside it: no negative bar then)."""
+    if bounds is None:
+        return None
+    return [[max(0.0, value - bounds[0])], [max(0.0, bounds[1] - value)]]
+
+
+def plot_pareto(case_rows: list[Row], path: Path, limits: Limits = Limits(), sample_rows: Iterable[Row] = (),
+                points: Iterable = ()) -> int:
+    """Write the PNG; returns how many cases it could place (both KPIs measured and judged).
+
+    Error bars: the 95% intervals of :func:`interval`; operating points (``points``, from
+    ``evalsuite search``) are stars, or dash-dotted vertical lines when searched without OCR."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    placed = [(r, token_reduction_pct(r), limits.judged_drift(r)) for r in case_rows]
-    placed = [(r, x, y) for r, x, y in placed if x is not None and y is not None]
+    plotted = case_points(case_rows, sample_rows, limits)
+    placed = [(p.row, p.x, p.y) for p in plotted]
     fig = Figure(figsize=(8, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.axvline(limits.min_reduction_pct, color="grey", ls="--", lw=1, label=f"{limits.min_reduction_pct:g}% savings")
     ax.axhline(limits.max_wer_drift, color="grey", ls=":", lw=1, label=f"WER drift {limits.max_wer_drift:g}")
+    for i, op in enumerate(operating_points(points, limits)):
+        colour = f"C{(i + 3) % 10}"
+        if op.y is None:
+            ax.axvline(op.x, color=colour, ls="-.", lw=1.2, label=f"operating point {op.label} (no OCR drift)")
+            continue
+        ax.scatter([op.x], [op.y], marker="*", s=180, color=colour, edgecolors="black", zorder=5,
+                   label=f"operating point {op.label}")
+        if op.x_interval:
+            ax.errorbar([op.x], [op.y], xerr=_bar(op.x, op.x_interval), fmt="none", ecolor=colour, capsize=3, lw=1)
     if placed:
         front = set(pareto_front([(x, y) for _, x, y in placed]))
         colours = {m: f"C{i % 10}" for i, m in enumerate(sorted({method_label(r) for r, _, _ in placed}))}
+        for p in plotted:
+            xerr, yerr = _bar(p.x, p.x_interval), _bar(p.y, p.y_interval)
+            if xerr or yerr:
+                ax.errorbar([p.x], [p.y], xerr=xerr, yerr=yerr, fmt="none", ecolor=colours[p.label], alpha=0.6,
+                            capsize=2, lw=1)
         for label, colour in colours.items():
             pts = [(x, y) for r, x, y in placed if method_label(r) == label]
             ax.scatter(*zip(*pts), color=colour, s=28, alpha=0.8, label=label)
@@ -206,7 +353,7 @@ def plot_pareto(case_rows: list[Row], path: Path, limits: Limits = Limits()) -> 
                 transform=ax.transAxes)
     ax.set_xlabel("token reduction (%)  ->  better")
     ax.set_ylabel("OCR WER drift (compressed - baseline)  <-  better")
-    ax.set_title("Token reduction vs OCR WER drift (one point per case)")
+    ax.set_title("Token reduction vs OCR WER drift (one point per case, bars: 95% intervals)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -235,6 +382,17 @@ def _when(stamp: Any) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M:%S") if hasattr(stamp, "strftime") else str(stamp)
 
 
+def _started(rows: list[Row]) -> Any:
+    """The earliest start: shards of a run each record their own."""
+    return min((r["timestamp"] for r in rows), key=lambda t: (str(type(t)), t))
+
+
+def _shards(rows: list[Row]) -> str:
+    """`` in 2 shards (1/2, 2/2)`` when the run was split over machines (pytest-split), else ''."""
+    shards = sorted({(r.get("versions") or {}).get("shard") for r in rows} - {None})
+    return f" in {len(shards)} shard{'s' * (len(shards) != 1)} ({', '.join(shards)})" if shards else ""
+
+
 def _status(row: Row) -> str:
     return "ERROR" if row.get("error") else ("pass" if row.get("passed") else "FAIL")
 
@@ -244,7 +402,7 @@ def _distinct(rows: list[Row], key: str) -> str:
 
 
 def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recommendation, *, plot_name: str,
-           plotted: int, limits: Limits = Limits()) -> str:
+           plotted: int, limits: Limits = Limits(), points: list | tuple = ()) -> str:
     """The markdown text of the report."""
     first = case_rows[0]
     n_pass = sum(1 for r in case_rows if r.get("passed"))
@@ -252,8 +410,8 @@ def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recomme
     out = [
         "# Vision token compression PoC",
         "",
-        f"Run `{first['run_id']}` (tenant `{first['tenant_id']}`), started {_when(first['timestamp'])} UTC, "
-        f"commit `{_distinct(case_rows, 'git_commit')}`, host {_distinct(case_rows, 'host')}, "
+        f"Run `{first['run_id']}` (tenant `{first['tenant_id']}`), started {_when(_started(case_rows))} UTC"
+        f"{_shards(case_rows)}, commit `{_distinct(case_rows, 'git_commit')}`, host {_distinct(case_rows, 'host')}, "
         f"GPU {_distinct(case_rows, 'gpu')}.",
         f"{len(case_rows)} cases: {n_pass} passed, {len(case_rows) - n_pass - n_err} breached a threshold, "
         f"{n_err} errored.",
@@ -272,21 +430,30 @@ def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recomme
         out += ["> Warning: some cases ran with random weights (label `random-weights`); their quality "
                 "KPIs say nothing about real models.", ""]
     out += ["### Candidates", ""]
+    samples = samples_by_case(sample_rows)
+
+    def n(rows: list[Row]) -> str:
+        counts = [sample_count(r, samples) for r in rows]
+        return "-" if None in counts else str(sum(counts))
+
     out += _table(
-        ["candidate", "model", "cases", "min token reduction %", "max WER drift", "verdict"],
-        ([c.label, c.model, str(len(c.cases)), _fmt(c.reduction_pct, ".1f"), _fmt(c.wer_drift, "+.4f"),
+        ["candidate", "model", "cases", "n", "min token reduction %", "max WER drift", "verdict"],
+        ([c.label, c.model, str(len(c.cases)), n(c.cases), _fmt(c.reduction_pct, ".1f"), _fmt(c.wer_drift, "+.4f"),
           "eligible" if c.eligible else "; ".join(c.failures)] for c in recommendation.ranked),
     ) if recommendation.ranked else ["(none)"]
+    if points:
+        out += ["", "### Operating points (`evalsuite search`)", ""]
+        out += _points_table(points, limits)
     out += ["", "## Comparison: model x method x dataset", ""]
     ordered = sorted(case_rows, key=lambda r: (r["model"], r["method"] != BASELINE, method_label(r), r["dataset"]))
     out += _table(
         ["model", "method", "dataset", "token reduction %", "WER drift", "feature cosine", "EMD",
-         "compression p95 ms", "result"],
+         "compression p95 ms", "n", "result"],
         ([r["model"], method_label(r), r["dataset"], _fmt(token_reduction_pct(r), ".1f"),
           _fmt(kpi(r, "ocr_wer_drift"), "+.4f") + (" (info)" if r["dataset"] in limits.drift_informational
                                                     and kpi(r, "ocr_wer_drift") is not None else ""),
           _fmt(kpi(r, "feature_cosine_mean"), ".4f"),
-          _fmt(kpi(r, "emd"), ".4g"), _fmt(kpi(r, "compression_latency_ms_p95"), ".2f"), _status(r)]
+          _fmt(kpi(r, "emd"), ".4g"), _fmt(kpi(r, "compression_latency_ms_p95"), ".2f"), n([r]), _status(r)]
          for r in ordered),
     )
     out += ["", "Feature cosine: mean cosine similarity between encoder features with and without compression "
@@ -295,7 +462,10 @@ def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recomme
     out += _doc_type_table(sample_rows) or ["No per-sample rows were recorded."]
     out += ["", "## Pareto plot", "", f"![token reduction vs OCR WER drift]({plot_name})", "",
             f"{plotted} of {len(case_rows)} cases have both token reduction and judged OCR WER drift and are plotted; "
-            "circled points form the Pareto front (no other case saves more tokens with less drift).", ""]
+            "circled points form the Pareto front (no other case saves more tokens with less drift). Error bars: "
+            "95% intervals, a seeded bootstrap over each case's samples (n in the comparison table)"
+            + (f"; stars: the {len(operating_points(points, limits))} operating point(s) of `evalsuite search`"
+               if points else "") + ".", ""]
     failed = [r for r in ordered if not r.get("passed")]
     if failed:
         out += ["## Breaches and errors", ""]
@@ -307,6 +477,26 @@ def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recomme
         out.append("")
     out += _environment(case_rows)
     return "\n".join(out) + "\n"
+
+
+def _points_table(points, limits: Limits) -> list[str]:
+    def interval(pair, spec):
+        return f" [{format(pair[0], spec)}, {format(pair[1], spec)}]" if pair else ""
+
+    rows = []
+    for p in points:
+        safe = p.probe(p.value) if p.found else None
+        failing = p.probe(p.fails_at)
+        rows.append([
+            p.method, p.model, p.dataset, f"{p.param} in [{p.lo:g}, {p.hi:g}]", "none" if safe is None else f"{p.value:g}",
+            "-" if safe is None else _fmt(safe.reduction_pct, ".1f") + interval(p.reduction_interval, ".1f"),
+            "-" if safe is None else _fmt(safe.feature_cosine, ".4f") + interval(p.cosine_interval, ".4f"),
+            "-" if safe is None else _fmt(safe.ocr_wer_drift, "+.4f"), "-" if safe is None else str(safe.n),
+            "-" if failing is None else f"{p.fails_at:g}: " + "; ".join(failing.breaches),
+            "; ".join(point_failures(p, limits)) or "eligible",
+        ])
+    return _table(["method", "model", "dataset", "searched", "safe setting", "token reduction % [95%]",
+                   "feature cosine [95%]", "WER drift", "n", "fails at", "verdict"], rows)
 
 
 def _doc_type_table(sample_rows: list[Row]) -> list[str]:
@@ -346,19 +536,22 @@ class PocReport:
 
 
 def write_report(case_rows: list[Row], sample_rows: list[Row], out: str | Path = DEFAULT_OUT,
-                 limits: Limits = Limits()) -> PocReport:
+                 limits: Limits = Limits(), points: Iterable = ()) -> PocReport:
     """Write the markdown and ``<stem>_pareto.png`` beside it from rows of one run (and
-    ``<stem>_text_pixels.png`` when the run has ``text_pixels`` pages)."""
+    ``<stem>_text_pixels.png`` when the run has ``text_pixels`` pages); ``points`` are the
+    operating points of ``evalsuite search`` (:func:`load_operating_points`)."""
     if not case_rows:
         raise ValueError("no case rows to report on")
+    points = list(points)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot = out.with_name(out.stem + "_pareto.png")
-    plotted = plot_pareto(case_rows, plot, limits)
-    rec = recommend(case_rows, limits)
+    plotted = plot_pareto(case_rows, plot, limits, sample_rows, points)
+    rec = recommend(case_rows, limits, points)
     from .text_pixels import section as text_pixels_section  # "" unless the run drew text_pixels pages
 
-    out.write_text(render(case_rows, sample_rows, rec, plot_name=plot.name, plotted=plotted, limits=limits)
+    out.write_text(render(case_rows, sample_rows, rec, plot_name=plot.name, plotted=plotted, limits=limits,
+                          points=points)
                    + text_pixels_section(sample_rows, out.with_name(out.stem + "_text_pixels.png")),
                    encoding="utf-8")
     return PocReport(out, plot, case_rows[0]["run_id"], rec)
@@ -371,8 +564,15 @@ def latest_run_id(sink: Any, tenant_id: str | None = None) -> str | None:
     return rows[0][0] if rows else None
 
 
+def load_operating_points(path: str | Path | None) -> list:
+    """The operating points ``evalsuite search`` wrote to ``path``; [] when there is no such file."""
+    from ..search import read_points
+
+    return read_points(path) if path is not None and Path(path).exists() else []
+
+
 def generate(sink: Any, out: str | Path = DEFAULT_OUT, limits: Limits = Limits(), *, run_id: str | None = None,
-             tenant_id: str | None = None) -> PocReport:
+             tenant_id: str | None = None, points: Iterable = ()) -> PocReport:
     """Read one run (latest by default) from a :class:`~evalsuite.sinks.clickhouse.ClickHouseSink` and report."""
     run_id = run_id or latest_run_id(sink, tenant_id)
     if run_id is None:
@@ -381,4 +581,4 @@ def generate(sink: Any, out: str | Path = DEFAULT_OUT, limits: Limits = Limits()
     if not any(r["row_kind"] == "case" for r in rows):
         raise LookupError(f"no results for run {run_id!r} in {sink.where}")
     return write_report([r for r in rows if r["row_kind"] == "case"], [r for r in rows if r["row_kind"] == "sample"],
-                        out, limits)
+                        out, limits, points)

@@ -74,10 +74,10 @@ def run_phases(process_start: float, first_start: float | None, last_stop: float
 
 def uncompiled_imports(package: str = "torch") -> str | None:
     """A note when ``package`` has no compiled bytecode beside it, so that every process (each
-    worker and each OCR reader) compiles it, and what it imports, from source. Measured on a
-    two-H200 host whose Python set ``PYTHONDONTWRITEBYTECODE`` over a site-packages without
-    ``__pycache__``: 5.7-6.0 s before the first case instead of 2.8 s, and a one-GPU run's model
-    loads (imports) 7.7 s instead of 4.2 s. None where the bytecode is there (or ``package`` is not)."""
+    worker and each OCR reader) compiles it, and what it imports, from source: a Python that sets
+    ``PYTHONDONTWRITEBYTECODE`` over a site-packages without ``__pycache__`` slows every process's
+    start and model loads (docs/performance.md, "GPU gate"). None where the bytecode is there (or
+    ``package`` is not)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not (spec.origin or "").endswith(".py"):
         return None

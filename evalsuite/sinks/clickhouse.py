@@ -224,40 +224,44 @@ class ClickHouseSink:
                             superseded=counts.superseded)
 
     def insert(self, run: RunInfo, results: list[CaseResult]) -> InsertCounts:
-        """Insert the rows of ``results``, one run's, so that the table holds the latest run of a run
-        id, and it alone. Raises on failure.
+        """Insert the rows of ``results``, one run's, so that the table holds each case of a run id
+        from the latest run that measured it, and from it alone. Raises on failure.
 
         A run is told from another with the same id by its start (``run.started_at``, the rows'
-        ``timestamp``): rows of the same run already held are skipped (ingesting twice is
-        harmless); rows of an earlier run with this id are deleted first (a rerun replaces it:
-        the table never keeps the verdict the terminal no longer shows); and a run older than one
-        the table holds is left out (an old spool ingested late does not undo a rerun).
+        ``timestamp``), case by case: rows of the same run already held are skipped (ingesting twice
+        is harmless); a case's rows from an earlier run with this id are deleted first (a rerun
+        replaces it: the table never keeps the verdict the terminal no longer shows); and a case that
+        a later run already holds is left out (an old spool ingested late does not undo a rerun).
+        Per case, not per run id: shards of one run (pytest-split, one run id on several machines)
+        start at different times and hold different cases, and must not replace each other.
         """
         rows = {r["row_id"]: r for r in to_rows(run, results)}
         total = len(rows)
         started = _epoch_ms(parse_timestamp(run.started_at))
+        cases = sorted({r["case_id"] for r in rows.values()})
         with self.client() as client:
             held = client.query(
-                f"SELECT toUnixTimestamp64Milli(timestamp) AS started, count(), groupArray(row_id) "
-                f"FROM `{self.table}` WHERE run_id = {{run:String}} GROUP BY started",
-                parameters={"run": run.run_id},
+                f"SELECT case_id, toUnixTimestamp64Milli(timestamp) AS started, count(), groupArray(row_id) "
+                f"FROM `{self.table}` WHERE run_id = {{run:String}} AND has({{cases:Array(String)}}, case_id) "
+                f"GROUP BY case_id, started",
+                parameters={"run": run.run_id, "cases": cases},
             ).result_rows
-            if any(other > started for other, _, _ in held):
-                return InsertCounts(0, total, superseded=True)
-            replaced = sum(n for other, n, _ in held if other < started)
-            if replaced:
+            newer = {case for case, other, _, _ in held if other > started}
+            older = sorted({case for case, other, _, _ in held if other < started} - newer)
+            replaced = sum(n for case, other, n, _ in held if other < started and case in older)
+            if older:
                 client.command(
                     f"ALTER TABLE `{self.table}` DELETE WHERE run_id = {{run:String}} "
+                    f"AND has({{cases:Array(String)}}, case_id) "
                     f"AND toUnixTimestamp64Milli(timestamp) < {{started:Int64}}",
-                    parameters={"run": run.run_id, "started": started}, settings={"mutations_sync": 2})
-            for other, _, ids in held:
-                if other == started:
-                    for row_id in ids:
-                        rows.pop(row_id, None)
+                    parameters={"run": run.run_id, "cases": older, "started": started},
+                    settings={"mutations_sync": 2})
+            held_ids = {row_id for case, other, _, ids in held if other == started for row_id in ids}
+            rows = {k: r for k, r in rows.items() if k not in held_ids and r["case_id"] not in newer}
             if rows:
                 client.insert(self.table, [[r[c] for c in COLUMN_NAMES] for r in rows.values()],
                               column_names=COLUMN_NAMES)
-        return InsertCounts(len(rows), total - len(rows), replaced)
+        return InsertCounts(len(rows), total - len(rows), replaced, superseded=bool(newer) and not rows)
 
     def select(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
         """Run ``sql`` -> (column names, rows)."""

@@ -70,9 +70,13 @@ def append(path: str | os.PathLike, run: RunInfo, results: list[CaseResult]) -> 
 
 
 def load(path: str | os.PathLike) -> list[tuple[RunInfo, list[CaseResult]]]:
-    """Every run in a spool file with its cases, in file order (repeated runs merged; a run's info
-    is its latest ``run`` line, which the controller writes again with every case). A line that is
-    not a spool line raises :class:`ValueError` naming the file and line (:func:`load_intact` skips it)."""
+    """Every run in a spool file with its cases, in file order. A line that is not a spool line raises
+    :class:`ValueError` naming the file and line (:func:`load_intact` skips it).
+
+    A run is told apart by its id, start, host and shard: the controller writes its ``run`` line again
+    with every case (the latest wins: its GPU summary grows), and shards of one run (pytest-split on
+    several machines, one run id) each write their own, so spools concatenated into one file keep each
+    shard's host and start. A case belongs to the last ``run`` line of its run id before it."""
     runs, bad = load_intact(path)
     if bad:
         raise ValueError(bad[0])
@@ -82,7 +86,8 @@ def load(path: str | os.PathLike) -> list[tuple[RunInfo, list[CaseResult]]]:
 def load_intact(path: str | os.PathLike) -> tuple[list[tuple[RunInfo, list[CaseResult]]], list[str]]:
     """:func:`load`'s runs from the lines that parse, and ``"<file>:<line>: not a spool line (why)"``
     for each that does not (a truncated last line, say, of a run killed while writing it)."""
-    runs: dict[str, tuple[RunInfo, list[CaseResult]]] = {}
+    runs: dict[tuple, tuple[RunInfo, list[CaseResult]]] = {}  # run identity -> run and its cases
+    current: dict[str, tuple] = {}  # run id -> the identity of its latest run line
     bad = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
@@ -92,9 +97,10 @@ def load_intact(path: str | os.PathLike) -> tuple[list[tuple[RunInfo, list[CaseR
                 entry = json.loads(line)
                 if entry["type"] == "run":
                     run = RunInfo(**entry["run"])
-                    runs[run.run_id] = (run, runs[run.run_id][1] if run.run_id in runs else [])
+                    key = current[run.run_id] = (run.run_id, run.started_at, run.host, run.versions.get("shard"))
+                    runs[key] = (run, runs[key][1] if key in runs else [])
                 elif entry["type"] == "case":
-                    runs[entry["run_id"]][1].append(CaseResult.from_json(json.dumps(entry["case"])))
+                    runs[current[entry["run_id"]]][1].append(CaseResult.from_json(json.dumps(entry["case"])))
                 else:
                     raise ValueError(f"unknown line type {entry['type']!r}")
             except (ValueError, KeyError, TypeError) as exc:

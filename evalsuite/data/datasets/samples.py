@@ -19,7 +19,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea")
 
 
 def _skimage_photo(name: str) -> Image.Image:
-    from skimage import data  # ~0.3 s of imports, paid only when a photo is loaded
+    from skimage import data  # a slow import, paid only when a photo is loaded
 
     return Image.fromarray(getattr(data, name)()).convert("RGB")
 

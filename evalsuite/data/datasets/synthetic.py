@@ -1,6 +1,6 @@
 """``synthetic``: a generated mix of invoices, tables, code, UI screens and charts.
 
-Pages are rendered in process from their seed (a few ms each, a chart ~0.1 s)
+Pages are rendered in process from their seed (charts are the slowest)
 and memoised, so a sample's ``load`` is cheap after the listing rendered it.
 """
 
