@@ -6,7 +6,7 @@ import torch
 
 from evalsuite.methods import METHODS, build
 from evalsuite.methods.state import TokenState
-from evalsuite.methods.tome import bipartite_soft_matching, matching_old_to_new, merge_weighted
+from evalsuite.methods.tome.merge import bipartite_soft_matching, matching_old_to_new, merge_weighted
 from evalsuite.metrics.flops import ideal_speedup
 from evalsuite.registry import UnknownNameError
 
@@ -211,7 +211,7 @@ def test_graph_cache_drops_least_recently_used_beyond_its_count_and_bytes(monkey
 def test_graph_replayed_merge_step_equals_eager_on_cuda(dtype):
     """The captured ToMe step gives the eager step's result for new inputs on every replay."""
     from evalsuite.methods.graphs import replay_or_run
-    from evalsuite.methods.tome import merge_step
+    from evalsuite.methods.tome.merge import merge_step
 
     def inputs(seed):
         g = torch.Generator(device="cuda").manual_seed(seed)
@@ -235,7 +235,7 @@ def test_graph_reads_inputs_in_place_only_while_they_stay_where_they_were(monkey
     result for whatever those tensors hold at each call, and inputs elsewhere still go through the
     graph's own buffers."""
     from evalsuite.methods import graphs
-    from evalsuite.methods.tome import merge_step
+    from evalsuite.methods.tome.merge import merge_step
 
     monkeypatch.setattr(graphs, "_GRAPHS", graphs.OrderedDict())
     shapes = ((2, 3, 41, 16), (2, 41, 32), (2, 41, 1))
@@ -261,7 +261,7 @@ def test_in_place_graphs_are_few_and_only_for_inputs_that_come_back(monkeypatch)
     """Inputs at new addresses on every call never get an in-place graph; inputs that keep coming
     back at three places get at most ``MAX_IN_PLACE`` of them."""
     from evalsuite.methods import graphs
-    from evalsuite.methods.tome import merge_step
+    from evalsuite.methods.tome.merge import merge_step
 
     monkeypatch.setattr(graphs, "_GRAPHS", graphs.OrderedDict())
     shapes = ((1, 2, 21, 8), (1, 21, 16), (1, 21, 1))

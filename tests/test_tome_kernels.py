@@ -1,4 +1,4 @@
-"""The fused ToMe step (evalsuite.methods.tome_kernels) against the torch reference (evalsuite.methods.tome).
+"""The fused ToMe step (evalsuite.methods.tome.kernels) against the torch reference (evalsuite.methods.tome.merge).
 
 On CPU the Triton kernels run under Triton's interpreter (``TRITON_INTERPRET=1``,
 read when Triton compiles the module, hence a subprocess); on a GPU they run
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalsuite.methods import build, tome, tome_kernels
+from evalsuite.methods import build
+from evalsuite.methods.tome import kernels as tome_kernels, merge as tome
 
 triton = pytest.importorskip("triton")
 

@@ -1,14 +1,14 @@
 """Kernel-level diagnoses behind the latency figures quoted in the README.
 
 ``merge-step``
-    One ToMe step (:func:`evalsuite.methods.tome.merge_step`, ``r`` as ToMe f0.5
+    One ToMe step (:func:`evalsuite.methods.tome.merge.merge_step`, ``r`` as ToMe f0.5
     on 12 blocks) per input shape, eager and replayed from a CUDA graph by
     :func:`evalsuite.methods.graphs.replay_or_run`. Eager steps cost a roughly
     constant time in kernel launches; a replay costs the copies into the graph's
     buffers, which grow with the input. Reproduces the crossover behind
     ``GRAPH_MAX_ELEMENTS`` (README: "a ToMe merge step whose input has at most 16M
     elements ... is replayed from a CUDA graph") and the figures in its comment.
-    The same for the fused step (:mod:`evalsuite.methods.tome_kernels`), and both
+    The same for the fused step (:mod:`evalsuite.methods.tome.kernels`), and both
     steps' device time without launches. ``--profile SHAPE [--fused]`` lists a
     step's kernels.
 ``block-scaling``
@@ -64,8 +64,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods import graphs, tome_kernels
-from ..methods.tome import merge_step
+from ..methods import graphs
+from ..methods.tome import kernels as tome_kernels
+from ..methods.tome.merge import merge_step
 from ..metrics.flops import block_flops
 from ..metrics.latency import synchronize
 from ..metrics.similarity import percentile
@@ -158,9 +159,9 @@ MERGE_STEP_COLUMNS = ("eager_ms", "replayed_ms", "kernel_ms", "fused_ms", "fused
 def merge_step_rows(shapes: dict[str, tuple] = MERGE_SHAPES, device: str | torch.device = "cpu",
                     dtype: str | None = None, repeats: int = 50) -> list[dict]:
     """One row per shape: ``shape``, ``elements`` (largest input); the reference step
-    (:func:`evalsuite.methods.tome.merge_step`) eager, ``eager_ms``, and replayed from a graph,
+    (:func:`evalsuite.methods.tome.merge.merge_step`) eager, ``eager_ms``, and replayed from a graph,
     ``replayed_ms`` (every input replayed, whatever its size; None off CUDA); the fused step
-    (:func:`evalsuite.methods.tome_kernels.merge_step`) the same, ``fused_ms`` and
+    (:func:`evalsuite.methods.tome.kernels.merge_step`) the same, ``fused_ms`` and
     ``fused_replayed_ms`` (None where it does not run), and its device time, ``fused_kernel_ms``,
     against the reference's, ``kernel_ms`` (launches excluded; None off CUDA)."""
     device, torch_dtype = _resolve(device, dtype)

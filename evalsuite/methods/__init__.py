@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 METHODS: Registry[type[Compressor]] = Registry("method", "evalsuite.methods")
 METHODS.register("none", "evalsuite.methods.base:Compressor")
-METHODS.register("tome", "evalsuite.methods.tome:ToMe")
+METHODS.register("tome", "evalsuite.methods.tome.hooks:ToMe")
 METHODS.register("v2drop", "evalsuite.methods.v2drop:V2Drop")
 METHODS.register("avit", "evalsuite.methods.avit:AViT")
 METHODS.register("random", "evalsuite.methods.random_drop:RandomDrop")

@@ -1,6 +1,6 @@
 """ToMe's merge step in four Triton kernels and one sort, for CUDA.
 
-:func:`evalsuite.methods.tome.merge_step` is the reference: about twenty torch
+:func:`evalsuite.methods.tome.merge.merge_step` is the reference: about twenty torch
 kernels per block, several of them full passes over large tensors. At batch 64
 and 518 px they took 0.41 ms of H100 time per block (eleven blocks merge): the
 gathers with expanded int64 indices about 0.17 ms, averaging the keys over heads
@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import triton_probe
+from ... import triton_probe
+from . import merge as reference
 
 try:
     import triton
@@ -71,18 +72,16 @@ def _works_on(device: torch.device, dtype: torch.dtype) -> bool:
         _WORKS[(device, dtype)] = False
 
     def check() -> str | None:
-        from . import tome
-
         g = torch.Generator(device=device).manual_seed(0)
         keys = torch.randn(2, 2, 1 + 40, 16, device=device, generator=g).to(dtype)
         x = torch.randn(2, 1 + 40, 24, device=device, generator=g).to(dtype)
         size = torch.randint(1, 4, (2, 1 + 40, 1), device=device, generator=g).to(dtype)
         out, out_size, unm, src, dst = got = merge_step(keys, x, size, num_prefix=1, r=7)
-        want_x, want_size = tome.merge_weighted(x.float(), size.float(), 1, unm, src, dst)
+        want_x, want_size = reference.merge_weighted(x.float(), size.float(), 1, unm, src, dst)
         works = torch.equal(out_size.float(), want_size) and torch.allclose(out.float(), want_x, atol=0.05, rtol=0.02)
         if dtype == torch.float32:
             works = works and all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in
-                                  zip(got, tome.merge_step(keys, x, size, num_prefix=1, r=7)))
+                                  zip(got, reference.merge_step(keys, x, size, num_prefix=1, r=7)))
         return None if works else "its result disagreed with the torch reference"
 
     return triton_probe.decided(_WORKS, device, dtype, check, "the fused ToMe step", "the torch reference")
@@ -90,7 +89,7 @@ def _works_on(device: torch.device, dtype: torch.dtype) -> bool:
 
 def merge_step(keys: torch.Tensor, x: torch.Tensor, size: torch.Tensor, *, num_prefix: int,
                r: int) -> tuple[torch.Tensor, ...]:
-    """:func:`evalsuite.methods.tome.merge_step` in fused kernels: ``keys`` [B, H, N, D], ``x``
+    """:func:`evalsuite.methods.tome.merge.merge_step` in fused kernels: ``keys`` [B, H, N, D], ``x``
     [B, N, C], ``size`` [B, N, 1] -> ``(x [B, N - r, C], size [B, N - r, 1], unm_idx, src_idx,
     dst_idx)``. Needs ``0 < r <= (N - num_prefix) // 2``."""
     batch, tokens, channels = x.shape
