@@ -44,7 +44,7 @@ def test_method_option_reads_parameters_as_a_matrix_file_does(spec, expected):
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("tome:merge=0.5", "unknown parameter(s) ['merge']"),
+    ("tome:merge=0.5", "merge: unknown key; did you mean 'merge_factor'?"),
     ("tome:merge_factor=abc", "'merge_factor=abc' is not KEY=VALUE"),
     ("nosuch", "unknown method 'nosuch'"),
 ])

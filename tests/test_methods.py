@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from evalsuite.methods import METHODS, build
+from evalsuite.methods.spec import INSERTION_POINTS
 from evalsuite.methods.state import TokenState
 from evalsuite.methods.tome.merge import bipartite_soft_matching, matching_old_to_new, merge_weighted
 from evalsuite.metrics.flops import ideal_speedup
@@ -159,16 +160,40 @@ def test_schedule_gives_the_ideal_speedup():
 
 
 @pytest.mark.parametrize("name,params,message", [
-    ("tome", {}, "exactly one of"),
-    ("tome", {"merge_factor": 1.5}, "merge_factor"),
-    ("tome", {"merge_factor": 0.5, "bogus": 1}, "unknown parameter"),
-    ("v2drop", {"keep": 0.0}, "keep fraction"),
-    ("avit", {"sparsity": 0.3, "layers": [11]}, "layers"),
-    ("downscale", {}, "keep"),
+    ("tome", {}, "merge_factor: give exactly one of"),
+    ("tome", {"merge_factor": 1.5}, r"merge_factor: must be < 1"),
+    ("tome", {"merge_factor": 0.5, "bogus": 1}, "bogus: unknown key"),
+    ("v2drop", {"keep": 0.0}, "keep: must be > 0"),
+    ("avit", {"sparsity": 0.3, "layers": [11]}, r"layers: \[11\] must be block indices < 11"),
+    ("downscale", {}, "keep: is required"),
 ])
-def test_bad_parameters_are_refused_with_the_reason(name, params, message):
+def test_bad_parameters_are_refused_naming_the_key(name, params, message):
     with pytest.raises(ValueError, match=message):
         build(name, params, num_layers=12)
+
+
+def test_registry_names_are_the_methods_own_names():
+    """Each registered spec (and the hooks it builds) calls itself by its registry name, and its
+    do-nothing settings (the parity tests' list) compress nothing."""
+    for name in METHODS:
+        spec_class = METHODS.get(name)
+        assert spec_class.name == name
+        assert spec_class.zero_params, f"{name} declares no zero setting: no parity coverage"
+        for params in spec_class.zero_params:
+            spec = spec_class(params)
+            assert spec.is_zero and spec.build(12).name == name
+        assert spec_class.insertion <= INSERTION_POINTS
+
+
+def test_specs_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from evalsuite.methods import METHODS, spec_of; "
+            "[spec_of(n, METHODS.get(n).zero_params[0]).schedule(196, 1, 12) for n in METHODS]; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_unknown_method_suggests_the_closest_name():

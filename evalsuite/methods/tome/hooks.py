@@ -25,58 +25,31 @@ checked against this one per device; ``EVALSUITE_TRITON=0`` turns it off).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .. import graphs
-from ..base import AttentionRequest, Compressor, fmt
+from ..base import AttentionRequest, Compressor
 from ..state import TokenState
 from . import kernels
 from .merge import matching_old_to_new, merge_step
+from .spec import ToMeSpec
 
 
 @dataclass
 class ToMe(Compressor):
-    name = "tome"
+    spec: ToMeSpec
 
     def __post_init__(self) -> None:
-        unknown = set(self.params) - {"merge_factor", "r", "proportional_attention"}
-        if unknown:
-            raise ValueError(f"tome: unknown parameter(s) {sorted(unknown)}; use merge_factor or r")
-        if ("merge_factor" in self.params) == ("r" in self.params):
-            raise ValueError("tome: give exactly one of merge_factor (0..1) or r (tokens per block)")
-        factor = self.params.get("merge_factor")
-        if factor is not None and not 0.0 <= float(factor) < 1.0:
-            raise ValueError(f"tome: merge_factor must be in [0, 1), got {factor}")
-        self.proportional_attention = bool(self.params.get("proportional_attention", True))
+        self.proportional_attention = self.spec.proportional_attention
         self._keys: torch.Tensor | None = None
 
-    @property
-    def id_part(self) -> str:
-        base = f"tome_r{self.params['r']}" if "r" in self.params else f"tome_f{fmt(float(self.params['merge_factor']))}"
-        return base if self.proportional_attention else base + "_nopa"
-
     def r_for(self, num_patches: int) -> int:
-        if "r" in self.params:
-            return int(self.params["r"])
-        return math.floor(float(self.params["merge_factor"]) * num_patches / self.num_layers)
-
-    @property
-    def is_zero(self) -> bool:
-        return self.params.get("r", 1) == 0 or float(self.params.get("merge_factor", 1.0)) == 0.0
+        return self.spec.r_for(num_patches, self.num_layers)
 
     def attention_request(self, layer: int) -> AttentionRequest | None:
         return None if self.is_zero else AttentionRequest(keys=True)
-
-    def schedule(self, num_patches: int, num_prefix: int = 0) -> list[int]:
-        r, tokens, out = self.r_for(num_patches), num_patches, []
-        for _ in range(self.num_layers):
-            merged = min(r, tokens // 2)
-            out += [tokens, tokens - merged]
-            tokens -= merged
-        return out
 
     def begin(self, state: TokenState) -> None:
         state.proportional_attention = self.proportional_attention
