@@ -5,7 +5,9 @@ their most similar partner by bipartite soft matching on the attention keys
 (averaged over heads). Merged tokens are size-weighted averages, and the
 attention of later blocks adds ``log(size)`` to the logits (proportional
 attention) so a merged token keeps the pull of the patches it stands for.
-Prefix tokens (CLS, registers) are never matched.
+Prefix tokens (CLS, registers) are never matched. As in the published code, the
+whole sequence alternates into the sets A and B by default (``split``, see
+:mod:`evalsuite.methods.tome.merge`).
 
 Merge factor rule (the product owner's "0.5" and "0.7"): ``merge_factor = f``
 removes the fraction ``f`` of the patch tokens by the end of the encoder with
@@ -33,7 +35,7 @@ from .. import graphs
 from ..base import AttentionRequest, Compressor
 from ..state import TokenState
 from . import kernels
-from .merge import matching_old_to_new, merge_step
+from .merge import matching_old_to_new, merge_step, split_offset
 from .spec import ToMeSpec
 
 
@@ -54,6 +56,7 @@ class ToMe(Compressor):
     def begin(self, state: TokenState) -> None:
         state.proportional_attention = self.proportional_attention
         self._r = self.r_for(state.num_input_patches)
+        self._a_offset = split_offset(self.spec.split, state.num_prefix)
 
     def observe_attention(self, layer, keys, importance) -> None:
         self._keys = keys
@@ -62,13 +65,13 @@ class ToMe(Compressor):
         r = min(self._r, state.num_patch_tokens // 2)
         if r <= 0:
             return x
-        patches = state.num_patch_tokens
+        patches, a_offset = state.num_patch_tokens, self._a_offset
         # small batches replay the step from a CUDA graph (launch-bound); the index tensors are the
         # graph's buffers, read by the token plan at the end of this forward. On CUDA: fused kernels.
         step = kernels.merge_step if kernels.supports(self._keys, x) else merge_step
         x, state.size, unm_idx, src_idx, dst_idx = graphs.replay_or_run(
-            step, (self._keys, x, state.size), num_prefix=state.num_prefix, r=r)
-        state.remap(lambda: matching_old_to_new(patches, unm_idx, src_idx, dst_idx))
+            step, (self._keys, x, state.size), num_prefix=state.num_prefix, r=r, a_offset=a_offset)
+        state.remap(lambda: matching_old_to_new(patches, unm_idx, src_idx, dst_idx, a_offset))
         state.merged = True
         self._keys = None
         return x

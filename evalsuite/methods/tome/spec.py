@@ -5,11 +5,17 @@ of the encoder with ToMe's constant schedule, ``r = floor(f * P / L)`` per block
 for P patches and L blocks; ``r`` may also be given directly. Each block merges
 at most half of the tokens reaching it (a bipartite matching cannot merge more).
 ``proportional_attention = false`` (case-id suffix ``_nopa``) turns the size bias off.
+``split`` picks the bipartite sets: ``"sequence"`` (default, as published: the whole
+sequence alternates A, B, A, ... with the class token in A and never matched) or
+``"patches"`` (the patch tokens alone alternate; case-id suffix ``_patchsplit``).
+On a ViT with one class token the two swap A and B.
 
 >>> ToMeSpec({"merge_factor": 0.5}).id_part
 'tome_f0.5'
 >>> ToMeSpec({"r": 8, "proportional_attention": False}).id_part
 'tome_r8_nopa'
+>>> ToMeSpec({"merge_factor": 0.5, "split": "patches"}).id_part
+'tome_f0.5_patchsplit'
 >>> ToMeSpec({"merge_factor": 0.5}).schedule(256, 1, 12)[:4]
 [256, 246, 246, 236]
 """
@@ -30,6 +36,7 @@ class ToMeSpec(MethodSpec):
                               doc="fraction of patch tokens merged away by the last block"),
         "r": Param(int, None, min=0, doc="tokens merged per block"),
         "proportional_attention": Param(bool, True, doc="log(size) bias in later attention"),
+        "split": Param(str, "sequence", choices=("sequence", "patches"), doc="how tokens alternate into A and B"),
     })
     zero_params = ({"merge_factor": 0.0}, {"r": 0})
 
@@ -42,9 +49,14 @@ class ToMeSpec(MethodSpec):
         return self.params.get("proportional_attention", True)
 
     @property
+    def split(self) -> str:
+        return self.params.get("split", "sequence")
+
+    @property
     def id_part(self) -> str:
         base = f"tome_r{self.params['r']}" if "r" in self.params else f"tome_f{fmt(self.params['merge_factor'])}"
-        return base if self.proportional_attention else base + "_nopa"
+        base = base if self.proportional_attention else base + "_nopa"
+        return base if self.split == "sequence" else base + "_patchsplit"
 
     @property
     def is_zero(self) -> bool:
