@@ -220,7 +220,7 @@ class EvalSession:
             node.user_properties.append((RESULT_PROPERTY, failed.to_json()))
             self._annotate(failed, [])
             raise
-        result.env["worker"] = self.worker_id or "main"  # which xdist worker ran it (evalsuite.bench.scaling)
+        result.env["worker"] = self.worker_id or "main"  # which xdist worker ran it (benchmarks.scaling)
         self.config.hook.pytest_evalsuite_result(result=result, case=case)
         not_applicable = {k for k in ("ocr_wer", "ocr_cer", "ocr_wer_drift", "ocr_cer_drift",
                                       "sroie_fields_found") if k not in result.kpis}

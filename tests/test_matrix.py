@@ -151,3 +151,16 @@ def test_bad_values_are_usage_errors_naming_file_and_key(tmp_path, old, new, mes
     proc = run_pytest(tmp_path, SMALL.replace(old, new), "--collect-only", "-q")
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "matrix.toml" in proc.stderr and message in proc.stderr, proc.stderr
+
+
+def test_a_method_is_refused_where_its_model_offers_none_of_its_insertion_points(tmp_path, monkeypatch):
+    """A model family declares where methods can run (``insertion`` in its registration); a method
+    that runs nowhere there is a usage error naming the method table, not a case that fails later."""
+    from evalsuite.models import MODELS
+
+    meta = dict(MODELS.meta("dinov2_s14"), insertion=frozenset({"in_llm"}))
+    monkeypatch.setitem(MODELS._meta, "dinov2_s14", meta)
+    path = write(tmp_path, "[models.dinov2_s14]\n[methods.tome]\nr = 2\n[datasets.samples]\n")
+    with pytest.raises(matrix.MatrixError, match=r"m\.toml: \[methods\.tome\]: tome runs at encoder; "
+                                                 r"model dinov2_s14 \(dinov2_s14\) offers in_llm"):
+        matrix.load([path])

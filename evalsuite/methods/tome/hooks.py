@@ -16,8 +16,8 @@ and L blocks. ``r`` may also be given directly. Either way each block merges at
 most half of the tokens reaching it (a bipartite matching cannot merge more).
 ``proportional_attention = false`` (case id suffix ``_nopa``) turns the size
 bias off: a little cheaper on GPU, where the bias needs evalsuite's own attention
-kernel (:mod:`evalsuite.patch.attention_kernels`, slower than PyTorch's flash
-kernel without bias) or heads one channel wider (``HEAD_PAD`` in
+kernel (:mod:`evalsuite.patch.attention_kernels`, which PyTorch's flash kernel
+without bias outpaces) or heads one channel wider (``HEAD_PAD`` in
 :mod:`evalsuite.patch.runner`); it costs some fidelity.
 
 :func:`evalsuite.methods.tome.merge.merge_step` is the reference, in torch. On CUDA, ToMe runs the same

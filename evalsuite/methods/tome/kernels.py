@@ -1,14 +1,12 @@
 """ToMe's merge step in four Triton kernels and one sort, for CUDA.
 
 :func:`evalsuite.methods.tome.merge.merge_step` is the reference: about twenty torch
-kernels per block, several of them full passes over large tensors. At batch 64
-and 518 px they took 0.41 ms of H100 time per block (eleven blocks merge): the
-gathers with expanded int64 indices about 0.17 ms, averaging the keys over heads
-and normalising them 0.08 ms, and the [B, Na, Nb] score matrix was written once
-and read back for its row max. At small batches the same twenty kernels cost
-their launches. :func:`merge_step` here computes the same thing (same outputs,
-same order) in 0.16 ms there (``python -m evalsuite.bench.kernels merge-step``; measured with the
-fold below adding with atomics, not yet with the fold as it is now):
+kernels per block, several of them full passes over large tensors (the gathers with
+expanded int64 indices, averaging the keys over heads and normalising them, and the
+[B, Na, Nb] score matrix written once and read back for its row max). At small
+batches the same twenty kernels cost their launches. :func:`merge_step` here
+computes the same thing (same outputs, same order) in fewer passes
+(``python -m benchmarks.kernels merge-step``; figures: docs/performance.md):
 
 1. ``_metric_kernel``: the keys averaged over heads and L2-normalised, one read of the keys;
 2. ``_best_partner_kernel``: for every A token (patch ``a_offset + 2i``) its most similar B
