@@ -4,7 +4,7 @@ With ``-n N`` (N >= 1) the controller only hands node ids to the workers and
 collects their reports; the workers collect and run the cases. The controller's
 start-up is on the critical path of every gate run (the workers start after
 it), so it must stay light: it imports no torch and leaves to the workers what
-needs it, such as checking the methods' parameters or that CUDA is there; it
+needs it, such as building the methods' hooks or checking that CUDA is there; it
 reports a worker's refusal as its own usage error (:func:`worker_usage_error`).
 """
 

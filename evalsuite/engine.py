@@ -20,7 +20,6 @@ import torch
 from .data.datasets import DATASETS
 from .data.sample import Sample, SampleError
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
-from .methods import build
 from .metrics import flops, retrieval, similarity, text_tokens
 from .metrics.latency import timed_calls
 from .models import MODELS
@@ -158,7 +157,7 @@ class Engine:
             self._read_ahead.add(case.dataset.id)
         adapter = self.model(case.model)
         ref = self.reference(case.model, case.dataset)
-        compressor = build(case.method, case.params, adapter.num_layers, seed=self.settings.seed)
+        compressor = case.build_method(adapter.num_layers, seed=self.settings.seed)  # checks depth-bound params
         result = CaseResult(case.id, case.model.id, case.method, dict(case.params), case.dataset.id,
                             labels=list(adapter.labels))
         result.samples.extend(ref.errors)

@@ -19,10 +19,14 @@ A matrix file::
     # loader = "sroie"            # registry key; defaults to the id
     # limit = 20                  # every other key goes to the loader
 
-Every error names the file and the key, and suggests the closest valid name.
-Loading is two steps: :func:`read` checks a file without importing torch (all
-that the pytest-xdist controller needs), :func:`expand` builds every method,
-which checks its parameters (in the processes that run cases).
+Every key is checked when the file is read, against what its component declares
+(:mod:`evalsuite.params`: run settings here, model factories and dataset loaders
+in their registries, methods in their specs): an unknown key (with the closest
+valid name), a wrong type or a value out of range is a :class:`MatrixError`
+naming the file and key, which the plugin turns into a usage error (exit 4).
+Nothing here imports torch: the pytest-xdist controller builds the same cases
+as the workers. Checks that need a model's depth (a method's ``layers``) run
+when the engine builds the method for the loaded model, with the same message.
 """
 
 from __future__ import annotations
@@ -30,13 +34,29 @@ from __future__ import annotations
 import itertools
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
+from .params import Param, ParamError, Schema, unknown_key_message
 from .registry import UnknownNameError
 
-RUN_KEYS = {"seed": int, "batch_size": int, "timing_repeats": int, "timing_warmup": int}
+if TYPE_CHECKING:
+    from .methods.spec import MethodSpec
+
+RUN_SETTINGS = Schema({
+    "seed": Param(int, 0, min=0, doc="seed of random methods and weights"),
+    "batch_size": Param(int, 8, min=1, doc="samples per forward"),
+    "timing_repeats": Param(int, 10, min=1, doc="timed forwards per case"),
+    "timing_warmup": Param(int, 2, min=0, doc="untimed forwards before them"),
+})
+RUN_KEYS = tuple(RUN_SETTINGS.params)
 DTYPES = ("float32", "float16", "bfloat16")
+MODEL_KEYS = {  # what the matrix takes from a model table; the rest goes to the factory
+    "factory": Param(str, None), "image_size": Param(int, 224, min=1),
+    "device": Param(str, "auto"), "dtype": Param(str, "float32", choices=DTYPES),
+}
+DEFAULT_INSERTION = frozenset({"encoder"})  # where methods run in a model whose registration says nothing
 
 
 class MatrixError(ValueError):
@@ -80,14 +100,31 @@ class CaseSpec:
     def id(self) -> str:
         return f"{self.model.id}-{self.method_id}-{self.dataset.id}"
 
+    @cached_property
+    def spec(self) -> MethodSpec:
+        """The method's spec (torch-free); ``spec.build(num_layers, seed)`` gives its hooks."""
+        from .methods import spec_of
+
+        return spec_of(self.method, self.params)
+
+    def build_method(self, num_layers: int, seed: int = 0):
+        """The method's hooks for the loaded model's depth; a parameter that does not fit that depth
+        is a :class:`MatrixError` naming this case's matrix file and the key."""
+        try:
+            return self.spec.build(num_layers, seed)
+        except ParamError as exc:
+            raise MatrixError(f"{self.source}: [methods.{self.method}] {exc} "
+                              f"(model {self.model.id} has {num_layers} blocks)") from None
+
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """One parameter set of a method as its file declares it; building it (:func:`expand`) checks the values."""
+class MethodEntry:
+    """One parameter set of a method as its file declares it, checked (``spec``)."""
 
     name: str
     params: dict[str, Any]
     where: str  # "FILE: [methods.NAME]", for errors
+    spec: MethodSpec
 
 
 @dataclass(frozen=True)
@@ -96,64 +133,41 @@ class MatrixFile:
 
     path: Path
     models: list[ModelSpec]
-    methods: list[MethodSpec]
+    methods: list[MethodEntry]
     datasets: list[DatasetSpec]
     settings: dict[str, int]
 
 
 def load(paths: list[Path], defaults: dict[str, int] | None = None) -> list[CaseSpec]:
-    """Parse matrix files into cases, every method's parameters checked; duplicated case ids across
-    files are an error."""
+    """Parse matrix files into cases, every key checked; duplicated case ids across files are an error."""
     return expand(read(paths, defaults))
 
 
 def read(paths: list[Path], defaults: dict[str, int] | None = None) -> list[MatrixFile]:
-    """Parse matrix files and check everything but the methods' parameters: run settings, models,
-    datasets and method names against their registries.
-
-    Imports no torch (the method classes do): the pytest-xdist controller reads the matrix with this
-    alone, since it runs no case and its start-up is on the critical path of every gate run; the
-    workers :func:`expand` the files, which checks the rest.
-    """
+    """Parse matrix files and check every key: run settings, models, datasets and methods against
+    what each declares. Imports no torch (see the module docstring)."""
     return [_read_file(Path(path), dict(defaults or {})) for path in paths]
 
 
 def expand(files: list[MatrixFile]) -> list[CaseSpec]:
-    """Every model x method(+params) x dataset of ``files``. Each method is built here, which checks
-    its parameters before the run starts and gives the method part of the case ids."""
-    from .methods import build
+    """Every model x method(+params) x dataset of ``files``, each method run where its model offers
+    one of its insertion points. Imports no torch."""
+    from .models import MODELS
 
     cases: dict[str, CaseSpec] = {}
     for file in files:
-        methods: list[tuple[MethodSpec, str]] = []
-        for method in file.methods:
-            try:
-                methods.append((method, build(method.name, method.params).id_part))
-            except (ValueError, TypeError) as exc:
-                raise MatrixError(f"{method.where}: {exc}") from None
-        for model, (method, method_id), dataset in itertools.product(file.models, methods, file.datasets):
-            case = CaseSpec(model, method.name, method.params, method_id, dataset, dict(file.settings),
-                            str(file.path))
+        for model, method, dataset in itertools.product(file.models, file.methods, file.datasets):
+            offered = MODELS.meta(model.factory).get("insertion", DEFAULT_INSERTION)
+            if not method.spec.insertion & offered:
+                raise MatrixError(f"{method.where}: {method.name} runs at {', '.join(sorted(method.spec.insertion))}; "
+                                  f"model {model.id} ({model.factory}) offers {', '.join(sorted(offered))}")
+            case = CaseSpec(model, method.name, method.spec.params, method.spec.id_part, dataset,
+                            dict(file.settings), str(file.path))
+            case.__dict__["spec"] = method.spec  # the checked spec (cached_property's slot)
             if case.id in cases:
                 raise MatrixError(f"{file.path}: case {case.id} is also declared in {cases[case.id].source}")
             cases[case.id] = case
     return list(cases.values())
-
-
-def split_case_id(case_id: str, model_ids: Iterable[str], dataset_ids: Iterable[str]) -> tuple[str, str] | None:
-    """``(model id, dataset id)`` of a case id ``MODEL-METHODID-DATASET``, without building any method:
-    the longest model id it starts with and the longest dataset id it ends with; None when none fits.
-
-    >>> split_case_id("dinov2_s14_518-tome_f0.5-sroie", ["dinov2_s14", "dinov2_s14_518"], ["sroie"])
-    ('dinov2_s14_518', 'sroie')
-    >>> split_case_id("dinov2_s14-sroie", ["dinov2_s14"], ["sroie"]) is None  # no method part
-    True
-    """
-    model = max((m for m in model_ids if case_id.startswith(f"{m}-")), key=len, default=None)
-    dataset = max((d for d in dataset_ids if case_id.endswith(f"-{d}")), key=len, default=None)
-    if model is None or dataset is None or len(model) + len(dataset) + 2 >= len(case_id):
-        return None
-    return model, dataset
 
 
 def _read_file(path: Path, settings: dict[str, int]) -> MatrixFile:
@@ -168,50 +182,63 @@ def _read_file(path: Path, settings: dict[str, int]) -> MatrixFile:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise MatrixError(f"{path}: malformed TOML: {exc}") from None
 
-    unknown = set(raw) - set(RUN_KEYS) - {"models", "methods", "datasets"}
-    if unknown:
-        raise MatrixError(f"{path}: unknown key(s) {sorted(unknown)}; expected "
-                          f"models, methods, datasets, {', '.join(RUN_KEYS)}")
-    for key, kind in RUN_KEYS.items():
-        if key in raw:
-            if not isinstance(raw[key], kind) or raw[key] < 0:
-                raise MatrixError(f"{path}: {key} must be a non-negative {kind.__name__}")
-            settings[key] = raw[key]
-    for section in ("models", "methods", "datasets"):
+    sections = ("models", "methods", "datasets")
+    for key in raw:
+        if key not in RUN_SETTINGS.params and key not in sections:
+            raise MatrixError(f"{path}: {key}: {unknown_key_message(key, [*sections, *RUN_KEYS])}")
+    settings.update(_checked(f"{path}:", RUN_SETTINGS, {k: v for k, v in raw.items() if k in RUN_SETTINGS.params}))
+    for section in sections:
         if not isinstance(raw.get(section), dict) or not raw[section]:
             raise MatrixError(f"{path}: [{section}.NAME] tables are required (none found)")
 
     models = [_model(path, mid, table, MODELS) for mid, table in raw["models"].items()]
     datasets = [_dataset(path, did, table, DATASETS) for did, table in raw["datasets"].items()]
-    methods: list[MethodSpec] = []
+    methods: list[MethodEntry] = []
     for name, tables in raw["methods"].items():
         where = f"{path}: [methods.{name}]"
         if name not in METHODS:
             raise MatrixError(f"{where}: {UnknownNameError('method', name, METHODS.names())}")
+        spec_class = METHODS.get(name)
         for table in tables if isinstance(tables, list) else [tables]:
             if not isinstance(table, dict):
                 raise MatrixError(f"{where}: must be a table of parameters")
-            methods.extend(MethodSpec(name, params, where) for params in _grid(table))
+            for params in _grid(table):
+                try:
+                    spec = spec_class(params)
+                except ParamError as exc:
+                    raise MatrixError(f"{where} {exc}") from None
+                methods.append(MethodEntry(name, params, where, spec))
     return MatrixFile(path, models, methods, datasets, settings)
+
+
+def _checked(where: str, schema: Schema | None, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` checked against ``schema`` (as given when there is none: an entry point's)."""
+    if schema is None:
+        return values
+    try:
+        return schema.check(values)
+    except ParamError as exc:
+        raise MatrixError(f"{where} {exc}") from None
 
 
 def _model(path: Path, model_id: str, table: Any, registry) -> ModelSpec:
     where = f"{path}: [models.{model_id}]"
     if not isinstance(table, dict):
         raise MatrixError(f"{where}: must be a table")
-    params = dict(table)
-    factory = params.pop("factory", model_id)
-    if factory not in registry:
-        raise MatrixError(f"{where} factory: {UnknownNameError('model', factory, registry.names())}")
+    factory = table.get("factory", model_id)
+    if not isinstance(factory, str) or factory not in registry:
+        raise MatrixError(f"{where} factory: {UnknownNameError('model', str(factory), registry.names())}")
+    declared = registry.meta(factory).get("params")
+    schema = Schema(MODEL_KEYS) | declared if declared is not None else None
+    if schema is None:  # an entry point that declares nothing: the matrix's own keys are still checked
+        _checked(where, Schema(MODEL_KEYS), {k: v for k, v in table.items() if k in MODEL_KEYS})
+    params = _checked(where, schema, dict(table))
+    params.pop("factory", None)
     image_size = params.pop("image_size", 224)
-    if not isinstance(image_size, int) or image_size <= 0:
-        raise MatrixError(f"{where} image_size: must be a positive integer, got {image_size!r}")
     device = params.pop("device", "auto")
     if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
         raise MatrixError(f"{where} device: {device!r} is not auto, cpu or cuda")
     dtype = params.pop("dtype", "float32")
-    if dtype not in DTYPES:
-        raise MatrixError(f"{where} dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     return ModelSpec(model_id, factory, image_size, device, dtype, params)
 
 
@@ -221,9 +248,9 @@ def _dataset(path: Path, dataset_id: str, table: Any, registry) -> DatasetSpec:
         raise MatrixError(f"{where}: must be a table")
     params = dict(table)
     loader = params.pop("loader", dataset_id)
-    if loader not in registry:
-        raise MatrixError(f"{where} loader: {UnknownNameError('dataset', loader, registry.names())}")
-    return DatasetSpec(dataset_id, loader, params)
+    if not isinstance(loader, str) or loader not in registry:
+        raise MatrixError(f"{where} loader: {UnknownNameError('dataset', str(loader), registry.names())}")
+    return DatasetSpec(dataset_id, loader, _checked(where, registry.meta(loader).get("params"), params))
 
 
 def _grid(table: dict[str, Any]) -> list[dict[str, Any]]:

@@ -44,11 +44,19 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, entry_point_group: str | None = None):
         self.kind = kind
         self._entries: dict[str, T | str] = {}
+        self._meta: dict[str, dict] = {}
         self._group = entry_point_group
         self._entry_points_loaded = entry_point_group is None
 
-    def register(self, name: str, obj: T | str | None = None) -> Callable[[T], T] | None:
-        """Register ``obj`` under ``name``; without ``obj``, acts as a decorator."""
+    def register(self, name: str, obj: T | str | None = None, **meta) -> Callable[[T], T] | None:
+        """Register ``obj`` under ``name``; without ``obj``, acts as a decorator.
+
+        ``meta`` is what is known of the entry without importing it, read back with :meth:`meta`:
+        e.g. ``params`` (a :class:`~evalsuite.params.Schema` of the keys a matrix table may give
+        it, checked at collection) and, for models, ``insertion`` (where methods can run in it).
+        """
+        if meta:
+            self._meta[name] = meta
         if obj is None:
             def decorator(target: T) -> T:
                 self._add(name, target)
@@ -56,6 +64,10 @@ class Registry(Generic[T]):
             return decorator
         self._add(name, obj)
         return None
+
+    def meta(self, name: str) -> dict:
+        """What ``name`` was registered with besides its object (empty for entry points)."""
+        return self._meta.get(name, {})
 
     def _add(self, name: str, obj: T | str) -> None:
         if name in self._entries and self._entries[name] is not obj:

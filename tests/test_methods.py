@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from evalsuite.methods import METHODS, build
+from evalsuite.methods.spec import INSERTION_POINTS
 from evalsuite.methods.state import TokenState
-from evalsuite.methods.tome import bipartite_soft_matching, matching_old_to_new, merge_weighted
+from evalsuite.methods.tome.merge import bipartite_soft_matching, matching_old_to_new, merge_weighted
 from evalsuite.metrics.flops import ideal_speedup
 from evalsuite.registry import UnknownNameError
 
@@ -159,16 +160,42 @@ def test_schedule_gives_the_ideal_speedup():
 
 
 @pytest.mark.parametrize("name,params,message", [
-    ("tome", {}, "exactly one of"),
-    ("tome", {"merge_factor": 1.5}, "merge_factor"),
-    ("tome", {"merge_factor": 0.5, "bogus": 1}, "unknown parameter"),
-    ("v2drop", {"keep": 0.0}, "keep fraction"),
-    ("avit", {"sparsity": 0.3, "layers": [11]}, "layers"),
-    ("downscale", {}, "keep"),
+    ("tome", {}, "merge_factor: give exactly one of"),
+    ("tome", {"merge_factor": 1.5}, r"merge_factor: must be < 1"),
+    ("tome", {"merge_factor": 0.5, "bogus": 1}, "bogus: unknown key"),
+    ("v2drop", {"keep": 0.0}, "keep: must be > 0"),
+    ("avit", {"sparsity": 0.3, "layers": [11]}, r"layers: \[11\] must be block indices < 11"),
+    ("downscale", {}, "keep: is required"),
 ])
-def test_bad_parameters_are_refused_with_the_reason(name, params, message):
+def test_bad_parameters_are_refused_naming_the_key(name, params, message):
     with pytest.raises(ValueError, match=message):
         build(name, params, num_layers=12)
+
+
+def test_registry_names_are_the_methods_own_names():
+    """Each registered spec (and the hooks it builds) calls itself by its registry name, and its
+    do-nothing settings (the parity tests' list) compress nothing."""
+    for name in METHODS:
+        spec_class = METHODS.get(name)
+        assert spec_class.name == name
+        assert spec_class.zero_params, f"{name} declares no zero setting: no parity coverage"
+        for params in spec_class.zero_params:
+            spec = spec_class(params)
+            assert spec.is_zero
+            if "encoder" in spec_class.insertion:  # hooks of an encoder block (other stages test theirs)
+                assert spec.build(12).name == name
+        assert spec_class.insertion <= INSERTION_POINTS
+
+
+def test_specs_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from evalsuite.methods import METHODS, spec_of; "
+            "[spec_of(n, METHODS.get(n).zero_params[0]).schedule(196, 1, 12) for n in METHODS]; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_unknown_method_suggests_the_closest_name():
@@ -211,7 +238,7 @@ def test_graph_cache_drops_least_recently_used_beyond_its_count_and_bytes(monkey
 def test_graph_replayed_merge_step_equals_eager_on_cuda(dtype):
     """The captured ToMe step gives the eager step's result for new inputs on every replay."""
     from evalsuite.methods.graphs import replay_or_run
-    from evalsuite.methods.tome import merge_step
+    from evalsuite.methods.tome.merge import merge_step
 
     def inputs(seed):
         g = torch.Generator(device="cuda").manual_seed(seed)
@@ -235,7 +262,7 @@ def test_graph_reads_inputs_in_place_only_while_they_stay_where_they_were(monkey
     result for whatever those tensors hold at each call, and inputs elsewhere still go through the
     graph's own buffers."""
     from evalsuite.methods import graphs
-    from evalsuite.methods.tome import merge_step
+    from evalsuite.methods.tome.merge import merge_step
 
     monkeypatch.setattr(graphs, "_GRAPHS", graphs.OrderedDict())
     shapes = ((2, 3, 41, 16), (2, 41, 32), (2, 41, 1))
@@ -261,7 +288,7 @@ def test_in_place_graphs_are_few_and_only_for_inputs_that_come_back(monkeypatch)
     """Inputs at new addresses on every call never get an in-place graph; inputs that keep coming
     back at three places get at most ``MAX_IN_PLACE`` of them."""
     from evalsuite.methods import graphs
-    from evalsuite.methods.tome import merge_step
+    from evalsuite.methods.tome.merge import merge_step
 
     monkeypatch.setattr(graphs, "_GRAPHS", graphs.OrderedDict())
     shapes = ((1, 2, 21, 8), (1, 21, 16), (1, 21, 1))

@@ -92,7 +92,7 @@ def run_pytest(tmp_path: Path, matrix: str, *args: str, thresholds: str | None =
     ("[models.dinov2_s14\n", "malformed TOML"),
     (SMALL_MATRIX.replace("[methods.tome]", "[methods.tomee]"), "[methods.tomee]: unknown method 'tomee'; did you mean 'tome'?"),
     (SMALL_MATRIX.replace("[datasets.sroie]", "[datasets.sorie]"), "[datasets.sorie] loader: unknown dataset 'sorie'; did you mean 'sroie'?"),
-    (SMALL_MATRIX.replace("merge_factor = 0.5", "merge_factor = 1.5"), "[methods.tome]: tome: merge_factor must be in [0, 1)"),
+    (SMALL_MATRIX.replace("merge_factor = 0.5", "merge_factor = 1.5"), "[methods.tome] merge_factor: must be < 1, got 1.5"),
     (SMALL_MATRIX.replace("image_size = 112", "image_size = 112\ndevice = 'tpu'"), "[models.dinov2_s14] device: 'tpu'"),
 ])
 def test_bad_matrix_is_a_usage_error_naming_file_and_key(tmp_path, matrix, expected):
@@ -129,12 +129,12 @@ def test_matrix_expands_into_readable_case_ids_selectable_with_k(tmp_path):
 
 
 def test_bad_method_parameter_under_xdist_is_the_same_usage_error(tmp_path):
-    """Only the workers build the methods (the controller imports no torch): the first worker's
-    refusal ends the run with its message, not with xdist's tracebacks of restarted workers."""
+    """The controller checks the methods' parameters without torch: the run ends with the message,
+    not with xdist's tracebacks of restarted workers."""
     bad = SMALL_MATRIX.replace("merge_factor = 0.5", "merge_factor = 1.5")
     proc = run_pytest(tmp_path, bad, "-n", "1", "-p", "xdist")
     assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert "matrix.toml: [methods.tome]: tome: merge_factor must be in [0, 1)" in proc.stderr
+    assert "matrix.toml: [methods.tome] merge_factor: must be < 1, got 1.5" in proc.stderr
     assert "node down" not in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
     assert controller_torch(tmp_path) == "never imported"
 

@@ -1,4 +1,4 @@
-"""The fused ToMe step (evalsuite.methods.tome_kernels) against the torch reference (evalsuite.methods.tome).
+"""The fused ToMe step (evalsuite.methods.tome.kernels) against the torch reference (evalsuite.methods.tome.merge).
 
 On CPU the Triton kernels run under Triton's interpreter (``TRITON_INTERPRET=1``,
 read when Triton compiles the module, hence a subprocess); on a GPU they run
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalsuite.methods import build, tome, tome_kernels
+from evalsuite.methods import build
+from evalsuite.methods.tome import kernels as tome_kernels, merge as tome
 
 triton = pytest.importorskip("triton")
 
@@ -48,21 +49,24 @@ def check_against_reference(device: str) -> None:
         *_, prefix, r = case
         tensors = inputs(case, device, torch.float32)
         assert tome_kernels.supports(tensors[0], tensors[1]), case
-        want = tome.merge_step(*tensors, num_prefix=prefix, r=r)
-        got = tome_kernels.merge_step(*tensors, num_prefix=prefix, r=r)
-        for name, w, g in zip(("x", "size", "unm_idx", "src_idx", "dst_idx"), want, got):
-            assert g.shape == w.shape and g.dtype == w.dtype, (case, name)
-            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5, msg=lambda m: f"{case} {name}: {m}")
-        several_into_one |= bool((got[4].sort(dim=1).values.diff(dim=1) == 0).any())
+        for a_offset in (0, 1):  # both splits: A = even patches (patch split) or odd (published, one CLS)
+            want = tome.merge_step(*tensors, num_prefix=prefix, r=r, a_offset=a_offset)
+            got = tome_kernels.merge_step(*tensors, num_prefix=prefix, r=r, a_offset=a_offset)
+            for name, w, g in zip(("x", "size", "unm_idx", "src_idx", "dst_idx"), want, got):
+                assert g.shape == w.shape and g.dtype == w.dtype, (case, a_offset, name)
+                torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5, msg=lambda m: f"{case} {a_offset} {name}: {m}")
+            several_into_one |= bool((got[4].sort(dim=1).values.diff(dim=1) == 0).any())
+        a_offset = prefix % 2  # the default split
         for dtype in (torch.float16, torch.bfloat16):
             keys, x, size = inputs(case, device, dtype)
             assert tome_kernels.supports(keys, x), (case, dtype)
-            out, out_size, unm, src, dst = tome_kernels.merge_step(keys, x, size, num_prefix=prefix, r=r)
-            want_x, want_size = tome.merge_weighted(x.float(), size.float(), prefix, unm, src, dst)
+            out, out_size, unm, src, dst = tome_kernels.merge_step(keys, x, size, num_prefix=prefix, r=r,
+                                                                   a_offset=a_offset)
+            want_x, want_size = tome.merge_weighted(x.float(), size.float(), prefix, unm, src, dst, a_offset)
             torch.testing.assert_close(out_size.float(), want_size, atol=0, rtol=0)
             torch.testing.assert_close(out.float(), want_x, atol=0.05, rtol=0.02)
             if dtype == torch.float16:  # (Triton's interpreter truncates to bfloat16 instead of rounding)
-                once = tome.merge_weighted(x.double(), size.double(), prefix, unm, src, dst)[0].half()
+                once = tome.merge_weighted(x.double(), size.double(), prefix, unm, src, dst, a_offset)[0].half()
                 torch.testing.assert_close(out, once, atol=1e-6, rtol=2 ** -10)  # at most one step apart
                 rounded_once += torch.tensor([(out == once).sum().item(), out.numel()])
     assert several_into_one, "no case merged several tokens into one partner"
@@ -108,10 +112,10 @@ def test_fused_step_gives_the_same_bits_every_run_on_cuda():
     several merged tokens, from many programs. Ten runs, one result."""
     keys, x, size = inputs((64, 6, 1 + 1369, 64, 384, 1, 342), "cuda", torch.float16)
     with torch.inference_mode():
-        first = tome_kernels.merge_step(keys, x, size, num_prefix=1, r=342)
+        first = tome_kernels.merge_step(keys, x, size, num_prefix=1, r=342, a_offset=1)
         assert (first[4].sort(dim=1).values.diff(dim=1) == 0).any()  # several into one partner
         for _ in range(10):
-            again = tome_kernels.merge_step(keys, x, size, num_prefix=1, r=342)
+            again = tome_kernels.merge_step(keys, x, size, num_prefix=1, r=342, a_offset=1)
             assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from evalsuite.methods import tome_kernels
+from evalsuite.methods.tome import kernels as tome_kernels
 from evalsuite.patch import attention_kernels
 
 

@@ -31,7 +31,7 @@ import tomllib
 
 import torch
 
-from ..methods import build
+from ..methods import build, spec_of
 from ..metrics.flops import ideal_speedup
 from ..metrics.latency import synchronize, timed_calls
 from ..metrics.similarity import percentile
@@ -181,7 +181,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
             raise argparse.ArgumentTypeError(
                 f"--method {spec}: {item!r} is not KEY=VALUE with a number or true/false") from None
     try:  # an unknown method or parameter fails here, before any model loads
-        build(name, params, 12)
+        spec_of(name, params)
     except (KeyError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"--method {spec}: {exc.args[0] if exc.args else exc}") from None
     return name, params

@@ -1,9 +1,12 @@
-"""Compression methods, registered by name. Each is a pure torch module.
+"""Compression methods, registered by name: each entry is the method's torch-free spec class.
 
-A new method is one file plus one line here (or an ``evalsuite.methods``
-entry point); the family patches in :mod:`evalsuite.patch` run any of them.
-Every entry is a lazy ``"module:attr"`` string, so that knowing the names
-imports no torch (the pytest-xdist controller checks matrix files with them).
+A method is a spec (:class:`~evalsuite.methods.spec.MethodSpec`: parameters,
+case-id part, token schedule, insertion points) and its hooks (a
+:class:`~evalsuite.methods.base.Compressor`, torch), which the spec builds at the
+model's real depth. A new method is a spec, its hooks and one line here (or an
+``evalsuite.methods`` entry point naming the spec). Entries are lazy
+``"module:attr"`` strings, and the specs import no torch, so the pytest-xdist
+controller checks matrix files with them.
 """
 
 from __future__ import annotations
@@ -14,16 +17,22 @@ from ..registry import Registry
 
 if TYPE_CHECKING:
     from .base import Compressor
+    from .spec import MethodSpec
 
-METHODS: Registry[type[Compressor]] = Registry("method", "evalsuite.methods")
-METHODS.register("none", "evalsuite.methods.base:Compressor")
-METHODS.register("tome", "evalsuite.methods.tome:ToMe")
-METHODS.register("v2drop", "evalsuite.methods.v2drop:V2Drop")
-METHODS.register("avit", "evalsuite.methods.avit:AViT")
-METHODS.register("random", "evalsuite.methods.random_drop:RandomDrop")
-METHODS.register("downscale", "evalsuite.methods.downscale:Downscale")
+METHODS: Registry[type[MethodSpec]] = Registry("method", "evalsuite.methods")
+METHODS.register("none", "evalsuite.methods.spec:MethodSpec")
+METHODS.register("tome", "evalsuite.methods.tome.spec:ToMeSpec")
+METHODS.register("v2drop", "evalsuite.methods.spec:V2DropSpec")
+METHODS.register("avit", "evalsuite.methods.spec:AViTSpec")
+METHODS.register("random", "evalsuite.methods.spec:RandomSpec")
+METHODS.register("downscale", "evalsuite.methods.spec:DownscaleSpec")
+
+
+def spec_of(name: str, params: dict[str, Any] | None = None) -> MethodSpec:
+    """Method ``name`` with ``params``, checked (``ParamError`` names a bad key; no torch)."""
+    return METHODS.get(name)(params)
 
 
 def build(name: str, params: dict[str, Any] | None = None, num_layers: int = 12, seed: int = 0) -> Compressor:
-    """Instantiate method ``name`` for an encoder of ``num_layers`` blocks."""
-    return METHODS.get(name)(params=dict(params or {}), num_layers=num_layers, seed=seed)
+    """The hooks of method ``name`` for an encoder of ``num_layers`` blocks."""
+    return spec_of(name, params).build(num_layers, seed)

@@ -13,23 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import AttentionRequest, fmt
+from .base import AttentionRequest
 from ._staged import StagedDrop
 
 
 @dataclass
 class AViT(StagedDrop):
-    name = "avit"
-    keep_param = "sparsity"
-
-    @property
-    def keep_fraction(self) -> float:
-        return 1.0 - float(self.params["sparsity"])
-
-    @property
-    def id_part(self) -> str:
-        return f"avit_s{fmt(float(self.params['sparsity']))}"
-
     def attention_request(self, layer):
         return AttentionRequest(importance=True) if layer in self.layers and not self.is_zero else None
 

@@ -1,6 +1,7 @@
 """The contract between compression methods and model-family patches.
 
-A :class:`Compressor` is a configured method. It imports only torch and knows
+A :class:`Compressor` holds a method's hooks, built from its torch-free spec
+(:mod:`evalsuite.methods.spec`) at the model's real depth. It imports only torch and knows
 nothing of timm or transformers: each family's patch (``evalsuite.patch``)
 walks its own modules and calls these hooks at fixed points of every block::
 
@@ -17,11 +18,12 @@ forward equals the unpatched model (the parity tests check this per family).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from .spec import MethodSpec, fmt  # noqa: F401  (fmt: re-exported)
 from .state import TokenState
 
 
@@ -35,42 +37,45 @@ class AttentionRequest:
 
 @dataclass
 class Compressor:
-    """Base class: the ``none`` method. Subclasses override the hooks they need.
-
-    ``params`` are the method's parameters as given in the case matrix; ``id_part``
-    is their short form used in test ids (``tome_f0.5``).
+    """Base class of a method's hooks; itself the ``none`` method. Subclasses override the hooks
+    they need and only compute: parameters, case-id part and token schedule live in ``spec``
+    (:class:`~evalsuite.methods.spec.MethodSpec`), which builds the hooks for a model of
+    ``num_layers`` blocks (:meth:`~evalsuite.methods.spec.MethodSpec.build`).
     """
 
-    name: ClassVar[str] = "none"
-    params: dict[str, Any] = field(default_factory=dict)
+    spec: MethodSpec
     num_layers: int = 12
     seed: int = 0
 
-    # -- configuration -------------------------------------------------------
+    # -- configuration, read from the spec ---------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.spec.params
+
     @property
     def id_part(self) -> str:
-        return self.name
+        return self.spec.id_part
 
     @property
     def is_zero(self) -> bool:
         """True when the configuration compresses nothing (the parity setting)."""
-        return True
+        return self.spec.is_zero
 
     @property
     def input_scale(self) -> float:
         """Factor applied to the input image side before the encoder (``downscale``)."""
-        return 1.0
+        return self.spec.input_scale
+
+    def schedule(self, num_patches: int, num_prefix: int = 0) -> list[int]:
+        """The spec's schedule at this model's depth: ``[attn_0, mlp_0, attn_1, mlp_1, ...]``."""
+        return self.spec.schedule(num_patches, num_prefix, self.num_layers)
 
     def attention_request(self, layer: int) -> AttentionRequest | None:
         return None
-
-    def schedule(self, num_patches: int, num_prefix: int = 0) -> list[int]:
-        """Patch tokens entering the attention and MLP of each block, as pairs flattened.
-
-        Returns ``[attn_0, mlp_0, attn_1, mlp_1, ...]``; the FLOP model behind
-        the ideal speedup reads it. The default keeps every token.
-        """
-        return [num_patches] * (2 * self.num_layers)
 
     # -- hooks ----------------------------------------------------------------
     def begin(self, state: TokenState) -> None:
@@ -88,8 +93,3 @@ class Compressor:
         self, layer: int, x: torch.Tensor, x_in: torch.Tensor, state: TokenState
     ) -> torch.Tensor:
         return x
-
-
-def fmt(value: float) -> str:
-    """Short number for test ids: 0.5 -> '0.5', 8.0 -> '8'."""
-    return f"{value:g}"

@@ -1,7 +1,7 @@
 """CUDA-graph replay of a method's per-block step, where kernel launches dominate.
 
-At batch 1 a ToMe merge is about 20 small kernels per block; on an H100 host
-their launches, not the GPU, set its latency (7.5 ms per 518 px forward).
+At batch 1 a ToMe merge is about 20 small kernels per block; their launches,
+not the GPU's work, set its latency (figures: docs/performance.md).
 :func:`replay_or_run` captures a pure tensor function once per input
 signature (shapes, dtypes, device, static arguments) and afterwards copies
 the inputs into the graph's buffers and replays it: three copies and one
@@ -18,7 +18,7 @@ Repeated forwards of one shape mostly get their inputs at the same addresses
 (the caching allocator hands out the same blocks in the same order). When a
 call's inputs sit where an earlier call's did, a graph is captured that reads
 them in place, and later calls with inputs at those addresses replay it without
-the copies (about 20 us of launches per block at batch 1). At most
+the copies (a few launches per block saved at batch 1). At most
 ``MAX_IN_PLACE`` such graphs are captured per signature, so inputs that keep
 moving cost a bounded number of captures, all in the first forwards. An
 in-place graph holds no reference to its inputs: it is replayed only while the
@@ -34,10 +34,10 @@ from typing import Callable
 
 import torch
 
-# Largest input (elements) replayed from a graph. One ToMe step on an H100, fp16, eager / replayed (ms):
-# ViT-S/14 518 px b1 0.31/0.09, b8 0.32/0.16, b64 (34M) 0.44/0.55; ViT-S/14 224 px b64 (6M) 0.31/0.16;
-# ViT-B/16 224 px b64 (10M) 0.30/0.19, 384 px b64 (28M) 0.32/0.38: eager steps cost ~0.3 ms of launches
-# until the copies into the graph's buffers outgrow that, between 10M and 28M elements.
+# Largest input (elements) replayed from a graph. An eager step costs a roughly constant time in
+# launches; replaying costs copies into the graph's buffers that grow with the input, and outgrow the
+# launches somewhere between 10M and 28M elements (``python -m benchmarks.kernels``; figures:
+# docs/performance.md).
 GRAPH_MAX_ELEMENTS = 1 << 24
 MAX_IN_PLACE = 2  # graphs reading their inputs in place, per signature
 MAX_GRAPHS = 256  # captured graphs kept per process (least recently used dropped) ...

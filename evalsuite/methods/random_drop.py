@@ -15,8 +15,6 @@ from ._staged import StagedDrop
 
 @dataclass
 class RandomDrop(StagedDrop):
-    name = "random"
-
     def begin(self, state):
         super().begin(state)
         self._generator = torch.Generator(device=state.size.device).manual_seed(self.seed)

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from .spec import default_layers, stage_counts  # noqa: F401  (pure Python; here for the hooks)
+
 
 class TokenState:
     """State of one batch during a compressed forward.
@@ -111,28 +113,3 @@ def keep_topk(
     p_size, s_size = split_prefix(state.size, state.num_prefix)
     state.size = torch.cat([p_size, s_size.gather(1, keep_idx[..., None])], dim=1)
     return torch.cat([prefix, patches], dim=1)
-
-
-def stage_counts(patches: int, keep: float, stages: int) -> list[int]:
-    """Patch tokens left after each of ``stages`` equal-ratio drop stages.
-
-    The total keep fraction is ``keep``; each stage keeps ``keep ** (1/stages)``
-    of what reaches it, so the last count is ``round(patches * keep)``.
-
-    >>> stage_counts(256, 0.5, 3)
-    [203, 161, 128]
-    >>> stage_counts(256, 1.0, 3)
-    [256, 256, 256]
-    """
-    return [max(1, round(patches * keep ** ((i + 1) / stages))) for i in range(stages)]
-
-
-def default_layers(num_layers: int, stages: int = 3) -> list[int]:
-    """Blocks after which staged methods reduce: evenly spread over the depth.
-
-    >>> default_layers(12)
-    [2, 5, 8]
-    >>> default_layers(4)
-    [0, 1, 2]
-    """
-    return [max(0, round(num_layers * (i + 1) / (stages + 1)) - 1) for i in range(stages)]

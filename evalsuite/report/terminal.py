@@ -52,7 +52,7 @@ def stage_breakdown(results: list[CaseResult]) -> list[str]:
     return [f"{stage:<20} {seconds:8.1f} s" for stage, seconds in sorted(totals.items(), key=lambda kv: -kv[1])]
 
 
-# run_phases's line, read back from a run's log (evalsuite.bench.scaling): wall, before, cases, after
+# run_phases's line, read back from a run's log (benchmarks.scaling): wall, before, cases, after
 RUN_PHASES = re.compile(r"wall so far ([\d.]+) s: before the first case ([\d.]+) s, cases ([\d.]+) s, "
                         r"after the last case ([\d.]+) s")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evalsuite.data.sample import Sample
+from evalsuite.params import Param, Schema
 from evalsuite.registry import Registry
 
 
@@ -24,12 +25,24 @@ class DatasetUnavailable(Exception):
         super().__init__(f"dataset {name!r} unavailable: {reason}")
 
 
+# Keys every loader takes; a registration declares its own beside them (``params=``), checked when
+# the matrix is read (without torch) so that a typo or a bad value is a usage error naming the key.
+LIMIT = {"limit": Param(int, None, min=1, doc="the first N samples, in a stable order")}
+
 DATASETS: Registry = Registry("dataset", "evalsuite.datasets")
-DATASETS.register("samples", "evalsuite.data.datasets.samples:load_samples")
-DATASETS.register("synthetic", "evalsuite.data.datasets.synthetic:load_synthetic")
-DATASETS.register("sroie", "evalsuite.data.datasets.sroie:load_sroie")
-DATASETS.register("photos", "evalsuite.data.datasets.photos:load_photos")
-DATASETS.register("text_pixels", "evalsuite.data.datasets.text_pixels:load_text_pixels")
+DATASETS.register("samples", "evalsuite.data.datasets.samples:load_samples", params=Schema(LIMIT))
+DATASETS.register("synthetic", "evalsuite.data.datasets.synthetic:load_synthetic", params=Schema({
+    **LIMIT, "n": Param(int, 20, min=1, doc="pages rendered"), "seed": Param(int, 0, min=0)}))
+DATASETS.register("sroie", "evalsuite.data.datasets.sroie:load_sroie", params=Schema(LIMIT))
+DATASETS.register("photos", "evalsuite.data.datasets.photos:load_photos", params=Schema(LIMIT))
+DATASETS.register("text_pixels", "evalsuite.data.datasets.text_pixels:load_text_pixels", params=Schema({
+    **LIMIT, "pages": Param(int, 16, min=1, doc="pages rendered"), "seed": Param(int, 0, min=0),
+    "modes": Param(list, None, items=int, doc="square page sizes in px (DeepSeek-OCR: 512, 640, 1024, 1280)"),
+    "font_sizes": Param(list, None, items=int, doc="font sizes in px"),
+    "families": Param(list, None, items=str, doc="mono and/or proportional"),
+    "kinds": Param(list, None, items=str, doc="log, code, prose, table"),
+    "chars": Param(int, None, min=1, doc="characters of generated text per page"),
+    "texts": Param(list, None, items=str, doc="texts to draw instead of generated ones")}))
 
 
 def load_dataset(name: str, root: Path | None = None, limit: int | None = None, **options) -> list[Sample]:

@@ -1,14 +1,14 @@
 """Kernel-level diagnoses behind the latency figures in docs/performance.md.
 
 ``merge-step``
-    One ToMe step (:func:`evalsuite.methods.tome.merge_step`, ``r`` as ToMe f0.5
+    One ToMe step (:func:`evalsuite.methods.tome.merge.merge_step`, ``r`` as ToMe f0.5
     on 12 blocks) per input shape, eager and replayed from a CUDA graph by
     :func:`evalsuite.methods.graphs.replay_or_run`. Eager steps cost a roughly
     constant time in kernel launches; a replay costs the copies into the graph's
     buffers, which grow with the input. Reproduces the crossover behind
     ``GRAPH_MAX_ELEMENTS`` (steps with inputs up to that size are replayed from a
     CUDA graph) and the reasoning in its comment.
-    The same for the fused step (:mod:`evalsuite.methods.tome_kernels`), and both
+    The same for the fused step (:mod:`evalsuite.methods.tome.kernels`), and both
     steps' device time without launches. ``--profile SHAPE [--fused]`` lists a
     step's kernels.
 ``block-scaling``
@@ -43,11 +43,11 @@ calls with the wall clock on CPU. An option the device cannot run is shown as
 ``-`` with its exception's name. Every subcommand prints its table; the
 ``*_rows`` functions return the rows as dicts.
 
-    python -m evalsuite.bench.kernels merge-step --device cuda --dtype float16
-    python -m evalsuite.bench.kernels block-scaling --device cuda --dtype float16 --batch 64
-    python -m evalsuite.bench.kernels attention --device cuda --dtype float16 --batch 64
-    python -m evalsuite.bench.kernels in-place --device cuda --dtype float16
-    python -m evalsuite.bench.kernels block-scaling --model vit_b16_random --size 64 --batch 2   # CPU smoke run
+    python -m benchmarks.kernels merge-step --device cuda --dtype float16
+    python -m benchmarks.kernels block-scaling --device cuda --dtype float16 --batch 64
+    python -m benchmarks.kernels attention --device cuda --dtype float16 --batch 64
+    python -m benchmarks.kernels in-place --device cuda --dtype float16
+    python -m benchmarks.kernels block-scaling --model vit_b16_random --size 64 --batch 2   # CPU smoke run
 """
 
 from __future__ import annotations
@@ -64,15 +64,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods import graphs, tome_kernels
-from ..methods.tome import merge_step
-from ..metrics.flops import block_flops
-from ..metrics.latency import synchronize
-from ..metrics.similarity import percentile
-from ..models import MODELS
-from ..patch import attention_kernels
-from ..patch.runner import HEAD_PAD
-from . import _opt, _step_times
+from evalsuite.methods import graphs
+from evalsuite.methods.tome import kernels as tome_kernels
+from evalsuite.methods.tome.merge import merge_step
+from evalsuite.metrics.flops import block_flops
+from evalsuite.metrics.latency import synchronize
+from evalsuite.metrics.similarity import percentile
+from evalsuite.models import MODELS
+from evalsuite.patch import attention_kernels
+from evalsuite.patch.runner import HEAD_PAD
+from evalsuite.bench import _opt, _step_times
 
 # -- timing ----------------------------------------------------------------------------
 
@@ -158,9 +159,9 @@ MERGE_STEP_COLUMNS = ("eager_ms", "replayed_ms", "kernel_ms", "fused_ms", "fused
 def merge_step_rows(shapes: dict[str, tuple] = MERGE_SHAPES, device: str | torch.device = "cpu",
                     dtype: str | None = None, repeats: int = 50) -> list[dict]:
     """One row per shape: ``shape``, ``elements`` (largest input); the reference step
-    (:func:`evalsuite.methods.tome.merge_step`) eager, ``eager_ms``, and replayed from a graph,
+    (:func:`evalsuite.methods.tome.merge.merge_step`) eager, ``eager_ms``, and replayed from a graph,
     ``replayed_ms`` (every input replayed, whatever its size; None off CUDA); the fused step
-    (:func:`evalsuite.methods.tome_kernels.merge_step`) the same, ``fused_ms`` and
+    (:func:`evalsuite.methods.tome.kernels.merge_step`) the same, ``fused_ms`` and
     ``fused_replayed_ms`` (None where it does not run), and its device time, ``fused_kernel_ms``,
     against the reference's, ``kernel_ms`` (launches excluded; None off CUDA)."""
     device, torch_dtype = _resolve(device, dtype)
@@ -275,7 +276,7 @@ def block_parts(adapter, index: int = 0) -> BlockParts:
         parts = BlockParts(lyr.norm1, qkv, proj, lyr.layer_scale1, lyr.norm2, lyr.mlp, lyr.layer_scale2,
                            heads, model.config.hidden_size // heads)
     elif adapter.family == "timm_vit":
-        from ..patch.timm_vit import _plain_heads
+        from evalsuite.patch.timm_vit import _plain_heads
 
         blk = model.blocks[index]
         if not _plain_heads(blk.attn):
@@ -435,7 +436,7 @@ def in_place_rows(model: str = "dinov2_s14", sizes: Sequence[int] = (518, 224),
                   warmup: int = 10, rounds: int = 2) -> list[dict]:
     """Step p50/p95 (ms) of ``repeats`` batch-1 forwards per size x method x round, without and with
     in-place graphs; ``in_place_graphs`` counts those captured."""
-    from ..methods import build
+    from evalsuite.methods import build
 
     device, torch_dtype = _resolve(device, dtype)
     adapter = MODELS.get(model)(model, image_size=max(sizes)).to(device, torch_dtype)
@@ -483,7 +484,7 @@ def _param(text: str) -> tuple[str, Any]:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m evalsuite.bench.kernels", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

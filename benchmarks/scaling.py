@@ -1,6 +1,6 @@
 """The gate on one worker against N: wall times, the speed-up, and where the difference goes.
 
-    python -m evalsuite.bench.scaling [--workers N] [--no-warmup] [--dir DIR] [-- PYTEST ARGS]
+    python -m benchmarks.scaling [--workers N] [--no-warmup] [--dir DIR] [-- PYTEST ARGS]
 
 Runs the gate (``pytest cases -m gpu`` unless PYTEST ARGS are given) as
 ``pytest -n K --dist worksteal`` three times: a warm-up on N workers, not counted
@@ -31,9 +31,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..paths import cache_dir
-from ..report.terminal import RUN_PHASES
-from ..sinks import spool
+from evalsuite.paths import cache_dir
+from evalsuite.report.terminal import RUN_PHASES
+from evalsuite.sinks import spool
 
 ONCE_PER_WORKER = ("device_init", "model_load")  # stages a worker pays before its first case of a model
 
@@ -123,7 +123,7 @@ def report(runs: list[Run], workers: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     own, pytest_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(prog="python -m evalsuite.bench.scaling", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="workers of the second run (default: %(default)s)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up run")
     parser.add_argument("--dir", type=Path, help="where logs, caches and spooled results go (default: a new temporary folder)")

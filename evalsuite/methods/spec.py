@@ -1,0 +1,245 @@
+"""Method specs: what a compression method is, without torch.
+
+A method is two classes. Its *spec* (a :class:`MethodSpec` subclass, here or in
+the method's own torch-free module, e.g. :mod:`evalsuite.methods.tome.spec`) is
+what the case matrix and the controller see: the parameters it accepts
+(``PARAMS``, checked when the matrix is read, every error naming the key), the
+case-id part (``tome_f0.5``), the token schedule behind the ideal speedup, the
+do-nothing settings the parity tests run (``zero_params``) and where in a model
+it can run (``insertion``). Its *hooks* (a :class:`~evalsuite.methods.base.Compressor`
+subclass, imported lazily from ``hooks``) only compute; :meth:`MethodSpec.build`
+makes them once the model's depth is known, and checks what depends on it.
+
+A new method: a spec class, a hooks class, one ``METHODS.register`` line in
+:mod:`evalsuite.methods` naming the spec. Nothing here imports torch.
+
+>>> spec = V2DropSpec({"keep": 0.5, "layers": [14, 18, 22]})
+>>> spec.id_part
+'v2drop_k0.5'
+>>> spec.check_depth(24)
+>>> spec.check_depth(12)
+Traceback (most recent call last):
+...
+evalsuite.params.ParamError: layers: [14, 18, 22] must be block indices < 11 for a model of 12 blocks
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..params import REQUIRED, Param, ParamError, Schema
+
+if TYPE_CHECKING:
+    from .base import Compressor
+
+# Where a method can act. Encoder cases run in a standalone vision encoder's blocks; the VLM stages
+# add "vision_tower" (inside a VLM's vision tower), "pre_llm" (between tower and language model),
+# "in_llm" (inside the language model) and "image" (on the input image, before any model).
+INSERTION_POINTS = frozenset({"encoder", "vision_tower", "pre_llm", "in_llm", "image"})
+
+
+def fmt(value: float) -> str:
+    """Short number for test ids: 0.5 -> '0.5', 8.0 -> '8'."""
+    return f"{value:g}"
+
+
+class MethodSpec:
+    """One method with one parameter set; the base is the ``none`` method (compresses nothing).
+
+    ``params`` are the matrix table's values, checked against ``PARAMS`` (a :class:`ParamError`
+    names the key). Subclasses set ``name``, ``hooks`` (``"module:Class"``), ``PARAMS`` and
+    ``zero_params``, and override what differs from "every token kept".
+    """
+
+    name: ClassVar[str] = "none"
+    hooks: ClassVar[str] = "evalsuite.methods.base:Compressor"
+    insertion: ClassVar[frozenset[str]] = frozenset({"encoder"})
+    PARAMS: ClassVar[Schema] = Schema({})
+    zero_params: ClassVar[tuple[dict[str, Any], ...]] = ({},)  # settings that compress nothing (parity)
+
+    def __init__(self, params: dict[str, Any] | None = None):
+        self.params = self.PARAMS.check(dict(params or {}))
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks across parameters, once each is known to fit its declaration; raise :class:`ParamError`."""
+
+    def check_depth(self, num_layers: int) -> None:
+        """Checks that need the model's depth (``num_layers`` blocks); raise :class:`ParamError`."""
+
+    # -- what the controller and the reports read --------------------------------------
+    @property
+    def id_part(self) -> str:
+        """The method's part of the case id (``tome_f0.5``)."""
+        return self.name
+
+    @property
+    def is_zero(self) -> bool:
+        """True when this setting compresses nothing (the parity setting)."""
+        return True
+
+    @property
+    def input_scale(self) -> float:
+        """Factor applied to the input image side before the encoder (``downscale``)."""
+        return 1.0
+
+    def schedule(self, num_patches: int, num_prefix: int, num_layers: int) -> list[int]:
+        """Patch tokens entering the attention and the MLP of each of ``num_layers`` blocks, flattened
+        ``[attn_0, mlp_0, attn_1, mlp_1, ...]``; the FLOP model behind the ideal speedup reads it."""
+        return [num_patches] * (2 * num_layers)
+
+    # -- the hooks --------------------------------------------------------------------
+    def build(self, num_layers: int, seed: int = 0) -> Compressor:
+        """The hooks for a model of ``num_layers`` blocks (imports them, hence torch)."""
+        self.check_depth(num_layers)
+        module, _, attr = self.hooks.partition(":")
+        return getattr(importlib.import_module(module), attr)(self, num_layers, seed)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.params == self.params
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(sorted(self.params.items()))))
+
+
+def stage_counts(patches: int, keep: float, stages: int) -> list[int]:
+    """Patch tokens left after each of ``stages`` equal-ratio drop stages.
+
+    The total keep fraction is ``keep``; each stage keeps ``keep ** (1/stages)``
+    of what reaches it, so the last count is ``round(patches * keep)``.
+
+    >>> stage_counts(256, 0.5, 3)
+    [203, 161, 128]
+    >>> stage_counts(256, 1.0, 3)
+    [256, 256, 256]
+    """
+    return [max(1, round(patches * keep ** ((i + 1) / stages))) for i in range(stages)]
+
+
+def default_layers(num_layers: int, stages: int = 3) -> list[int]:
+    """Blocks after which staged methods reduce: evenly spread over the depth.
+
+    >>> default_layers(12)
+    [2, 5, 8]
+    >>> default_layers(4)
+    [0, 1, 2]
+    """
+    return [max(0, round(num_layers * (i + 1) / (stages + 1)) - 1) for i in range(stages)]
+
+
+class StagedSpec(MethodSpec):
+    """Methods that keep the top-scoring patch tokens after a few blocks (``layers``, 0-based, default
+    spread evenly over the depth) so that the fraction ``keep`` is left at the end, each stage keeping
+    the same ratio of what reaches it (:func:`stage_counts`)."""
+
+    keep_param: ClassVar[str] = "keep"
+    PARAMS = Schema({
+        "keep": Param(float, REQUIRED, min=0.0, max=1.0, open_min=True, doc="total fraction of patch tokens kept"),
+        "layers": Param(list, None, items=int, min=0, doc="blocks after which tokens are dropped"),
+    })
+    zero_params = ({"keep": 1.0},)
+
+    def validate(self) -> None:
+        layers = self.params.get("layers")
+        if layers is not None and (not layers or any(b <= a for a, b in zip(layers, layers[1:]))):
+            raise ParamError("layers", f"{layers} must be strictly increasing block indices")
+
+    @property
+    def keep_fraction(self) -> float:
+        return self.params["keep"]
+
+    def layers_for(self, num_layers: int) -> list[int]:
+        return list(self.params.get("layers") or default_layers(num_layers))
+
+    def check_depth(self, num_layers: int) -> None:
+        # dropping after the last block would change nothing the encoder outputs
+        layers = self.layers_for(num_layers)
+        if any(layer >= num_layers - 1 for layer in layers):
+            raise ParamError("layers", f"{layers} must be block indices < {num_layers - 1} "
+                                       f"for a model of {num_layers} blocks")
+
+    @property
+    def id_part(self) -> str:
+        return f"{self.name}_k{fmt(self.keep_fraction)}"
+
+    @property
+    def is_zero(self) -> bool:
+        return self.keep_fraction == 1.0
+
+    def schedule(self, num_patches: int, num_prefix: int, num_layers: int) -> list[int]:
+        layers = self.layers_for(num_layers)
+        counts = dict(zip(layers, stage_counts(num_patches, self.keep_fraction, len(layers))))
+        tokens, out = num_patches, []
+        for layer in range(num_layers):
+            out += [tokens, tokens]
+            tokens = counts.get(layer, tokens)
+        return out
+
+
+class V2DropSpec(StagedSpec):
+    name = "v2drop"
+    hooks = "evalsuite.methods.v2drop:V2Drop"
+
+
+class RandomSpec(StagedSpec):
+    name = "random"
+    hooks = "evalsuite.methods.random_drop:RandomDrop"
+
+
+class AViTSpec(StagedSpec):
+    """``sparsity``: total fraction of patch tokens pruned (``keep = 1 - sparsity``)."""
+
+    name = "avit"
+    hooks = "evalsuite.methods.avit:AViT"
+    keep_param = "sparsity"
+    PARAMS = Schema({
+        "sparsity": Param(float, REQUIRED, min=0.0, max=1.0, open_max=True, doc="total fraction pruned"),
+        "layers": StagedSpec.PARAMS.params["layers"],
+    })
+    zero_params = ({"sparsity": 0.0},)
+
+    @property
+    def keep_fraction(self) -> float:
+        return 1.0 - self.params["sparsity"]
+
+    @property
+    def id_part(self) -> str:
+        return f"avit_s{fmt(self.params['sparsity'])}"
+
+
+class DownscaleSpec(MethodSpec):
+    """Resize the input so the encoder sees the fraction ``keep`` of the tokens."""
+
+    name = "downscale"
+    hooks = "evalsuite.methods.downscale:Downscale"
+    insertion = frozenset({"encoder", "image"})
+    PARAMS = Schema({"keep": Param(float, REQUIRED, min=0.0, max=1.0, open_min=True,
+                                   doc="fraction of patch tokens left by the smaller input")})
+    zero_params = ({"keep": 1.0},)
+
+    @property
+    def id_part(self) -> str:
+        return f"downscale_k{fmt(self.params['keep'])}"
+
+    @property
+    def is_zero(self) -> bool:
+        return self.params["keep"] == 1.0
+
+    @property
+    def input_scale(self) -> float:
+        return math.sqrt(self.params["keep"])
+
+    def grid_for(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The smaller patch grid the resized input yields."""
+        s = self.input_scale
+        return max(1, round(grid[0] * s)), max(1, round(grid[1] * s))
+
+    def schedule(self, num_patches: int, num_prefix: int, num_layers: int) -> list[int]:
+        side = math.isqrt(num_patches)
+        rows, cols = self.grid_for((side, num_patches // max(side, 1)))
+        return [rows * cols] * (2 * num_layers)
