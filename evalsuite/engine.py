@@ -9,19 +9,17 @@ objects and receives :class:`~evalsuite.results.CaseResult` objects.
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 
 from .data.datasets import DATASETS
 from .data.sample import Sample, SampleError
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
 from .methods import build
-from .metrics import flops, similarity
+from .metrics import flops, kpis, similarity
 from .metrics.latency import timed_calls
 from .models import MODELS
 from .models.base import EncoderOutput, ModelAdapter
@@ -254,39 +252,16 @@ class Engine:
                        compression=[out.compression_seconds for _, out in calls])
 
     def _case_kpis(self, adapter, compressor, records, timing: Timings, ref: Reference) -> dict[str, float]:
-        ok = [r for r in records if r.error is None]
-
-        def mean(key):
-            values = [r.kpis[key] for r in ok if key in r.kpis and not math.isnan(r.kpis[key])]
-            return float(np.mean(values)) if values else float("nan")
-
-        before, after = mean("tokens_before"), mean("tokens_after")
-        cosines = [r.kpis["feature_cosine"] for r in ok]
-        ms = lambda xs, q: similarity.percentile([x * 1e3 for x in xs], q)  # noqa: E731
-        none_ms = similarity.percentile(ref.encoder_seconds, 50)
-        kpis = {
-            "tokens_before": before,
-            "tokens_after": after,
-            "tokens_reduction_pct": 100.0 * (1.0 - after / before) if before else float("nan"),
-            "feature_cosine_mean": mean("feature_cosine"),
-            "feature_cosine_p5": similarity.percentile(cosines, 5),
-            "emd": mean("emd"),
-            "compression_latency_ms_p50": ms(timing.compression, 50),
-            "compression_latency_ms_p95": ms(timing.compression, 95),
-            "encoder_ms_p50": ms(timing.encoder, 50),
-            "encoder_ms_p95": ms(timing.encoder, 95),
-            "throughput_speedup": none_ms / similarity.percentile(timing.encoder, 50),
-            "ideal_speedup": flops.ideal_speedup(
+        """The case's KPIs as declared in :mod:`evalsuite.metrics.kpis`, from the samples that did not fail."""
+        data = kpis.CaseData(
+            [r for r in records if r.error is None],
+            series={"encoder": timing.encoder, "compression": timing.compression,
+                    "reference_encoder": ref.encoder_seconds},
+            given={"ideal_speedup": flops.ideal_speedup(
                 compressor.schedule(adapter.num_patches, adapter.num_prefix), adapter.num_patches,
-                adapter.num_prefix, adapter.embed_dim),
-        }
-        for key in ("ocr_wer", "ocr_cer", "ocr_wer_original", "ocr_cer_original", "ocr_wer_drift", "ocr_cer_drift"):
-            value = corpus_level(ok, key)
-            if value is not None:
-                kpis[key] = value
-        if not math.isnan(mean("sroie_fields_found")):
-            kpis["sroie_fields_found"] = mean("sroie_fields_found")
-        return kpis
+                adapter.num_prefix, adapter.embed_dim)},
+        )
+        return kpis.case_kpis(data)
 
     def start_ocr(self):
         """This worker's OCR stage, started on first use (its processes load their models in the
@@ -323,24 +298,6 @@ def _load_or_error(sample: Sample):
         return sample.load()
     except SampleError as exc:
         return exc
-
-
-def corpus_level(records: list[SampleRecord], key: str) -> float | None:
-    """Corpus-level OCR rate: per-sample rates weighted by reference words (characters for CER),
-    i.e. errors over all reference words, so a photo with two stray words does not weigh as
-    much as a page of text. None when no sample has the KPI.
-
-    >>> r = [SampleRecord("a", "photo", {"ocr_wer": 1.0}, {"ocr_reference_words": 2}),
-    ...      SampleRecord("b", "document", {"ocr_wer": 0.1}, {"ocr_reference_words": 98})]
-    >>> round(corpus_level(r, "ocr_wer"), 3)
-    0.118
-    """
-    weight = "ocr_reference_chars" if "_cer" in key else "ocr_reference_words"
-    pairs = [(r.kpis[key], r.info.get(weight, 0)) for r in records if key in r.kpis]
-    if not pairs:
-        return None
-    total = sum(w for _, w in pairs)
-    return sum(v * w for v, w in pairs) / total if total else float(np.mean([v for v, _ in pairs]))
 
 
 def with_oom_retry(forward, pixels: torch.Tensor, what: str) -> EncoderOutput:

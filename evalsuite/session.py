@@ -34,6 +34,7 @@ import pytest
 from . import matrix, paths
 from .data.datasets import DatasetUnavailable
 from .distribution import runs_cases
+from .metrics.kpis import not_applicable
 from .results import CaseResult, RunInfo
 from .settings import OCR_DEVICES, EngineSettings
 from .thresholds import Thresholds, ThresholdsError
@@ -221,10 +222,8 @@ class EvalSession:
             raise
         result.env["worker"] = self.worker_id or "main"  # which xdist worker ran it (evalsuite.bench.scaling)
         self.config.hook.pytest_evalsuite_result(result=result, case=case)
-        not_applicable = {k for k in ("ocr_wer", "ocr_cer", "ocr_wer_drift", "ocr_cer_drift",
-                                      "sroie_fields_found") if k not in result.kpis}
         result.breaches = self.thresholds.check(result.kpis, case.model.id, case.method, case.dataset.id,
-                                                case.id, not_applicable)
+                                                case.id, not_applicable(result.kpis))
         node.user_properties.append((RESULT_PROPERTY, result.to_json()))
         self._annotate(result, self.engine.last_artifacts)
         return result

@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from ..data.sample import Sample, SampleError
+from ..metrics.kpis import KPIS
 from ..ocr.reconstruct import overlay, reconstruct
 from ..plan import TokenPlan
 from ..results import Breach, CaseResult, RunInfo, SampleRecord
@@ -100,15 +101,21 @@ def worst_samples(samples: Iterable[SampleRecord], n: int) -> list[SampleRecord]
     ['s1', 's2']
     """
     usable = [s for s in samples if s.error is None]
-    if any(_finite(s.kpis.get("ocr_wer_drift")) is not None for s in usable):
+    drift_key, cosine_key = _sample_key("ocr_wer_drift"), _sample_key("feature_cosine_mean")
+    if any(_finite(s.kpis.get(drift_key)) is not None for s in usable):
         def badness(s: SampleRecord) -> float:
-            drift = _finite(s.kpis.get("ocr_wer_drift"))
+            drift = _finite(s.kpis.get(drift_key))
             return -math.inf if drift is None else drift
     else:
         def badness(s: SampleRecord) -> float:
-            cosine = _finite(s.kpis.get("feature_cosine"))
+            cosine = _finite(s.kpis.get(cosine_key))
             return -math.inf if cosine is None else -cosine
     return sorted(usable, key=badness, reverse=True)[:max(n, 0)]
+
+
+def _sample_key(kpi: str) -> str:
+    """The per-sample value a case KPI is aggregated from (its declaration in evalsuite.metrics.kpis)."""
+    return KPIS.get(kpi).sample_key or kpi
 
 
 def _labels(result: CaseResult) -> None:
@@ -168,7 +175,8 @@ def _attach_sample(record: SampleRecord, sample: Sample, plan: TokenPlan) -> Non
         image = sample.load()
     except SampleError:
         return  # the engine recorded why; nothing to show
-    shown = {k: v for k, v in record.kpis.items() if k in ("ocr_wer_drift", "feature_cosine", "tokens_after")}
+    keys = (_sample_key("ocr_wer_drift"), _sample_key("feature_cosine_mean"), _sample_key("tokens_after"))
+    shown = {k: v for k, v in record.kpis.items() if k in keys}
     with allure.step(f"sample {record.sample_id} ({record.doc_type}): "
                      + ", ".join(f"{k} = {_number(v)}" for k, v in shown.items())):
         small = _fit(image)

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterable
 
+from ..metrics.kpis import KPIS, ReductionPct
+
 DEFAULT_OUT = Path("reports") / "VISION_COMPRESSION_POC.md"
 DEFAULT_MIN_REDUCTION_PCT = 15.0
 # Absolute WER difference, compressed minus uncompressed (the ocr_wer_drift KPI).
@@ -70,8 +72,8 @@ def token_reduction_pct(row: Row) -> float | None:
     value = kpi(row, "tokens_reduction_pct")
     if value is not None:
         return value
-    before, after = kpi(row, "tokens_before"), kpi(row, "tokens_after")
-    return 100.0 * (1.0 - after / before) if before and after is not None else None
+    before, after = kpi(row, "tokens_before"), kpi(row, "tokens_after")  # e.g. a sample row
+    return ReductionPct.of(before, after) if before and after is not None else None
 
 
 def method_label(row: Row) -> str:
@@ -320,7 +322,8 @@ def _doc_type_table(sample_rows: list[Row]) -> list[str]:
         ([model, label, doc_type, str(len(rows)), _fmt(_mean(token_reduction_pct(r) for r in rows), ".1f"),
           _fmt(_mean(kpi(r, "ocr_wer") for r in rows), ".4f"),
           _fmt(_mean(kpi(r, "ocr_wer_drift") for r in rows), "+.4f"),
-          _fmt(_mean(kpi(r, "feature_cosine_mean", "feature_cosine") for r in rows), ".4f")]
+          _fmt(_mean(kpi(r, "feature_cosine_mean", KPIS.get("feature_cosine_mean").sample_key) for r in rows),
+               ".4f")]
          for (model, label, doc_type), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != BASELINE, kv[0][1:]))),
     )
 

@@ -9,30 +9,16 @@ import re
 import sys
 import time
 
+from ..metrics.kpis import table_columns
 from ..results import CaseResult
 
-COLUMNS = [  # (header, kpi, format)
-    ("tokens", "tokens_after", "{:.0f}"),
-    ("saved%", "tokens_reduction_pct", "{:.1f}"),
-    ("cos", "feature_cosine_mean", "{:.4f}"),
-    ("cos_p5", "feature_cosine_p5", "{:.4f}"),
-    ("emd", "emd", "{:.4f}"),
-    ("comp_p95ms", "compression_latency_ms_p95", "{:.2f}"),
-    ("enc_p50ms", "encoder_ms_p50", "{:.1f}"),
-    ("speedup", "throughput_speedup", "{:.2f}"),
-    ("ideal", "ideal_speedup", "{:.2f}"),
-    ("WER", "ocr_wer", "{:.3f}"),
-    ("WERdrift", "ocr_wer_drift", "{:+.3f}"),
-    ("CERdrift", "ocr_cer_drift", "{:+.3f}"),
-]
-
-
 def kpi_table(results: list[CaseResult]) -> list[str]:
-    """Fixed-width table, one row per case, sorted by case id."""
-    rows = [["case"] + [h for h, _, _ in COLUMNS] + ["result"]]
+    """Fixed-width table, one row per case, sorted by case id; a column per KPI declared with one."""
+    columns = table_columns()
+    rows = [["case"] + [h for h, _, _ in columns] + ["result"]]
     for r in sorted(results, key=lambda r: r.case_id):
         cells = [r.case_id]
-        for _, kpi, fmt in COLUMNS:
+        for _, kpi, fmt in columns:
             value = r.kpis.get(kpi)
             cells.append("-" if value is None or math.isnan(value) else fmt.format(value))
         verdict = "ERROR" if r.error else ("PASS" if r.passed else f"FAIL({len(r.breaches)})")

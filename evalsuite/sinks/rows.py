@@ -19,23 +19,15 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
+from evalsuite.metrics.kpis import promoted_columns
 from evalsuite.results import CaseResult, RunInfo, SampleRecord
 
 SCHEMA_VERSION = 1
 
-# column -> KPI key. ``clip_score`` is the cosine similarity between the
-# encoder's features with and without compression (``feature_cosine_mean``),
-# not an image-text CLIP score; the name is the one dashboards ask for.
-PROMOTED = {
-    "tokens_before": "tokens_before",
-    "tokens_after": "tokens_after",
-    "ocr_wer": "ocr_wer",
-    "clip_score": "feature_cosine_mean",
-    "compression_latency_ms_p50": "compression_latency_ms_p50",
-    "compression_latency_ms_p95": "compression_latency_ms_p95",
-    "encoder_ms_p50": "encoder_ms_p50",
-    "encoder_ms_p95": "encoder_ms_p95",
-}
+# column -> KPI key, from the KPI declarations (``db_column``). ``clip_score`` is the cosine
+# similarity between the encoder's features with and without compression
+# (``feature_cosine_mean``), not an image-text CLIP score; the name is the one dashboards ask for.
+PROMOTED = promoted_columns()
 
 
 def row_id(run_id: str, case_id: str, sample_id: str, row_kind: str) -> int:
