@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 
@@ -63,6 +64,7 @@ class Engine:
         self._read_ahead: set[str] = set()  # datasets whose originals the OCR stage was sent ahead
         self.stage_seconds: dict[str, float] = {}
         self.last_artifacts: list[tuple[Sample, TokenPlan]] = []  # (sample, plan) of the last case, for reports
+        self.progress: Callable[[str], None] = lambda message: None  # tells the user about a long stage
 
     # -- things loaded once per worker ---------------------------------------------
     def device_for(self, spec: ModelSpec) -> torch.device:
@@ -150,10 +152,14 @@ class Engine:
         self.settings = replace(self.settings, **case.settings)  # the matrix file's seed, batch, timing
         started = dict(self.stage_seconds)
         ocr = self.start_ocr()  # started with the run, or now
+        reading_ahead = 0
         if ocr is not None and case.dataset.id not in self._read_ahead:
             # and read the dataset's originals, which every case of it needs, while the model loads
             ocr.read_ahead(self.samples(case.dataset))
             self._read_ahead.add(case.dataset.id)
+            reading_ahead = len(self.samples(case.dataset))
+        if case.model.id not in self._models:
+            self.progress(f"loading model {case.model.id}")
         adapter = self.model(case.model)
         ref = self.reference(case.model, case.dataset)
         compressor = build(case.method, case.params, adapter.num_layers, seed=self.settings.seed)
@@ -173,6 +179,9 @@ class Engine:
         # and OCR reads on every core doubled its p50 on an H100 host (README, on latency KPIs).
         # So the pool has loaded and the reads queued ahead are done before either model is timed.
         if ocr is not None:
+            if reading_ahead:
+                self.progress(f"OCR of the {reading_ahead} originals of {case.dataset.id} "
+                              "(once per dataset; cached for later runs)")
             with self._stage("ocr"):
                 ocr.wait_idle()
         if ref.encoder_seconds is None:

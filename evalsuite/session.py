@@ -19,6 +19,7 @@ checks their parameters, as a run without xdist does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from . import matrix, paths
+from . import matrix, paths, runlog
 from .data.datasets import DatasetUnavailable
 from .distribution import runs_cases
 from .metrics.kpis import not_applicable
@@ -65,6 +66,9 @@ class EvalSession:
         self._engine: Engine | None = None
         workerinput = getattr(config, "workerinput", {})
         self.run_id = workerinput.get("evalsuite_run_id") or option(config, "run_id") or _new_run_id()
+        # third-party log lines of every process of the run go here, not into the progress line
+        self.run_log = (runlog.start(runlog.path_for(self.rootdir, self.run_id)) if self.is_controller
+                        else runlog.current())
         if option(config, "ocr_device") not in OCR_DEVICES:
             raise pytest.UsageError(f"evalsuite_ocr_device = {option(config, 'ocr_device')!r}: "
                                     f"choose one of {', '.join(OCR_DEVICES)}")
@@ -186,7 +190,20 @@ class EvalSession:
                 device_override=self.device_override,
                 worker_index=worker,
             ))
+            if self.worker_id is None:  # an xdist worker cannot write to the controller's terminal
+                self._engine.progress = self.progress
         return self._engine
+
+    def progress(self, message: str) -> None:
+        """A line on the terminal while a long stage runs (model load, OCR of a dataset's
+        originals), printed past pytest's output capture."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(f"evalsuite: {message}")
 
     def prepare(self, items: list[pytest.Item]) -> None:
         """Cases collected, on a process that runs them: start the OCR pool now, so that its processes
@@ -209,6 +226,7 @@ class EvalSession:
         """Run one case, attach its result to the test report, check its thresholds."""
         if case.model.needs_gpu and not _cuda_available() and self.device_override != "cpu":
             pytest.skip(f"{case.id} needs CUDA (model {case.model.id}); run it with -m gpu on a GPU host")
+        runlog.capture_third_party_logs()  # libraries imported since the last case may have added some
         try:
             result = self.engine.evaluate(case)
         except DatasetUnavailable as exc:

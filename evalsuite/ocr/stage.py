@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import runlog
 from ..data.sample import Sample, SampleError
 from ..models.base import EncoderOutput
 from ..results import SampleRecord
@@ -94,6 +95,7 @@ def _init(engine_name: str, device: str = "cpu", all_loaded=None, warmup: np.nda
     global _ENGINE
     from .engines import get_engine
 
+    runlog.redirect_output()  # the engine's own log lines (RapidOCR's) go to the run log
     _one_thread_each(device)
     _ENGINE = get_engine(engine_name, **reader_options(device))
     load = getattr(_ENGINE, "load", None)  # optional: engines load on their first read otherwise

@@ -9,6 +9,7 @@ import re
 import sys
 import time
 
+from .. import runlog
 from ..metrics.kpis import table_columns
 from ..results import CaseResult
 
@@ -76,9 +77,14 @@ def uncompiled_imports(package: str = "torch") -> str | None:
 
 
 def write_summary(terminalreporter, session) -> None:
-    if not session.is_controller or not session.results:
+    if not session.is_controller:
         return
     tr = terminalreporter
+    logged = runlog.summary(session.run_log, session.rootdir)
+    if not session.results:
+        if logged:
+            tr.write_line(logged)
+        return
     tr.write_sep("=", f"evalsuite KPIs (run {session.run_id})")
     for line in kpi_table(session.results):
         tr.write_line(line)
@@ -93,3 +99,5 @@ def write_summary(terminalreporter, session) -> None:
         tr.write_line(note)
     for line in session.outcomes:
         tr.write_line(line)
+    if logged:
+        tr.write_line(logged)
