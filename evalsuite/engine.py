@@ -197,7 +197,7 @@ class Engine:
                 self._export(case, ref, outputs)
         result.samples.extend(records)
         self.last_artifacts = list(zip(ref.samples, [plan for out in outputs for plan in out.plans]))
-        result.kpis = self._case_kpis(adapter, compressor, records, timing, ref)
+        result.kpis = self._case_kpis(adapter, compressor, ref.errors + records, timing, ref)
         result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in self.stage_seconds.items()
                                 if v - started.get(k, 0.0) > 0}
         result.env = {
@@ -261,9 +261,10 @@ class Engine:
                        compression=[out.compression_seconds for _, out in calls])
 
     def _case_kpis(self, adapter, compressor, records, timing: Timings, ref: Reference) -> dict[str, float]:
-        """The case's KPIs as declared in :mod:`evalsuite.metrics.kpis`, from the samples that did not fail."""
+        """The case's KPIs as declared in :mod:`evalsuite.metrics.kpis`, from the samples that did not
+        fail (``records``: every sample of the case, failed ones with their error)."""
         data = kpis.CaseData(
-            [r for r in records if r.error is None],
+            [r for r in records if r.error is None], failed=[r for r in records if r.error is not None],
             series={"encoder": timing.encoder, "compression": timing.compression,
                     "reference_encoder": ref.encoder_seconds},
             given={"ideal_speedup": flops.ideal_speedup(

@@ -21,10 +21,12 @@ class Breach:
     limit: float
     op: str  # ">=" or "<="
     source: str
+    reason: str = ""  # why, where the value alone does not say (e.g. no sample could be scored)
 
     def __str__(self) -> str:
         shown = "missing" if self.value is None else f"{self.value:.4g}"
-        return f"{self.kpi} = {shown}, limit {self.op} {self.limit:g} (from [{self.source}])"
+        why = f": {self.reason}" if self.reason else ""
+        return f"{self.kpi} = {shown}, limit {self.op} {self.limit:g} (from [{self.source}]){why}"
 
 
 @dataclass

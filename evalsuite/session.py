@@ -35,7 +35,7 @@ import pytest
 from . import matrix, paths, runlog
 from .data.datasets import DatasetUnavailable
 from .distribution import runs_cases
-from .metrics.kpis import not_applicable
+from .metrics.kpis import not_applicable, sample_counts
 from .results import CaseResult, RunInfo
 from .settings import OCR_DEVICES, EngineSettings
 from .thresholds import Thresholds, ThresholdsError
@@ -73,6 +73,7 @@ class EvalSession:
             raise pytest.UsageError(f"evalsuite_ocr_device = {option(config, 'ocr_device')!r}: "
                                     f"choose one of {', '.join(OCR_DEVICES)}")
         self.ocr_workers = _count(option(config, "ocr_workers"), "evalsuite_ocr_workers")
+        _check_data_store(config, self.rootdir)
         try:
             self.thresholds = Thresholds.load(self._path(option(config, "thresholds")))
             files = matrix.read([self._path(p) for p in option(config, "matrix")], self.defaults())
@@ -242,6 +243,7 @@ class EvalSession:
         self.config.hook.pytest_evalsuite_result(result=result, case=case)
         result.breaches = self.thresholds.check(result.kpis, case.model.id, case.method, case.dataset.id,
                                                 case.id, not_applicable(result.kpis))
+        _explain_missing_samples(result)
         node.user_properties.append((RESULT_PROPERTY, result.to_json()))
         self._annotate(result, self.engine.last_artifacts)
         return result
@@ -324,6 +326,42 @@ def _process_start_time() -> float:
         return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started_after_boot)
     except (OSError, ValueError, IndexError, AttributeError):
         return time.time()
+
+
+def _check_data_store(config: pytest.Config, rootdir: Path) -> None:
+    """A dataset store that was asked for explicitly must exist.
+
+    "Explicitly" means ``$EVALSUITE_DATA`` or ``--evalsuite-data`` on the command line: a
+    mistyped path there is a usage error (exit 4), not a run that skips every case of the store
+    and passes. The ini value (``evalsuite_data`` in pytest.ini, the project's usual mount
+    point, e.g. ``../shared/datasets``) is a default location: a clone without it still runs,
+    and the cases that need the store are skipped with the reason. A store that exists but lacks
+    one dataset's folder skips that dataset's cases either way (a store may hold some datasets).
+    """
+    # relative paths as the engine resolves them: the variable from the working directory, the option from the rootdir
+    for source, value, base in (("EVALSUITE_DATA", os.environ.get("EVALSUITE_DATA"), Path.cwd()),
+                                ("--evalsuite-data", config.getoption("evalsuite_data", None), rootdir)):
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_dir():
+            raise pytest.UsageError(f"{source}={value}: the dataset store {path} does not exist "
+                                    f"(or is not a folder); fix the path, or unset it to use the default location")
+        return  # EVALSUITE_DATA wins over the option (evalsuite.paths.data_root)
+
+
+def _explain_missing_samples(result: CaseResult) -> None:
+    """Breaches caused by samples that could not be scored say so: a KPI missing because every
+    sample failed, and the share of scored samples, name the failed samples and why."""
+    counts = sample_counts(result.samples)
+    if not counts.failed:
+        return
+    for breach in result.breaches:
+        if breach.value is None and not counts.scored and not counts.skipped:
+            breach.reason = counts.why_missing()
+        elif breach.kpi == "scored_share":
+            breach.reason = counts.failed_text()
 
 
 def _empty_result(case: matrix.CaseSpec) -> CaseResult:

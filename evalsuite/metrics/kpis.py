@@ -44,11 +44,13 @@ class CaseData:
     ``series``: sequences of the case as a whole, in seconds (``encoder``, ``compression``:
     the timed forwards of the compressed model; ``reference_encoder``: of the uncompressed one);
     ``given``: values the engine computes from the case itself (``ideal_speedup``, from the
-    method's token schedule)."""
+    method's token schedule); ``failed``: the samples that could not be scored (unreadable, OCR
+    failed)."""
 
     records: Sequence[SampleRecord]
     series: Mapping[str, Sequence[float]] = field(default_factory=dict)
     given: Mapping[str, float] = field(default_factory=dict)
+    failed: Sequence[SampleRecord] = ()  # samples that could not be scored, each with its error
 
     def values(self, key: str) -> list[float]:
         """``key`` of every sample that has it, NaN included."""
@@ -200,6 +202,29 @@ class Given(Aggregation):
 
 
 @dataclass(frozen=True)
+class ScoredShare(Aggregation):
+    """Share of the case's samples that could be scored; NaN for a case without samples.
+
+    >>> ScoredShare()(CaseData([SampleRecord("a", "d")], failed=[SampleRecord("b", "d", error="unreadable")]))
+    0.5
+    """
+
+    def __call__(self, data: CaseData) -> float | None:
+        total = len(data.records) + len(data.failed)
+        return len(data.records) / total if total else float("nan")
+
+
+@dataclass(frozen=True)
+class Count(Aggregation):
+    """How many samples were scored (or, with ``failed``, could not be)."""
+
+    failed: bool = False
+
+    def __call__(self, data: CaseData) -> float | None:
+        return float(len(data.failed if self.failed else data.records))
+
+
+@dataclass(frozen=True)
 class KPI:
     name: str
     higher_is_better: bool | None  # None: informational, never thresholded
@@ -253,6 +278,44 @@ def case_kpis(data: CaseData) -> dict[str, float]:
             continue
         kpis[kpi.name] = float("nan") if value is None else value
     return kpis
+
+
+@dataclass
+class SampleCounts:
+    """A case's samples: ``scored``; ``skipped``: scored, but without the per-sample value of a
+    measured-only KPI that other samples of the case have (OCR: no text in the picture);
+    ``failed``: (sample id, error) of those that could not be scored."""
+
+    scored: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.scored + self.skipped + len(self.failed)
+
+    def why_missing(self, shown: int = 3) -> str:
+        """Why a case has no value to check: ``no sample could be scored (13 failed: a: why; ...)``."""
+        return f"no sample could be scored ({self.failed_text(shown)})" if self.failed else "the case had no samples"
+
+    def failed_text(self, shown: int = 3) -> str:
+        """``11 of 13 failed: sroie/002: why; sroie/003: why; ... and 8 more``.
+
+        >>> SampleCounts(2, 0, [("a", "unreadable"), ("b", "unreadable")]).failed_text(1)
+        '2 of 4 failed: a: unreadable; ... and 1 more'
+        """
+        named = "; ".join(f"{sample}: {error}" for sample, error in self.failed[:shown])
+        more = f"; ... and {len(self.failed) - shown} more" if len(self.failed) > shown else ""
+        return f"{len(self.failed)} of {self.total} failed: {named}{more}"
+
+
+def sample_counts(samples: Sequence[SampleRecord]) -> SampleCounts:
+    """Scored, skipped and failed samples of a case (see :class:`SampleCounts`)."""
+    ok = [s for s in samples if s.error is None]
+    keys = {kpi.sample_key for kpi in declared() if kpi.applies == MEASURED and kpi.sample_key}
+    present = {key for key in keys if any(key in s.kpis for s in ok)}
+    skipped = sum(1 for s in ok if any(key not in s.kpis for key in present))
+    return SampleCounts(len(ok) - skipped, skipped, [(s.sample_id, s.error) for s in samples if s.error is not None])
 
 
 def not_applicable(measured: Iterable[str]) -> set[str]:
@@ -323,3 +386,10 @@ register("ocr_cer_drift", False, "", "ocr_cer - ocr_cer_original (corpus-level, 
 register("sroie_fields_found", True, "",
          "fraction of SROIE key fields (company, date, address, total) found in the OCR text",
          aggregate=Mean("sroie_fields_found"), applies=MEASURED)
+# The samples themselves: a case where too few could be scored fails (``scored_share = 0.9`` in
+# thresholds.toml), instead of passing on the two images that happened to load.
+register("scored_share", True, "", "share of the case's samples that could be scored (read, and OCR'd where it runs)",
+         aggregate=ScoredShare())
+register("samples_scored", None, "samples", "samples scored", aggregate=Count())
+register("samples_failed", None, "samples", "samples that could not be scored (unreadable, OCR failed)",
+         aggregate=Count(failed=True))

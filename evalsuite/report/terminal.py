@@ -10,15 +10,16 @@ import sys
 import time
 
 from .. import runlog
-from ..metrics.kpis import table_columns
+from ..metrics.kpis import sample_counts, table_columns
 from ..results import CaseResult
 
 def kpi_table(results: list[CaseResult]) -> list[str]:
     """Fixed-width table, one row per case, sorted by case id; a column per KPI declared with one."""
     columns = table_columns()
-    rows = [["case"] + [h for h, _, _ in columns] + ["result"]]
+    rows = [["case", "n", "skip", "fail"] + [h for h, _, _ in columns] + ["result"]]
     for r in sorted(results, key=lambda r: r.case_id):
-        cells = [r.case_id]
+        counts = sample_counts(r.samples)  # n: samples scored
+        cells = [r.case_id, str(counts.scored), str(counts.skipped), str(len(counts.failed))]
         for _, kpi, fmt in columns:
             value = r.kpis.get(kpi)
             cells.append("-" if value is None or math.isnan(value) else fmt.format(value))
@@ -28,6 +29,16 @@ def kpi_table(results: list[CaseResult]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
             for row in rows]
+
+
+def failed_samples(results: list[CaseResult], shown: int = 5) -> list[str]:
+    """One line per case with samples that could not be scored, naming them and why."""
+    lines = []
+    for r in sorted(results, key=lambda r: r.case_id):
+        counts = sample_counts(r.samples)
+        if counts.failed:
+            lines.append(f"{r.case_id}: {counts.failed_text(shown)}")
+    return lines
 
 
 def stage_breakdown(results: list[CaseResult]) -> list[str]:
@@ -88,8 +99,15 @@ def write_summary(terminalreporter, session) -> None:
     tr.write_sep("=", f"evalsuite KPIs (run {session.run_id})")
     for line in kpi_table(session.results):
         tr.write_line(line)
+    tr.write_line("n, skip, fail: samples scored; skipped by a KPI that does not apply to them "
+                  "(OCR: no text); that could not be scored")
     if any(r.labels for r in session.results):
         tr.write_line("[random-weights]: figures from randomly initialised weights measure speed only")
+    failed = failed_samples(session.results)
+    if failed:
+        tr.write_sep("-", "samples that could not be scored")
+        for line in failed:
+            tr.write_line(line)
     tr.write_sep("-", "time per stage (all workers)")
     for line in stage_breakdown(session.results):
         tr.write_line(line)
