@@ -65,6 +65,8 @@ class Engine:
         self.stage_seconds: dict[str, float] = {}
         self.last_artifacts: list[tuple[Sample, TokenPlan]] = []  # (sample, plan) of the last case, for reports
         self.progress: Callable[[str], None] = lambda message: None  # tells the user about a long stage
+        # why a case's KPIs look like a loaded host's timing; set (by the session) to time such a case once more
+        self.retime_noisy: Callable[[dict[str, float]], list[str]] | None = None
 
     # -- things loaded once per worker ---------------------------------------------
     def device_for(self, spec: ModelSpec) -> torch.device:
@@ -198,6 +200,13 @@ class Engine:
         result.samples.extend(records)
         self.last_artifacts = list(zip(ref.samples, [plan for out in outputs for plan in out.plans]))
         result.kpis = self._case_kpis(adapter, compressor, ref.errors + records, timing, ref)
+        noisy = self.retime_noisy(result.kpis) if self.retime_noisy is not None else []
+        if noisy:  # once more, the reference's forwards too: a loaded host may have slowed either
+            with self._stage("compressed_timing"):
+                if case.method != "none":
+                    ref.encoder_seconds = self._time(adapter.reference, ref.batches).encoder
+                timing = self._case_timing(adapter, compressor, ref, case)
+            result.kpis = self._case_kpis(adapter, compressor, ref.errors + records, timing, ref)
         result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in self.stage_seconds.items()
                                 if v - started.get(k, 0.0) > 0}
         result.env = {
@@ -206,6 +215,7 @@ class Engine:
             "timing_repeats": str(self.settings.timing_repeats), "seed": str(self.settings.seed),
             **({"gpu_name": torch.cuda.get_device_name(adapter.device)} if adapter.device.type == "cuda" else {}),
             **(ocr.version_info() if ocr is not None else {}),
+            **({"retimed": "; ".join(noisy)} if noisy else {}),  # why the first timing was not kept
         }
         return result
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 RESULT_PROPERTY = "evalsuite_result"
+NOISY = "noisy"  # the label of a case whose timing looks like a loaded host's (thresholds.TimingNoise)
 
 
 class KPIBreachError(AssertionError):
@@ -193,6 +194,8 @@ class EvalSession:
             ))
             if self.worker_id is None:  # an xdist worker cannot write to the controller's terminal
                 self._engine.progress = self.progress
+            if self.thresholds.timing_noise.retime or self.config.getoption("evalsuite_retime_noisy", False):
+                self._engine.retime_noisy = self.thresholds.timing_noise.reasons
         return self._engine
 
     def progress(self, message: str) -> None:
@@ -244,6 +247,10 @@ class EvalSession:
         result.breaches = self.thresholds.check(result.kpis, case.model.id, case.method, case.dataset.id,
                                                 case.id, not_applicable(result.kpis))
         _explain_missing_samples(result)
+        noisy = self.thresholds.timing_noise.reasons(result.kpis)
+        if noisy:  # a flag for the reader, not a verdict: the limits were checked as measured
+            result.labels.append(NOISY)
+            result.env["noisy"] = "; ".join(noisy)
         node.user_properties.append((RESULT_PROPERTY, result.to_json()))
         self._annotate(result, self.engine.last_artifacts)
         return result

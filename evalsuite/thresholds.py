@@ -14,6 +14,11 @@ File layout (later tables override earlier ones, most specific last)::
     [dataset.sroie]                   # per dataset
     [case."dinov2_s14-tome_f0.5-sroie"]   # one case
 
+    [timing_noise]                    # when a case's timing is flagged noisy (not a verdict)
+    p95_over_p50 = 2.0                #   a latency p95 more than this factor above its p50
+    speedup_margin = 0.25             #   a speedup more than 25% above its ideal (FLOP model)
+    retime = false                    #   time a noisy case once more (--evalsuite-retime-noisy)
+
 A value may also be a table ``{ min = .. }`` / ``{ max = .. }`` to state the
 bound explicitly; it must agree with the KPI's direction.
 A limit set to ``false`` removes an inherited limit.
@@ -52,10 +57,47 @@ class Limit:
         return None if ok else Breach(self.kpi, measured, self.value, self.op, self.source)
 
 
+@dataclass(frozen=True)
+class TimingNoise:
+    """When a case's timing is too noisy to trust: a flag on the result, not a verdict.
+
+    >>> noise = TimingNoise(p95_over_p50=2.0, speedup_margin=0.25)
+    >>> noise.reasons({"encoder_ms_p50": 10.0, "encoder_ms_p95": 35.0, "throughput_speedup": 5.98,
+    ...                "ideal_speedup": 1.2})
+    ['encoder_ms_p95 3.5x its p50 (> 2)', 'throughput_speedup 5.98 above its ideal 1.2 (by > 25%)']
+    >>> noise.reasons({"encoder_ms_p50": 10.0, "encoder_ms_p95": 12.0, "throughput_speedup": 1.1,
+    ...                "ideal_speedup": 1.2})
+    []
+    """
+
+    p95_over_p50: float = 2.0
+    speedup_margin: float = 0.25
+    retime: bool = False
+    LATENCIES = ("compression_latency_ms", "encoder_ms")
+
+    def reasons(self, kpis: dict[str, float]) -> list[str]:
+        """Why ``kpis`` look noisy; empty when they do not (or were not measured)."""
+        found = []
+        for name in self.LATENCIES:
+            p50, p95 = kpis.get(f"{name}_p50"), kpis.get(f"{name}_p95")
+            if _finite(p50) and _finite(p95) and p50 > 0 and p95 > self.p95_over_p50 * p50:
+                found.append(f"{name}_p95 {p95 / p50:.1f}x its p50 (> {self.p95_over_p50:g})")
+        speedup, ideal = kpis.get("throughput_speedup"), kpis.get("ideal_speedup")
+        if _finite(speedup) and _finite(ideal) and speedup > ideal * (1 + self.speedup_margin):
+            found.append(f"throughput_speedup {speedup:.3g} above its ideal {ideal:.3g} "
+                         f"(by > {self.speedup_margin:.0%})")
+        return found
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 @dataclass
 class Thresholds:
     path: Path
     tables: dict[str, dict[str, Limit | None]]  # source name -> kpi -> limit (None = removed)
+    timing_noise: TimingNoise = TimingNoise()
 
     @classmethod
     def load(cls, path: str | Path) -> "Thresholds":
@@ -67,8 +109,11 @@ class Thresholds:
         except tomllib.TOMLDecodeError as exc:
             raise ThresholdsError(f"{path}: malformed TOML: {exc}") from None
         tables: dict[str, dict[str, Limit | None]] = {}
+        noise = TimingNoise()
         for key, value in raw.items():
-            if key in ("defaults", "reference"):
+            if key == "timing_noise":
+                noise = _parse_noise(path, value)
+            elif key in ("defaults", "reference"):
                 tables[key] = _parse_table(path, key, value)
             elif key in SCOPES:
                 if not isinstance(value, dict):
@@ -76,9 +121,9 @@ class Thresholds:
                 for name, table in value.items():
                     tables[f"{key}.{name}"] = _parse_table(path, f"{key}.{name}", table)
             else:
-                raise ThresholdsError(
-                    f"{path}: unknown table [{key}]; expected defaults, reference, {', '.join(SCOPES)}")
-        return cls(path, tables)
+                raise ThresholdsError(f"{path}: unknown table [{key}]; expected defaults, reference, "
+                                      f"{', '.join(SCOPES)}, timing_noise")
+        return cls(path, tables, noise)
 
     def limits_for(self, model: str, method: str, dataset: str, case_id: str) -> list[Limit]:
         """The limits in force for one case, with the table each came from."""
@@ -109,6 +154,29 @@ class Thresholds:
             if scope in known and name not in known[scope]:
                 hint = UnknownNameError(scope, name, sorted(known[scope])).args[0]
                 raise ThresholdsError(f"{self.path}: table [{source}]: {hint}")
+
+
+def _parse_noise(path: Path, table: Any) -> TimingNoise:
+    if not isinstance(table, dict):
+        raise ThresholdsError(f"{path}: [timing_noise] must be a table")
+    values = {}
+    for key, value in table.items():
+        where = f"{path}: [timing_noise] {key}"
+        if key == "retime":
+            if not isinstance(value, bool):
+                raise ThresholdsError(f"{where}: expected true or false, got {value!r}")
+        elif key in ("p95_over_p50", "speedup_margin"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ThresholdsError(f"{where}: expected a number, got {value!r}")
+            if key == "p95_over_p50" and value < 1 or key == "speedup_margin" and value < 0:
+                raise ThresholdsError(f"{where}: {value!r} is out of range "
+                                      f"({'>= 1' if key == 'p95_over_p50' else '>= 0'})")
+            value = float(value)
+        else:
+            hint = UnknownNameError("timing_noise key", key, ["p95_over_p50", "speedup_margin", "retime"]).args[0]
+            raise ThresholdsError(f"{where}: {hint}")
+        values[key] = value
+    return TimingNoise(**values)
 
 
 def _parse_table(path: Path, source: str, table: Any) -> dict[str, Limit | None]:

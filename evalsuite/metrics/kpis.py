@@ -178,6 +178,20 @@ class SeriesPercentile(Aggregation):
 
 
 @dataclass(frozen=True)
+class SeriesIQR(Aggregation):
+    """Interquartile range (p75 - p25) of a timed series, in ``scale`` units per second: its spread."""
+
+    series: str
+    scale: float = 1e3
+
+    def __call__(self, data: CaseData) -> float | None:
+        from .similarity import percentile
+
+        values = [x * self.scale for x in data.series.get(self.series, [])]
+        return percentile(values, 75) - percentile(values, 25)
+
+
+@dataclass(frozen=True)
 class MedianRatio(Aggregation):
     """``median(numerator) / median(denominator)`` of two timed series (a speedup)."""
 
@@ -393,3 +407,9 @@ register("scored_share", True, "", "share of the case's samples that could be sc
 register("samples_scored", None, "samples", "samples scored", aggregate=Count())
 register("samples_failed", None, "samples", "samples that could not be scored (unreadable, OCR failed)",
          aggregate=Count(failed=True))
+# The spread of each timed series: a p95 far above the p50, or a wide IQR, is a loaded host, not the method
+# (the noisy flag: evalsuite.thresholds.TimingNoise).
+register("compression_latency_ms_iqr", None, "ms", "interquartile range of the compression step's time per forward",
+         aggregate=SeriesIQR("compression"))
+register("encoder_ms_iqr", None, "ms", "interquartile range of the whole encoder forward",
+         aggregate=SeriesIQR("encoder"))

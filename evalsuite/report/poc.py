@@ -238,7 +238,9 @@ def _when(stamp: Any) -> str:
 
 
 def _status(row: Row) -> str:
-    return "ERROR" if row.get("error") else ("pass" if row.get("passed") else "FAIL")
+    """``pass``, ``FAIL`` or ``ERROR``, with ``(noisy timing)`` where the run flagged the case's timing."""
+    status = "ERROR" if row.get("error") else ("pass" if row.get("passed") else "FAIL")
+    return status + (" (noisy timing)" if "noisy" in (row.get("labels") or []) else "")
 
 
 def _distinct(rows: list[Row], key: str) -> str:

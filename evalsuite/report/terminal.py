@@ -41,6 +41,22 @@ def failed_samples(results: list[CaseResult], shown: int = 5) -> list[str]:
     return lines
 
 
+def noisy_timing(results: list[CaseResult]) -> list[str]:
+    """One line per case whose timing was flagged noisy (``env["noisy"]``) or timed again (``env["retimed"]``).
+
+    >>> noisy_timing([CaseResult("a", "m", "tome", {}, "d", env={"noisy": "encoder_ms_p95 3.5x its p50 (> 2)"}),
+    ...               CaseResult("b", "m", "tome", {}, "d", env={"retimed": "x"})])
+    ['a: encoder_ms_p95 3.5x its p50 (> 2)', 'b: timed twice, the first timing was noisy (x)']
+    """
+    lines = []
+    for r in sorted(results, key=lambda r: r.case_id):
+        if "noisy" in r.env:
+            lines.append(f"{r.case_id}: {r.env['noisy']}" + (" (timed twice)" if "retimed" in r.env else ""))
+        elif "retimed" in r.env:
+            lines.append(f"{r.case_id}: timed twice, the first timing was noisy ({r.env['retimed']})")
+    return lines
+
+
 def stage_breakdown(results: list[CaseResult]) -> list[str]:
     """Seconds per stage summed over cases (and workers), slowest first."""
     totals: dict[str, float] = {}
@@ -103,6 +119,11 @@ def write_summary(terminalreporter, session) -> None:
                   "(OCR: no text); that could not be scored")
     if any(r.labels for r in session.results):
         tr.write_line("[random-weights]: figures from randomly initialised weights measure speed only")
+    noisy = noisy_timing(session.results)
+    if noisy:
+        tr.write_sep("-", "noisy timing (flagged, not judged differently)")
+        for line in noisy:
+            tr.write_line(line)
     failed = failed_samples(session.results)
     if failed:
         tr.write_sep("-", "samples that could not be scored")
