@@ -20,7 +20,7 @@ from .data.datasets import DATASETS
 from .data.sample import Sample, SampleError
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
 from .methods import build
-from .metrics import flops, kpis, similarity
+from .metrics import bootstrap, flops, kpis, similarity
 from .metrics.latency import timed_calls
 from .models import MODELS
 from .models.base import EncoderOutput, ModelAdapter
@@ -67,6 +67,7 @@ class Engine:
         self.progress: Callable[[str], None] = lambda message: None  # tells the user about a long stage
         # why a case's KPIs look like a loaded host's timing; set (by the session) to time such a case once more
         self.retime_noisy: Callable[[dict[str, float]], list[str]] | None = None
+        self.interval_resamples = bootstrap.RESAMPLES  # bootstrap draws per case (thresholds.toml [intervals])
 
     # -- things loaded once per worker ---------------------------------------------
     def device_for(self, spec: ModelSpec) -> torch.device:
@@ -199,14 +200,17 @@ class Engine:
                 self._export(case, ref, outputs)
         result.samples.extend(records)
         self.last_artifacts = list(zip(ref.samples, [plan for out in outputs for plan in out.plans]))
-        result.kpis = self._case_kpis(adapter, compressor, ref.errors + records, timing, ref)
+        data = self._case_data(adapter, compressor, ref.errors + records, timing, ref)
+        result.kpis = kpis.case_kpis(data)
+        result.intervals = {name: list(bounds) for name, bounds in bootstrap.intervals(
+            data, resamples=self.interval_resamples, seed=self.settings.seed).items()}
         noisy = self.retime_noisy(result.kpis) if self.retime_noisy is not None else []
         if noisy:  # once more, the reference's forwards too: a loaded host may have slowed either
             with self._stage("compressed_timing"):
                 if case.method != "none":
                     ref.encoder_seconds = self._time(adapter.reference, ref.batches).encoder
                 timing = self._case_timing(adapter, compressor, ref, case)
-            result.kpis = self._case_kpis(adapter, compressor, ref.errors + records, timing, ref)
+            result.kpis = kpis.case_kpis(self._case_data(adapter, compressor, ref.errors + records, timing, ref))
         result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in self.stage_seconds.items()
                                 if v - started.get(k, 0.0) > 0}
         result.env = {
@@ -270,9 +274,9 @@ class Engine:
         return Timings(encoder=[seconds for seconds, _ in calls],
                        compression=[out.compression_seconds for _, out in calls])
 
-    def _case_kpis(self, adapter, compressor, records, timing: Timings, ref: Reference) -> dict[str, float]:
-        """The case's KPIs as declared in :mod:`evalsuite.metrics.kpis`, from the samples that did not
-        fail (``records``: every sample of the case, failed ones with their error)."""
+    def _case_data(self, adapter, compressor, records, timing: Timings, ref: Reference) -> kpis.CaseData:
+        """What the case measured, for the KPIs declared in :mod:`evalsuite.metrics.kpis` and their
+        intervals (``records``: every sample of the case, failed ones with their error)."""
         data = kpis.CaseData(
             [r for r in records if r.error is None], failed=[r for r in records if r.error is not None],
             series={"encoder": timing.encoder, "compression": timing.compression,
@@ -281,7 +285,7 @@ class Engine:
                 compressor.schedule(adapter.num_patches, adapter.num_prefix), adapter.num_patches,
                 adapter.num_prefix, adapter.embed_dim)},
         )
-        return kpis.case_kpis(data)
+        return data
 
     def start_ocr(self):
         """This worker's OCR stage, started on first use (its processes load their models in the

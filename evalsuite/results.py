@@ -52,6 +52,7 @@ class CaseResult:
     kpis: dict[str, float] = field(default_factory=dict)
     breaches: list[Breach] = field(default_factory=list)
     samples: list[SampleRecord] = field(default_factory=list)
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # KPI -> [low, high], 95% bootstrap
     stage_seconds: dict[str, float] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # versions, device, seeds, OCR engine
     labels: list[str] = field(default_factory=list)  # e.g. "random-weights"

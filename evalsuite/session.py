@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 RESULT_PROPERTY = "evalsuite_result"
 NOISY = "noisy"  # the label of a case whose timing looks like a loaded host's (thresholds.TimingNoise)
+FEW_SAMPLES = "few-samples"  # the label of a case with fewer scored samples than [intervals] min_samples
 
 
 class KPIBreachError(AssertionError):
@@ -194,6 +195,7 @@ class EvalSession:
             ))
             if self.worker_id is None:  # an xdist worker cannot write to the controller's terminal
                 self._engine.progress = self.progress
+            self._engine.interval_resamples = self.thresholds.intervals.resamples
             if self.thresholds.timing_noise.retime or self.config.getoption("evalsuite_retime_noisy", False):
                 self._engine.retime_noisy = self.thresholds.timing_noise.reasons
         return self._engine
@@ -245,8 +247,13 @@ class EvalSession:
         result.env["worker"] = self.worker_id or "main"  # which xdist worker ran it (evalsuite.bench.scaling)
         self.config.hook.pytest_evalsuite_result(result=result, case=case)
         result.breaches = self.thresholds.check(result.kpis, case.model.id, case.method, case.dataset.id,
-                                                case.id, not_applicable(result.kpis))
+                                                case.id, not_applicable(result.kpis), result.intervals)
         _explain_missing_samples(result)
+        scored = sample_counts(result.samples).scored
+        if scored < self.thresholds.intervals.min_samples:  # said, not failed: the verdict is partly luck
+            result.labels.append(FEW_SAMPLES)
+            result.env["few_samples"] = (f"{scored} samples scored, fewer than min_samples = "
+                                         f"{self.thresholds.intervals.min_samples}: wide intervals")
         noisy = self.thresholds.timing_noise.reasons(result.kpis)
         if noisy:  # a flag for the reader, not a verdict: the limits were checked as measured
             result.labels.append(NOISY)

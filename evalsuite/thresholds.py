@@ -21,6 +21,10 @@ File layout (later tables override earlier ones, most specific last)::
 
 A value may also be a table ``{ min = .. }`` / ``{ max = .. }`` to state the
 bound explicitly; it must agree with the KPI's direction.
+``gate = "bound"`` in a table judges the limits in force with it (it cascades
+like a limit) on the 95% bootstrap interval's bound instead of the mean: the
+low end for a floor, the high end for a ceiling (``gate = "mean"``, the
+default, restores it). ``[intervals]`` sets ``resamples`` and ``min_samples``.
 A limit set to ``false`` removes an inherited limit.
 """
 
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +47,29 @@ class ThresholdsError(ValueError):
     """A malformed thresholds file; the message names the file and key."""
 
 
+GATES = ("mean", "bound")
+
+
 @dataclass(frozen=True)
 class Limit:
     kpi: str
     value: float
     op: str  # ">=" or "<="
     source: str  # e.g. "method.tome"
+    gate: str = "mean"  # "bound": the interval's bound on the wrong side must clear the limit
 
-    def check(self, measured: float | None) -> Breach | None:
+    def check(self, measured: float | None, interval: tuple[float, float] | None = None) -> Breach | None:
+        """``measured`` against the limit; with ``gate = "bound"`` and an ``interval``, the
+        interval's low end for a floor (its high end for a ceiling) is what must clear it."""
         if measured is None or (isinstance(measured, float) and math.isnan(measured)):
             return Breach(self.kpi, None, self.value, self.op, self.source)
-        ok = measured >= self.value if self.op == ">=" else measured <= self.value
-        return None if ok else Breach(self.kpi, measured, self.value, self.op, self.source)
+        judged, reason = measured, ""
+        if self.gate == "bound" and interval is not None:
+            judged = interval[0] if self.op == ">=" else interval[1]
+            reason = (f"gate = bound: the 95% interval [{interval[0]:.4g}, {interval[1]:.4g}] must clear it "
+                      f"(mean {measured:.4g})")
+        ok = judged >= self.value if self.op == ">=" else judged <= self.value
+        return None if ok else Breach(self.kpi, judged, self.value, self.op, self.source, reason)
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,8 @@ class Thresholds:
     path: Path
     tables: dict[str, dict[str, Limit | None]]  # source name -> kpi -> limit (None = removed)
     timing_noise: TimingNoise = TimingNoise()
+    intervals: IntervalSettings = field(default_factory=lambda: IntervalSettings())
+    gates: dict[str, str] = field(default_factory=dict)  # source name -> "mean" | "bound"
 
     @classmethod
     def load(cls, path: str | Path) -> "Thresholds":
@@ -109,39 +126,49 @@ class Thresholds:
         except tomllib.TOMLDecodeError as exc:
             raise ThresholdsError(f"{path}: malformed TOML: {exc}") from None
         tables: dict[str, dict[str, Limit | None]] = {}
-        noise = TimingNoise()
+        gates: dict[str, str] = {}
+        noise, interval_settings = TimingNoise(), IntervalSettings()
         for key, value in raw.items():
             if key == "timing_noise":
                 noise = _parse_noise(path, value)
+            elif key == "intervals":
+                interval_settings = _parse_intervals(path, value)
             elif key in ("defaults", "reference"):
-                tables[key] = _parse_table(path, key, value)
+                tables[key] = _parse_table(path, key, value, gates)
             elif key in SCOPES:
                 if not isinstance(value, dict):
                     raise ThresholdsError(f"{path}: [{key}] must hold tables like [{key}.NAME]")
                 for name, table in value.items():
-                    tables[f"{key}.{name}"] = _parse_table(path, f"{key}.{name}", table)
+                    tables[f"{key}.{name}"] = _parse_table(path, f"{key}.{name}", table, gates)
             else:
                 raise ThresholdsError(f"{path}: unknown table [{key}]; expected defaults, reference, "
-                                      f"{', '.join(SCOPES)}, timing_noise")
-        return cls(path, tables, noise)
+                                      f"{', '.join(SCOPES)}, timing_noise, intervals")
+        return cls(path, tables, noise, interval_settings, gates)
 
     def limits_for(self, model: str, method: str, dataset: str, case_id: str) -> list[Limit]:
-        """The limits in force for one case, with the table each came from."""
+        """The limits in force for one case, with the table each came from. A table's ``gate``
+        (``"mean"`` or ``"bound"``) cascades like a limit and applies to every limit in force."""
         base = "reference" if method == "none" else "defaults"
         order = [base, f"model.{model}", f"method.{method}", f"dataset.{dataset}", f"case.{case_id}"]
         merged: dict[str, Limit | None] = {}
+        gate = "mean"
         for source in order:
             merged.update(self.tables.get(source, {}))
-        return [limit for limit in merged.values() if limit is not None]
+            gate = self.gates.get(source, gate)
+        return [replace(limit, gate=gate) for limit in merged.values() if limit is not None]
 
     def check(self, kpis: dict[str, float], model: str, method: str, dataset: str, case_id: str,
-              not_applicable: set[str] = frozenset()) -> list[Breach]:
-        """Every breached limit; KPIs in ``not_applicable`` (e.g. OCR on photos) are not checked."""
+              not_applicable: set[str] = frozenset(),
+              intervals: dict[str, list[float]] | None = None) -> list[Breach]:
+        """Every breached limit; KPIs in ``not_applicable`` (e.g. OCR on photos) are not checked;
+        ``intervals`` (KPI -> [low, high]) are used where the gate is ``"bound"``."""
         breaches = []
+        intervals = intervals or {}
         for limit in self.limits_for(model, method, dataset, case_id):
             if limit.kpi in not_applicable:
                 continue
-            breach = limit.check(kpis.get(limit.kpi))
+            interval = intervals.get(limit.kpi)
+            breach = limit.check(kpis.get(limit.kpi), tuple(interval) if interval else None)
             if breach is not None:
                 breaches.append(breach)
         return breaches
@@ -179,12 +206,43 @@ def _parse_noise(path: Path, table: Any) -> TimingNoise:
     return TimingNoise(**values)
 
 
-def _parse_table(path: Path, source: str, table: Any) -> dict[str, Limit | None]:
+@dataclass(frozen=True)
+class IntervalSettings:
+    """``[intervals]``: bootstrap draws per case, and the fewest scored samples a case should have
+    (below it the case is labelled ``few-samples``: its intervals are wide, its verdict partly luck)."""
+
+    resamples: int = 1000
+    min_samples: int = 10
+
+
+def _parse_intervals(path: Path, table: Any) -> IntervalSettings:
+    if not isinstance(table, dict):
+        raise ThresholdsError(f"{path}: [intervals] must be a table")
+    values = {}
+    for key, value in table.items():
+        where = f"{path}: [intervals] {key}"
+        if key not in ("resamples", "min_samples"):
+            hint = UnknownNameError("intervals key", key, ["resamples", "min_samples"]).args[0]
+            raise ThresholdsError(f"{where}: {hint}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "resamples" else 0):
+            raise ThresholdsError(f"{where}: expected a {'positive' if key == 'resamples' else 'non-negative'} "
+                                  f"integer, got {value!r}")
+        values[key] = value
+    return IntervalSettings(**values)
+
+
+def _parse_table(path: Path, source: str, table: Any, gates: dict[str, str] | None = None) -> dict[str, Limit | None]:
     if not isinstance(table, dict):
         raise ThresholdsError(f"{path}: [{source}] must be a table of KPI limits")
     limits: dict[str, Limit | None] = {}
     for kpi_name, value in table.items():
         where = f"{path}: [{source}] {kpi_name}"
+        if kpi_name == "gate":  # how this table's (and more specific tables') limits are judged
+            if value not in GATES:
+                raise ThresholdsError(f"{where}: expected one of {', '.join(repr(g) for g in GATES)}, got {value!r}")
+            if gates is not None:
+                gates[source] = value
+            continue
         try:
             kpi = KPIS.get(kpi_name)
         except UnknownNameError as exc:

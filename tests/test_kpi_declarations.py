@@ -59,7 +59,7 @@ def test_a_new_kpi_is_one_declaration(monkeypatch):
     without = kpis.case_kpis(_data([_record("a", feature_cosine=1.0)]))
     assert "answer_match" not in without and "answer_match" in kpis.not_applicable(without)
     header = kpi_table([CaseResult("c", "m", "tome", {}, "d", kpis=with_answers)])[0]
-    assert header.split()[-2:] == ["ans", "result"]
+    assert header.split()[-3:] == ["ans", "cos_ci95", "result"]
     with pytest.raises(ValueError, match="already registered"):
         kpis.register("answer_match", True)
 

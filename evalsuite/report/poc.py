@@ -237,6 +237,13 @@ def _when(stamp: Any) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M:%S") if hasattr(stamp, "strftime") else str(stamp)
 
 
+def _interval(row: Row, name: str) -> str:
+    """`` (0.955-0.981)``: the case's 95% bootstrap interval of ``name``, stored as ``ci_low.NAME`` /
+    ``ci_high.NAME`` in its ``kpis``; empty when the run recorded none."""
+    low, high = kpi(row, f"ci_low.{name}"), kpi(row, f"ci_high.{name}")
+    return f" ({low:.4f}-{high:.4f})" if low is not None and high is not None else ""
+
+
 def _status(row: Row) -> str:
     """``pass``, ``FAIL`` or ``ERROR``, with ``(noisy timing)`` where the run flagged the case's timing."""
     status = "ERROR" if row.get("error") else ("pass" if row.get("passed") else "FAIL")
@@ -284,13 +291,14 @@ def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recomme
     out += ["", "## Comparison: model x method x dataset", ""]
     ordered = sorted(case_rows, key=lambda r: (r["model"], r["method"] != BASELINE, method_label(r), r["dataset"]))
     out += _table(
-        ["model", "method", "dataset", "token reduction %", "WER drift", "feature cosine", "EMD",
-         "compression p95 ms", "result"],
+        ["model", "method", "dataset", "token reduction %", "WER drift", "feature cosine (95% interval)", "EMD",
+         "compression p95 ms", "result", "n"],
         ([r["model"], method_label(r), r["dataset"], _fmt(token_reduction_pct(r), ".1f"),
           _fmt(kpi(r, "ocr_wer_drift"), "+.4f") + (" (info)" if r["dataset"] in limits.drift_informational
                                                     and kpi(r, "ocr_wer_drift") is not None else ""),
-          _fmt(kpi(r, "feature_cosine_mean"), ".4f"),
-          _fmt(kpi(r, "emd"), ".4g"), _fmt(kpi(r, "compression_latency_ms_p95"), ".2f"), _status(r)]
+          _fmt(kpi(r, "feature_cosine_mean"), ".4f") + _interval(r, "feature_cosine_mean"),
+          _fmt(kpi(r, "emd"), ".4g"), _fmt(kpi(r, "compression_latency_ms_p95"), ".2f"), _status(r),
+          _fmt(kpi(r, "samples_scored"), ".0f")]
          for r in ordered),
     )
     out += ["", "Feature cosine: mean cosine similarity between encoder features with and without compression "

@@ -16,13 +16,15 @@ from ..results import CaseResult
 def kpi_table(results: list[CaseResult]) -> list[str]:
     """Fixed-width table, one row per case, sorted by case id; a column per KPI declared with one."""
     columns = table_columns()
-    rows = [["case", "n", "skip", "fail"] + [h for h, _, _ in columns] + ["result"]]
+    rows = [["case", "n", "skip", "fail"] + [h for h, _, _ in columns] + ["cos_ci95", "result"]]
     for r in sorted(results, key=lambda r: r.case_id):
         counts = sample_counts(r.samples)  # n: samples scored
         cells = [r.case_id, str(counts.scored), str(counts.skipped), str(len(counts.failed))]
         for _, kpi, fmt in columns:
             value = r.kpis.get(kpi)
             cells.append("-" if value is None or math.isnan(value) else fmt.format(value))
+        interval = r.intervals.get("feature_cosine_mean")
+        cells.append(f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "-")
         verdict = "ERROR" if r.error else ("PASS" if r.passed else f"FAIL({len(r.breaches)})")
         cells.append(verdict + (" [" + ",".join(r.labels) + "]" if r.labels else ""))
         rows.append(cells)
@@ -116,7 +118,13 @@ def write_summary(terminalreporter, session) -> None:
     for line in kpi_table(session.results):
         tr.write_line(line)
     tr.write_line("n, skip, fail: samples scored; skipped by a KPI that does not apply to them "
-                  "(OCR: no text); that could not be scored")
+                  "(OCR: no text); that could not be scored. cos_ci95: 95% paired bootstrap interval of cos")
+    few = [f"{r.case_id}: {r.env['few_samples']}" for r in sorted(session.results, key=lambda r: r.case_id)
+           if "few_samples" in r.env]
+    if few:
+        tr.write_sep("-", "cases with few samples")
+        for line in few:
+            tr.write_line(line)
     if any(r.labels for r in session.results):
         tr.write_line("[random-weights]: figures from randomly initialised weights measure speed only")
     noisy = noisy_timing(session.results)

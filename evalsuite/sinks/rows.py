@@ -83,11 +83,20 @@ def to_rows(run: RunInfo, results: list[CaseResult], ingested_at: datetime | Non
             "timestamp": stamp,
             "ingested_at": ingested_at,
         }
-        rows.append(_row(common, "case", "", _doc_type(result), result.kpis, result.passed,
+        rows.append(_row(common, "case", "", _doc_type(result), {**result.kpis, **_interval_keys(result)}, result.passed,
                          json.dumps([asdict(b) for b in result.breaches], default=float),
                          result.error, stage_seconds=result.stage_seconds))
         rows += [_sample_row(common, s) for s in result.samples]
     return rows
+
+
+def _interval_keys(result: CaseResult) -> dict[str, float]:
+    """The case's 95% intervals as ``kpis`` map entries ``ci_low.KPI`` / ``ci_high.KPI`` (the table's
+    schema is unchanged: old tables stay readable; ``n`` is the ``samples_scored`` KPI)."""
+    keys = {}
+    for kpi, (low, high) in result.intervals.items():
+        keys[f"ci_low.{kpi}"], keys[f"ci_high.{kpi}"] = low, high
+    return keys
 
 
 def _sample_row(common: dict[str, Any], sample: SampleRecord) -> dict[str, Any]:
