@@ -119,14 +119,14 @@ def write_summary(terminalreporter, session) -> None:
         tr.write_line(line)
     tr.write_line("n, skip, fail: samples scored; skipped by a KPI that does not apply to them "
                   "(OCR: no text); that could not be scored. cos_ci95: 95% paired bootstrap interval of cos")
+    if any("random-weights" in r.labels for r in session.results):
+        tr.write_line("[random-weights]: figures from randomly initialised weights measure speed only")
     few = [f"{r.case_id}: {r.env['few_samples']}" for r in sorted(session.results, key=lambda r: r.case_id)
            if "few_samples" in r.env]
     if few:
         tr.write_sep("-", "cases with few samples")
         for line in few:
             tr.write_line(line)
-    if any(r.labels for r in session.results):
-        tr.write_line("[random-weights]: figures from randomly initialised weights measure speed only")
     noisy = noisy_timing(session.results)
     if noisy:
         tr.write_sep("-", "noisy timing (flagged, not judged differently)")
