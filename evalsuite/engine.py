@@ -9,18 +9,17 @@ objects and receives :class:`~evalsuite.results.CaseResult` objects.
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
-import numpy as np
 import torch
 
 from .data.datasets import DATASETS
 from .data.sample import Sample, SampleError
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
-from .metrics import flops, retrieval, similarity, text_tokens
+from .metrics import bootstrap, flops, kpis, retrieval, similarity, text_tokens
 from .metrics.latency import timed_calls
 from .models import MODELS
 from .models.base import EncoderOutput, ModelAdapter
@@ -64,6 +63,10 @@ class Engine:
         self._read_ahead: set[str] = set()  # datasets whose originals the OCR stage was sent ahead
         self.stage_seconds: dict[str, float] = {}
         self.last_artifacts: list[tuple[Sample, TokenPlan]] = []  # (sample, plan) of the last case, for reports
+        self.progress: Callable[[str], None] = lambda message: None  # tells the user about a long stage
+        # why a case's KPIs look like a loaded host's timing; set (by the session) to time such a case once more
+        self.retime_noisy: Callable[[dict[str, float]], list[str]] | None = None
+        self.interval_resamples = bootstrap.RESAMPLES  # bootstrap draws per case (thresholds.toml [intervals])
 
     # -- things loaded once per worker ---------------------------------------------
     def device_for(self, spec: ModelSpec) -> torch.device:
@@ -151,10 +154,14 @@ class Engine:
         self.settings = replace(self.settings, **case.settings)  # the matrix file's seed, batch, timing
         started = dict(self.stage_seconds)
         ocr = self.start_ocr()  # started with the run, or now
+        reading_ahead = 0
         if ocr is not None and case.dataset.id not in self._read_ahead:
             # and read the dataset's originals, which every case of it needs, while the model loads
             ocr.read_ahead(self.samples(case.dataset))
             self._read_ahead.add(case.dataset.id)
+            reading_ahead = len(self.samples(case.dataset))
+        if case.model.id not in self._models:
+            self.progress(f"loading model {case.model.id}")
         adapter = self.model(case.model)
         ref = self.reference(case.model, case.dataset)
         compressor = case.build_method(adapter.num_layers, seed=self.settings.seed)  # checks depth-bound params
@@ -174,6 +181,9 @@ class Engine:
         # and OCR reads on every core slow it down (docs/performance.md, "Latency KPIs").
         # So the pool has loaded and the reads queued ahead are done before either model is timed.
         if ocr is not None:
+            if reading_ahead:
+                self.progress(f"OCR of the {reading_ahead} originals of {case.dataset.id} "
+                              "(once per dataset; cached for later runs)")
             with self._stage("ocr"):
                 ocr.wait_idle()
         if ref.encoder_seconds is None:
@@ -190,7 +200,17 @@ class Engine:
         text_tokens.add_sample_kpis(ref.samples, records, adapter.embed_dim, adapter.dtype.itemsize)  # text pages
         result.samples.extend(records)
         self.last_artifacts = list(zip(ref.samples, [plan for out in outputs for plan in out.plans]))
-        result.kpis = self._case_kpis(adapter, compressor, records, timing, ref)
+        data = self._case_data(adapter, compressor, ref.errors + records, timing, ref)
+        result.kpis = kpis.case_kpis(data)
+        result.intervals = {name: list(bounds) for name, bounds in bootstrap.intervals(
+            data, resamples=self.interval_resamples, seed=self.settings.seed).items()}
+        noisy = self.retime_noisy(result.kpis) if self.retime_noisy is not None else []
+        if noisy:  # once more, the reference's forwards too: a loaded host may have slowed either
+            with self._stage("compressed_timing"):
+                if case.method != "none":
+                    ref.encoder_seconds = self._time(adapter.reference, ref.batches).encoder
+                timing = self._case_timing(adapter, compressor, ref, case)
+            result.kpis = kpis.case_kpis(self._case_data(adapter, compressor, ref.errors + records, timing, ref))
         result.kpis.update(text_tokens.case_kpis(records))
         result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in self.stage_seconds.items()
                                 if v - started.get(k, 0.0) > 0}
@@ -200,6 +220,7 @@ class Engine:
             "timing_repeats": str(self.settings.timing_repeats), "seed": str(self.settings.seed),
             **({"gpu_name": torch.cuda.get_device_name(adapter.device)} if adapter.device.type == "cuda" else {}),
             **(ocr.version_info() if ocr is not None else {}),
+            **({"retimed": "; ".join(noisy)} if noisy else {}),  # why the first timing was not kept
         }
         return result
 
@@ -259,44 +280,18 @@ class Engine:
         return Timings(encoder=[seconds for seconds, _ in calls],
                        compression=[out.compression_seconds for _, out in calls])
 
-    def _case_kpis(self, adapter, compressor, records, timing: Timings, ref: Reference) -> dict[str, float]:
-        # a sample whose OCR alone failed keeps its tokens and cosine (no OCR KPIs: it has none)
-        ok = [r for r in records if r.error is None or r.info.get("error_stage") == "ocr"]
-
-        def mean(key):
-            values = [r.kpis[key] for r in ok if key in r.kpis and not math.isnan(r.kpis[key])]
-            return float(np.mean(values)) if values else float("nan")
-
-        before, after = mean("tokens_before"), mean("tokens_after")
-        cosines = [r.kpis["feature_cosine"] for r in ok]
-        ms = lambda xs, q: similarity.percentile([x * 1e3 for x in xs], q)  # noqa: E731
-        none_ms = similarity.percentile(ref.encoder_seconds, 50)
-        kpis = {
-            "tokens_before": before,
-            "tokens_after": after,
-            "tokens_reduction_pct": 100.0 * (1.0 - after / before) if before else float("nan"),
-            "feature_cosine_mean": mean("feature_cosine"),
-            "feature_cosine_p5": similarity.percentile(cosines, 5),
-            "emd": mean("emd"),
-            "compression_latency_ms_p50": ms(timing.compression, 50),
-            "compression_latency_ms_p95": ms(timing.compression, 95),
-            "encoder_ms_p50": ms(timing.encoder, 50),
-            "encoder_ms_p95": ms(timing.encoder, 95),
-            "throughput_speedup": none_ms / similarity.percentile(timing.encoder, 50),
-            "ideal_speedup": flops.ideal_speedup(
+    def _case_data(self, adapter, compressor, records, timing: Timings, ref: Reference) -> kpis.CaseData:
+        """What the case measured, for the KPIs declared in :mod:`evalsuite.metrics.kpis` and their
+        intervals (``records``: every sample of the case, failed ones with their error)."""
+        data = kpis.CaseData(
+            [r for r in records if _scored(r)], failed=[r for r in records if not _scored(r)],
+            series={"encoder": timing.encoder, "compression": timing.compression,
+                    "reference_encoder": ref.encoder_seconds},
+            given={"ideal_speedup": flops.ideal_speedup(
                 compressor.schedule(adapter.num_patches, adapter.num_prefix), adapter.num_patches,
-                adapter.num_prefix, adapter.embed_dim),
-        }
-        for key in ("ocr_wer", "ocr_cer", "ocr_wer_original", "ocr_cer_original", "ocr_wer_drift", "ocr_cer_drift"):
-            value = corpus_level(ok, key)
-            if value is not None:
-                kpis[key] = value
-        for k in retrieval.KS:
-            if not math.isnan(mean(retrieval.sample_key(k))):
-                kpis[retrieval.case_key(k)] = mean(retrieval.sample_key(k))
-        if not math.isnan(mean("sroie_fields_found")):
-            kpis["sroie_fields_found"] = mean("sroie_fields_found")
-        return kpis
+                adapter.num_prefix, adapter.embed_dim)},
+        )
+        return data
 
     def start_ocr(self):
         """This worker's OCR stage, started on first use (its processes load their models in the
@@ -327,30 +322,17 @@ class Engine:
             self._ocr.close()
 
 
+def _scored(record: SampleRecord) -> bool:
+    """A sample whose OCR alone failed still counts for its tokens and cosine (it has no OCR KPIs)."""
+    return record.error is None or record.info.get("error_stage") == "ocr"
+
+
 def _load_or_error(sample: Sample):
     """The sample's image, or the :class:`SampleError` that names why it cannot be used."""
     try:
         return sample.load()
     except SampleError as exc:
         return exc
-
-
-def corpus_level(records: list[SampleRecord], key: str) -> float | None:
-    """Corpus-level OCR rate: per-sample rates weighted by reference words (characters for CER),
-    i.e. errors over all reference words, so a photo with two stray words does not weigh as
-    much as a page of text. None when no sample has the KPI.
-
-    >>> r = [SampleRecord("a", "photo", {"ocr_wer": 1.0}, {"ocr_reference_words": 2}),
-    ...      SampleRecord("b", "document", {"ocr_wer": 0.1}, {"ocr_reference_words": 98})]
-    >>> round(corpus_level(r, "ocr_wer"), 3)
-    0.118
-    """
-    weight = "ocr_reference_chars" if "_cer" in key else "ocr_reference_words"
-    pairs = [(r.kpis[key], r.info.get(weight, 0)) for r in records if key in r.kpis]
-    if not pairs:
-        return None
-    total = sum(w for _, w in pairs)
-    return sum(v * w for v, w in pairs) / total if total else float(np.mean([v for v, _ in pairs]))
 
 
 def with_oom_retry(forward, pixels: torch.Tensor, what: str) -> EncoderOutput:

@@ -42,6 +42,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--evalsuite-run-id", metavar="ID", help="run id recorded with every row")
     group.addoption("--evalsuite-device", metavar="DEVICE", choices=["cpu", "cuda"],
                     help="run every case on this device, whatever its matrix says (e.g. the GPU matrix on CPU)")
+    group.addoption("--evalsuite-retime-noisy", action="store_true",
+                    help="time a case whose timing looks noisy once more (thresholds.toml: [timing_noise] retime)")
     group.addoption("--evalsuite-scheduler", choices=["affinity", "xdist"],
                     help="with --dist worksteal: affinity (default) plans cases by model and measured cost; "
                          "xdist keeps xdist's own (ini: evalsuite_scheduler)")

@@ -21,10 +21,12 @@ class Breach:
     limit: float
     op: str  # ">=" or "<="
     source: str
+    reason: str = ""  # why, where the value alone does not say (e.g. no sample could be scored)
 
     def __str__(self) -> str:
         shown = "missing" if self.value is None else f"{self.value:.4g}"
-        return f"{self.kpi} = {shown}, limit {self.op} {self.limit:g} (from [{self.source}])"
+        why = f": {self.reason}" if self.reason else ""
+        return f"{self.kpi} = {shown}, limit {self.op} {self.limit:g} (from [{self.source}]){why}"
 
 
 @dataclass
@@ -50,6 +52,7 @@ class CaseResult:
     kpis: dict[str, float] = field(default_factory=dict)
     breaches: list[Breach] = field(default_factory=list)
     samples: list[SampleRecord] = field(default_factory=list)
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # KPI -> [low, high], 95% bootstrap
     stage_seconds: dict[str, float] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # versions, device, seeds, OCR engine
     labels: list[str] = field(default_factory=list)  # e.g. "random-weights"

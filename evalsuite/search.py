@@ -30,9 +30,6 @@ from .thresholds import Thresholds
 
 DEFAULT_OUT = Path("reports") / "operating_points.json"
 DEFAULT_STEPS = 5
-# KPIs a case may not measure (no OCR text, or OCR off); as in EvalSession.evaluate they are not checked then
-SOMETIMES_MEASURED = ("ocr_wer", "ocr_cer", "ocr_wer_drift", "ocr_cer_drift", "sroie_fields_found",
-                      "retrieval_recall_at_1", "retrieval_recall_at_5")  # retrieval: not on a one-image dataset
 
 
 @dataclass(frozen=True)
@@ -141,9 +138,10 @@ def case_spec(model: ModelSpec, dataset: DatasetSpec, method: str, params: dict[
 
 def check(thresholds: Thresholds, result: CaseResult) -> CaseResult:
     """Set ``result.breaches`` as the gate does (:meth:`EvalSession.evaluate`)."""
-    not_applicable = {k for k in SOMETIMES_MEASURED if k not in result.kpis}
+    from .metrics.kpis import not_applicable
+
     result.breaches = thresholds.check(result.kpis, result.model, result.method, result.dataset, result.case_id,
-                                       not_applicable)
+                                       not_applicable(result.kpis), result.intervals)
     return result
 
 

@@ -19,6 +19,7 @@ build the methods' hooks, at their models' real depths.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -31,9 +32,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from . import matrix, paths
+from . import matrix, paths, runlog
 from .data.datasets import DatasetUnavailable
 from .distribution import runs_cases
+from .metrics.kpis import not_applicable, sample_counts
 from .results import CaseResult, RunInfo
 from .settings import OCR_DEVICES, EngineSettings
 from .thresholds import Thresholds, ThresholdsError
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 RESULT_PROPERTY = "evalsuite_result"
+NOISY = "noisy"  # the label of a case whose timing looks like a loaded host's (thresholds.TimingNoise)
+FEW_SAMPLES = "few-samples"  # the label of a case with fewer scored samples than [intervals] min_samples
 
 
 class KPIBreachError(AssertionError):
@@ -68,10 +72,14 @@ class EvalSession:
         workerinput = getattr(config, "workerinput", {})
         self.run_id = workerinput.get("evalsuite_run_id") or option(config, "run_id") or _new_run_id()
         self.shard = shard_label(config)  # "2/3" when pytest-split runs one group of the matrix
+        # third-party log lines of every process of the run go here, not into the progress line
+        self.run_log = (runlog.start(runlog.path_for(self.rootdir, self.run_id)) if self.is_controller
+                        else runlog.current())
         if option(config, "ocr_device") not in OCR_DEVICES:
             raise pytest.UsageError(f"evalsuite_ocr_device = {option(config, 'ocr_device')!r}: "
                                     f"choose one of {', '.join(OCR_DEVICES)}")
         self.ocr_workers = _count(option(config, "ocr_workers"), "evalsuite_ocr_workers")
+        _check_data_store(config, self.rootdir)
         try:
             self.thresholds = Thresholds.load(self._path(option(config, "thresholds")))
             files = matrix.read([self._path(p) for p in option(config, "matrix")], self.defaults())
@@ -190,7 +198,23 @@ class EvalSession:
                 device_override=self.device_override,
                 worker_index=worker,
             ))
+            if self.worker_id is None:  # an xdist worker cannot write to the controller's terminal
+                self._engine.progress = self.progress
+            self._engine.interval_resamples = self.thresholds.intervals.resamples
+            if self.thresholds.timing_noise.retime or self.config.getoption("evalsuite_retime_noisy", False):
+                self._engine.retime_noisy = self.thresholds.timing_noise.reasons
         return self._engine
+
+    def progress(self, message: str) -> None:
+        """A line on the terminal while a long stage runs (model load, OCR of a dataset's
+        originals), printed past pytest's output capture."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(f"evalsuite: {message}")
 
     def prepare(self, items: list[pytest.Item]) -> None:
         """Cases collected, on a process that runs them: start the OCR pool now, so that its processes
@@ -213,6 +237,7 @@ class EvalSession:
         """Run one case, attach its result to the test report, check its thresholds."""
         if case.model.needs_gpu and not _cuda_available() and self.device_override != "cpu":
             pytest.skip(f"{case.id} needs CUDA (model {case.model.id}); run it with -m gpu on a GPU host")
+        runlog.capture_third_party_logs()  # libraries imported since the last case may have added some
         try:
             result = self.engine.evaluate(case)
         except DatasetUnavailable as exc:
@@ -226,10 +251,18 @@ class EvalSession:
             raise
         result.env["worker"] = self.worker_id or "main"  # which xdist worker ran it (benchmarks.scaling)
         self.config.hook.pytest_evalsuite_result(result=result, case=case)
-        not_applicable = {k for k in ("ocr_wer", "ocr_cer", "ocr_wer_drift", "ocr_cer_drift",
-                                      "sroie_fields_found") if k not in result.kpis}
         result.breaches = self.thresholds.check(result.kpis, case.model.id, case.method, case.dataset.id,
-                                                case.id, not_applicable)
+                                                case.id, not_applicable(result.kpis), result.intervals)
+        _explain_missing_samples(result)
+        scored = sample_counts(result.samples).scored
+        if scored < self.thresholds.intervals.min_samples:  # said, not failed: the verdict is partly luck
+            result.labels.append(FEW_SAMPLES)
+            result.env["few_samples"] = (f"{scored} samples scored, fewer than min_samples = "
+                                         f"{self.thresholds.intervals.min_samples}: wide intervals")
+        noisy = self.thresholds.timing_noise.reasons(result.kpis)
+        if noisy:  # a flag for the reader, not a verdict: the limits were checked as measured
+            result.labels.append(NOISY)
+            result.env["noisy"] = "; ".join(noisy)
         node.user_properties.append((RESULT_PROPERTY, result.to_json()))
         self._annotate(result, self.engine.last_artifacts)
         return result
@@ -329,6 +362,42 @@ def _process_start_time() -> float:
         return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started_after_boot)
     except (OSError, ValueError, IndexError, AttributeError):
         return time.time()
+
+
+def _check_data_store(config: pytest.Config, rootdir: Path) -> None:
+    """A dataset store that was asked for explicitly must exist.
+
+    "Explicitly" means ``$EVALSUITE_DATA`` or ``--evalsuite-data`` on the command line: a
+    mistyped path there is a usage error (exit 4), not a run that skips every case of the store
+    and passes. The ini value (``evalsuite_data`` in pytest.ini, the project's usual mount
+    point, e.g. ``../shared/datasets``) is a default location: a clone without it still runs,
+    and the cases that need the store are skipped with the reason. A store that exists but lacks
+    one dataset's folder skips that dataset's cases either way (a store may hold some datasets).
+    """
+    # relative paths as the engine resolves them: the variable from the working directory, the option from the rootdir
+    for source, value, base in (("EVALSUITE_DATA", os.environ.get("EVALSUITE_DATA"), Path.cwd()),
+                                ("--evalsuite-data", config.getoption("evalsuite_data", None), rootdir)):
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_dir():
+            raise pytest.UsageError(f"{source}={value}: the dataset store {path} does not exist "
+                                    f"(or is not a folder); fix the path, or unset it to use the default location")
+        return  # EVALSUITE_DATA wins over the option (evalsuite.paths.data_root)
+
+
+def _explain_missing_samples(result: CaseResult) -> None:
+    """Breaches caused by samples that could not be scored say so: a KPI missing because every
+    sample failed, and the share of scored samples, name the failed samples and why."""
+    counts = sample_counts(result.samples)
+    if not counts.failed:
+        return
+    for breach in result.breaches:
+        if breach.value is None and not counts.scored and not counts.skipped:
+            breach.reason = counts.why_missing()
+        elif breach.kpi == "scored_share":
+            breach.reason = counts.failed_text()
 
 
 def _empty_result(case: matrix.CaseSpec) -> CaseResult:

@@ -54,8 +54,8 @@ def store(tmp_path_factory):
     """A chDB folder holding runs 'main-1' (A) and 'pr-2' (B)."""
     folder = tmp_path_factory.mktemp("compare")
     sink = ClickHouseSink(chdb_dir=folder / "chdb", spool_dir=folder / "spool")
-    assert sink.insert(run("main-1", "2026-12-01T10:00:00+00:00"), RUN_A)[0] == 3 + 12
-    assert sink.insert(run("pr-2", "2026-12-02T10:00:00+00:00"), RUN_B)[0] == 3 + 13
+    assert sink.insert(run("main-1", "2026-12-01T10:00:00+00:00"), RUN_A).written == 3 + 12
+    assert sink.insert(run("pr-2", "2026-12-02T10:00:00+00:00"), RUN_B).written == 3 + 13
     return sink
 
 

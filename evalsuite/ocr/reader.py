@@ -40,6 +40,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .. import runlog
 from ..workers import cores_per_worker, thread_map
 from . import cache
 
@@ -98,6 +99,7 @@ def _init(engine_name: str, device: str = "cpu", all_loaded=None, warmup: np.nda
 
     if parent is not None:
         _end_with(parent)
+    runlog.redirect_output()  # the engine's own log lines (RapidOCR's) go to the run log
     _one_thread_each(device)
     _ENGINE = get_engine(engine_name, **reader_options(device))
     load = getattr(_ENGINE, "load", None)  # optional: engines load on their first read otherwise

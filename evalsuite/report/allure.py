@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from ..data.sample import Sample, SampleError
+from ..metrics.kpis import KPIS, sample_counts
 from ..ocr.reconstruct import overlay, reconstruct
 from ..plan import TokenPlan
 from ..results import Breach, CaseResult, RunInfo, SampleRecord
@@ -63,9 +64,11 @@ def annotate(result: CaseResult, limits: list[Limit], artifacts: list[tuple[Samp
     """
     _labels(result)
     limit_of = {limit.kpi: limit for limit in limits}
+    n = sample_counts(result.samples).scored
     breach_of = {breach.kpi: breach for breach in result.breaches}
     for kpi, value in result.kpis.items():
-        _closed_step(kpi_title(kpi, value, limit_of.get(kpi)), _breach_error(breach_of.get(kpi)))
+        _closed_step(kpi_title(kpi, value, limit_of.get(kpi), result.intervals.get(kpi), n),
+                     _breach_error(breach_of.get(kpi)))
     for breach in result.breaches:  # a limited KPI the case did not produce at all
         if breach.kpi not in result.kpis:
             _closed_step(kpi_title(breach.kpi, None, limit_of.get(breach.kpi)), _breach_error(breach))
@@ -80,15 +83,20 @@ def annotate(result: CaseResult, limits: list[Limit], artifacts: list[tuple[Samp
             _attach_sample(record, *plans[record.sample_id])
 
 
-def kpi_title(kpi: str, value: float | None, limit: Limit | None) -> str:
-    """``tokens_reduction_pct = 46.88 (limit >= 15 from [defaults])``.
+def kpi_title(kpi: str, value: float | None, limit: Limit | None, interval: list[float] | None = None,
+              n: int | None = None) -> str:
+    """``tokens_reduction_pct = 46.88 (limit >= 15 from [defaults])``, with the 95% interval and
+    the number of samples where the KPI has one.
 
     >>> kpi_title("emd", 0.0123456, None)
     'emd = 0.01235 (no limit)'
     >>> kpi_title("tokens_reduction_pct", 46.875, Limit("tokens_reduction_pct", 15.0, ">=", "defaults"))
     'tokens_reduction_pct = 46.88 (limit >= 15 from [defaults])'
+    >>> kpi_title("feature_cosine_mean", 0.97, None, [0.955, 0.981], 14)
+    'feature_cosine_mean = 0.97, 95% interval 0.955-0.981, n = 14 (no limit)'
     """
-    return f"{kpi} = {_number(value)} ({_limit_text(limit) if limit else 'no limit'})"
+    spread = f", 95% interval {_number(interval[0])}-{_number(interval[1])}, n = {n}" if interval else ""
+    return f"{kpi} = {_number(value)}{spread} ({_limit_text(limit) if limit else 'no limit'})"
 
 
 def worst_samples(samples: Iterable[SampleRecord], n: int) -> list[SampleRecord]:
@@ -100,15 +108,21 @@ def worst_samples(samples: Iterable[SampleRecord], n: int) -> list[SampleRecord]
     ['s1', 's2']
     """
     usable = [s for s in samples if s.error is None]
-    if any(_finite(s.kpis.get("ocr_wer_drift")) is not None for s in usable):
+    drift_key, cosine_key = _sample_key("ocr_wer_drift"), _sample_key("feature_cosine_mean")
+    if any(_finite(s.kpis.get(drift_key)) is not None for s in usable):
         def badness(s: SampleRecord) -> float:
-            drift = _finite(s.kpis.get("ocr_wer_drift"))
+            drift = _finite(s.kpis.get(drift_key))
             return -math.inf if drift is None else drift
     else:
         def badness(s: SampleRecord) -> float:
-            cosine = _finite(s.kpis.get("feature_cosine"))
+            cosine = _finite(s.kpis.get(cosine_key))
             return -math.inf if cosine is None else -cosine
     return sorted(usable, key=badness, reverse=True)[:max(n, 0)]
+
+
+def _sample_key(kpi: str) -> str:
+    """The per-sample value a case KPI is aggregated from (its declaration in evalsuite.metrics.kpis)."""
+    return KPIS.get(kpi).sample_key or kpi
 
 
 def _labels(result: CaseResult) -> None:
@@ -168,7 +182,8 @@ def _attach_sample(record: SampleRecord, sample: Sample, plan: TokenPlan) -> Non
         image = sample.load()
     except SampleError:
         return  # the engine recorded why; nothing to show
-    shown = {k: v for k, v in record.kpis.items() if k in ("ocr_wer_drift", "feature_cosine", "tokens_after")}
+    keys = (_sample_key("ocr_wer_drift"), _sample_key("feature_cosine_mean"), _sample_key("tokens_after"))
+    shown = {k: v for k, v in record.kpis.items() if k in keys}
     with allure.step(f"sample {record.sample_id} ({record.doc_type}): "
                      + ", ".join(f"{k} = {_number(v)}" for k, v in shown.items())):
         small = _fit(image)

@@ -39,7 +39,7 @@ DEFAULT_KPIS = (
 
 # Case KPI -> (per-sample KPI it aggregates, weight in the sample's info or None for a plain mean).
 # The OCR rates are corpus-level: per-sample rates weighted by reference words or characters
-# (evalsuite.engine.corpus_level), so their resampled means are weighted the same way.
+# (the CorpusRate declarations in evalsuite.metrics.kpis), so their resampled means are weighted the same way.
 PER_SAMPLE: dict[str, tuple[str, str | None]] = {
     "feature_cosine_mean": ("feature_cosine", None),
     "emd": ("emd", None),

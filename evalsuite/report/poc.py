@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterable
 
+from ..metrics.kpis import KPIS, ReductionPct
+
 DEFAULT_OUT = Path("reports") / "VISION_COMPRESSION_POC.md"
 DEFAULT_MIN_REDUCTION_PCT = 15.0
 # Absolute WER difference, compressed minus uncompressed (the ocr_wer_drift KPI).
@@ -70,8 +72,8 @@ def token_reduction_pct(row: Row) -> float | None:
     value = kpi(row, "tokens_reduction_pct")
     if value is not None:
         return value
-    before, after = kpi(row, "tokens_before"), kpi(row, "tokens_after")
-    return 100.0 * (1.0 - after / before) if before and after is not None else None
+    before, after = kpi(row, "tokens_before"), kpi(row, "tokens_after")  # e.g. a sample row
+    return ReductionPct.of(before, after) if before and after is not None else None
 
 
 def method_label(row: Row) -> str:
@@ -393,8 +395,17 @@ def _shards(rows: list[Row]) -> str:
     return f" in {len(shards)} shard{'s' * (len(shards) != 1)} ({', '.join(shards)})" if shards else ""
 
 
+def _interval(row: Row, name: str) -> str:
+    """`` (0.955-0.981)``: the case's 95% bootstrap interval of ``name``, stored as ``ci_low.NAME`` /
+    ``ci_high.NAME`` in its ``kpis``; empty when the run recorded none."""
+    low, high = kpi(row, f"ci_low.{name}"), kpi(row, f"ci_high.{name}")
+    return f" ({low:.4f}-{high:.4f})" if low is not None and high is not None else ""
+
+
 def _status(row: Row) -> str:
-    return "ERROR" if row.get("error") else ("pass" if row.get("passed") else "FAIL")
+    """``pass``, ``FAIL`` or ``ERROR``, with ``(noisy timing)`` where the run flagged the case's timing."""
+    status = "ERROR" if row.get("error") else ("pass" if row.get("passed") else "FAIL")
+    return status + (" (noisy timing)" if "noisy" in (row.get("labels") or []) else "")
 
 
 def _distinct(rows: list[Row], key: str) -> str:
@@ -447,12 +458,12 @@ def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recomme
     out += ["", "## Comparison: model x method x dataset", ""]
     ordered = sorted(case_rows, key=lambda r: (r["model"], r["method"] != BASELINE, method_label(r), r["dataset"]))
     out += _table(
-        ["model", "method", "dataset", "token reduction %", "WER drift", "feature cosine", "EMD",
+        ["model", "method", "dataset", "token reduction %", "WER drift", "feature cosine (95% interval)", "EMD",
          "compression p95 ms", "n", "result"],
         ([r["model"], method_label(r), r["dataset"], _fmt(token_reduction_pct(r), ".1f"),
           _fmt(kpi(r, "ocr_wer_drift"), "+.4f") + (" (info)" if r["dataset"] in limits.drift_informational
                                                     and kpi(r, "ocr_wer_drift") is not None else ""),
-          _fmt(kpi(r, "feature_cosine_mean"), ".4f"),
+          _fmt(kpi(r, "feature_cosine_mean"), ".4f") + _interval(r, "feature_cosine_mean"),
           _fmt(kpi(r, "emd"), ".4g"), _fmt(kpi(r, "compression_latency_ms_p95"), ".2f"), n([r]), _status(r)]
          for r in ordered),
     )
@@ -510,7 +521,8 @@ def _doc_type_table(sample_rows: list[Row]) -> list[str]:
         ([model, label, doc_type, str(len(rows)), _fmt(_mean(token_reduction_pct(r) for r in rows), ".1f"),
           _fmt(_mean(kpi(r, "ocr_wer") for r in rows), ".4f"),
           _fmt(_mean(kpi(r, "ocr_wer_drift") for r in rows), "+.4f"),
-          _fmt(_mean(kpi(r, "feature_cosine_mean", "feature_cosine") for r in rows), ".4f")]
+          _fmt(_mean(kpi(r, "feature_cosine_mean", KPIS.get("feature_cosine_mean").sample_key) for r in rows),
+               ".4f")]
          for (model, label, doc_type), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != BASELINE, kv[0][1:]))),
     )
 

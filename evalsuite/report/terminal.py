@@ -9,38 +9,54 @@ import re
 import sys
 import time
 
+from .. import runlog
+from ..metrics.kpis import sample_counts, table_columns
 from ..results import CaseResult
 
-COLUMNS = [  # (header, kpi, format)
-    ("tokens", "tokens_after", "{:.0f}"),
-    ("saved%", "tokens_reduction_pct", "{:.1f}"),
-    ("cos", "feature_cosine_mean", "{:.4f}"),
-    ("cos_p5", "feature_cosine_p5", "{:.4f}"),
-    ("emd", "emd", "{:.4f}"),
-    ("comp_p95ms", "compression_latency_ms_p95", "{:.2f}"),
-    ("enc_p50ms", "encoder_ms_p50", "{:.1f}"),
-    ("speedup", "throughput_speedup", "{:.2f}"),
-    ("ideal", "ideal_speedup", "{:.2f}"),
-    ("WER", "ocr_wer", "{:.3f}"),
-    ("WERdrift", "ocr_wer_drift", "{:+.3f}"),
-    ("CERdrift", "ocr_cer_drift", "{:+.3f}"),
-]
-
-
 def kpi_table(results: list[CaseResult]) -> list[str]:
-    """Fixed-width table, one row per case, sorted by case id."""
-    rows = [["case"] + [h for h, _, _ in COLUMNS] + ["result"]]
+    """Fixed-width table, one row per case, sorted by case id; a column per KPI declared with one."""
+    columns = table_columns()
+    rows = [["case", "n", "skip", "fail"] + [h for h, _, _ in columns] + ["cos_ci95", "result"]]
     for r in sorted(results, key=lambda r: r.case_id):
-        cells = [r.case_id]
-        for _, kpi, fmt in COLUMNS:
+        counts = sample_counts(r.samples)  # n: samples scored
+        cells = [r.case_id, str(counts.scored), str(counts.skipped), str(len(counts.failed))]
+        for _, kpi, fmt in columns:
             value = r.kpis.get(kpi)
             cells.append("-" if value is None or math.isnan(value) else fmt.format(value))
+        interval = r.intervals.get("feature_cosine_mean")
+        cells.append(f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "-")
         verdict = "ERROR" if r.error else ("PASS" if r.passed else f"FAIL({len(r.breaches)})")
         cells.append(verdict + (" [" + ",".join(r.labels) + "]" if r.labels else ""))
         rows.append(cells)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
             for row in rows]
+
+
+def failed_samples(results: list[CaseResult], shown: int = 5) -> list[str]:
+    """One line per case with samples that could not be scored, naming them and why."""
+    lines = []
+    for r in sorted(results, key=lambda r: r.case_id):
+        counts = sample_counts(r.samples)
+        if counts.failed:
+            lines.append(f"{r.case_id}: {counts.failed_text(shown)}")
+    return lines
+
+
+def noisy_timing(results: list[CaseResult]) -> list[str]:
+    """One line per case whose timing was flagged noisy (``env["noisy"]``) or timed again (``env["retimed"]``).
+
+    >>> noisy_timing([CaseResult("a", "m", "tome", {}, "d", env={"noisy": "encoder_ms_p95 3.5x its p50 (> 2)"}),
+    ...               CaseResult("b", "m", "tome", {}, "d", env={"retimed": "x"})])
+    ['a: encoder_ms_p95 3.5x its p50 (> 2)', 'b: timed twice, the first timing was noisy (x)']
+    """
+    lines = []
+    for r in sorted(results, key=lambda r: r.case_id):
+        if "noisy" in r.env:
+            lines.append(f"{r.case_id}: {r.env['noisy']}" + (" (timed twice)" if "retimed" in r.env else ""))
+        elif "retimed" in r.env:
+            lines.append(f"{r.case_id}: timed twice, the first timing was noisy ({r.env['retimed']})")
+    return lines
 
 
 def stage_breakdown(results: list[CaseResult]) -> list[str]:
@@ -90,14 +106,37 @@ def uncompiled_imports(package: str = "torch") -> str | None:
 
 
 def write_summary(terminalreporter, session) -> None:
-    if not session.is_controller or not session.results:
+    if not session.is_controller:
         return
     tr = terminalreporter
+    logged = runlog.summary(session.run_log, session.rootdir)
+    if not session.results:
+        if logged:
+            tr.write_line(logged)
+        return
     tr.write_sep("=", f"evalsuite KPIs (run {session.run_id})")
     for line in kpi_table(session.results):
         tr.write_line(line)
-    if any(r.labels for r in session.results):
+    tr.write_line("n, skip, fail: samples scored; skipped by a KPI that does not apply to them "
+                  "(OCR: no text); that could not be scored. cos_ci95: 95% paired bootstrap interval of cos")
+    if any("random-weights" in r.labels for r in session.results):
         tr.write_line("[random-weights]: figures from randomly initialised weights measure speed only")
+    few = [f"{r.case_id}: {r.env['few_samples']}" for r in sorted(session.results, key=lambda r: r.case_id)
+           if "few_samples" in r.env]
+    if few:
+        tr.write_sep("-", "cases with few samples")
+        for line in few:
+            tr.write_line(line)
+    noisy = noisy_timing(session.results)
+    if noisy:
+        tr.write_sep("-", "noisy timing (flagged, not judged differently)")
+        for line in noisy:
+            tr.write_line(line)
+    failed = failed_samples(session.results)
+    if failed:
+        tr.write_sep("-", "samples that could not be scored")
+        for line in failed:
+            tr.write_line(line)
     tr.write_sep("-", "time per stage (all workers)")
     for line in stage_breakdown(session.results):
         tr.write_line(line)
@@ -107,3 +146,5 @@ def write_summary(terminalreporter, session) -> None:
         tr.write_line(note)
     for line in session.outcomes:
         tr.write_line(line)
+    if logged:
+        tr.write_line(logged)

@@ -19,23 +19,15 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
+from evalsuite.metrics.kpis import promoted_columns
 from evalsuite.results import CaseResult, RunInfo, SampleRecord
 
 SCHEMA_VERSION = 1
 
-# column -> KPI key. ``clip_score`` is the cosine similarity between the
-# encoder's features with and without compression (``feature_cosine_mean``),
-# not an image-text CLIP score; the name is the one dashboards ask for.
-PROMOTED = {
-    "tokens_before": "tokens_before",
-    "tokens_after": "tokens_after",
-    "ocr_wer": "ocr_wer",
-    "clip_score": "feature_cosine_mean",
-    "compression_latency_ms_p50": "compression_latency_ms_p50",
-    "compression_latency_ms_p95": "compression_latency_ms_p95",
-    "encoder_ms_p50": "encoder_ms_p50",
-    "encoder_ms_p95": "encoder_ms_p95",
-}
+# column -> KPI key, from the KPI declarations (``db_column``). ``clip_score`` is the cosine
+# similarity between the encoder's features with and without compression
+# (``feature_cosine_mean``), not an image-text CLIP score; the name is the one dashboards ask for.
+PROMOTED = promoted_columns()
 
 
 def row_id(run_id: str, case_id: str, sample_id: str, row_kind: str) -> int:
@@ -91,11 +83,20 @@ def to_rows(run: RunInfo, results: list[CaseResult], ingested_at: datetime | Non
             "timestamp": stamp,
             "ingested_at": ingested_at,
         }
-        rows.append(_row(common, "case", "", _doc_type(result), result.kpis, result.passed,
+        rows.append(_row(common, "case", "", _doc_type(result), {**result.kpis, **_interval_keys(result)}, result.passed,
                          json.dumps([asdict(b) for b in result.breaches], default=float),
                          result.error, stage_seconds=result.stage_seconds))
         rows += [_sample_row(common, s) for s in result.samples]
     return rows
+
+
+def _interval_keys(result: CaseResult) -> dict[str, float]:
+    """The case's 95% intervals as ``kpis`` map entries ``ci_low.KPI`` / ``ci_high.KPI`` (the table's
+    schema is unchanged: old tables stay readable; ``n`` is the ``samples_scored`` KPI)."""
+    keys = {}
+    for kpi, (low, high) in result.intervals.items():
+        keys[f"ci_low.{kpi}"], keys[f"ci_high.{kpi}"] = low, high
+    return keys
 
 
 def _sample_row(common: dict[str, Any], sample: SampleRecord) -> dict[str, Any]:
