@@ -17,10 +17,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from .billing import bill_kpis
 from .data.datasets import DATASETS
 from .data.sample import Sample, SampleError
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
 from .methods import build
+from .image_side import annotate_sent, case_images
 from .metrics import flops, similarity
 from .metrics.latency import timed_calls
 from .models import MODELS
@@ -46,6 +48,7 @@ class Reference:
     # times them, with no OCR process loading or reading (see Engine.evaluate)
     encoder_seconds: list[float] | None = None
     emd_self: dict[int, torch.Tensor] = field(default_factory=dict)  # per batch: OT of the tokens with themselves
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # originals' (width, height), for the bill
 
 
 @dataclass
@@ -145,7 +148,7 @@ class Engine:
         batches = [adapter.preprocess(images[i:i + size]) for i in range(0, len(images), size)]
         outputs = [_to_cpu(with_oom_retry(adapter.reference, px, f"{adapter.name} reference pass"))
                    for px in batches]
-        return Reference(loaded, errors, batches, outputs)
+        return Reference(loaded, errors, batches, outputs, sizes=[image.size for image in images])
 
     # -- one case ---------------------------------------------------------------------
     def evaluate(self, case: CaseSpec) -> CaseResult:
@@ -164,8 +167,10 @@ class Engine:
         result.samples.extend(ref.errors)
 
         with self._stage("compressed_pass"):  # outputs stay on the model's device for the similarity KPIs
+            sent_sizes, sent = case_images(compressor, ref.samples, ref.sizes)  # what a hosted model is sent
             outputs = ref.outputs if case.method == "none" else [
-                with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case.id) for px in ref.batches
+                with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case.id)
+                for px in (ref.batches if sent is None else self._preprocessed([s.image for s in sent], adapter))
             ]
         with self._stage("similarity"):
             records = self._sample_kpis(ref, outputs, adapter.device)
@@ -184,13 +189,16 @@ class Engine:
             timing = self._case_timing(adapter, compressor, ref, case)
         if ocr is not None:
             with self._stage("ocr"):
-                ocr.collect(ocr.submit(ref.samples, outputs, records))
+                ocr.collect(ocr.submit(ref.samples, outputs, records,
+                                       sent=None if sent is None else [s.image for s in sent]))
         if self.settings.export_dir is not None:
             with self._stage("export"):
                 self._export(case, ref, outputs)
         result.samples.extend(records)
         self.last_artifacts = list(zip(ref.samples, [plan for out in outputs for plan in out.plans]))
         result.kpis = self._case_kpis(adapter, compressor, records, timing, ref)
+        result.kpis.update(bill_kpis(ref.sizes, sent_sizes))
+        annotate_sent(records, sent_sizes, sent)
         result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in self.stage_seconds.items()
                                 if v - started.get(k, 0.0) > 0}
         result.env = {
@@ -298,6 +306,10 @@ class Engine:
         return self._ocr
 
     # -- helpers ------------------------------------------------------------------------
+    def _preprocessed(self, images, adapter: ModelAdapter) -> list[torch.Tensor]:
+        size = self.settings.batch_size
+        return [adapter.preprocess(images[i:i + size]) for i in range(0, len(images), size)]
+
     def _export(self, case: CaseSpec, ref: Reference, outputs: list[EncoderOutput]) -> None:
         from .export import export_case
 

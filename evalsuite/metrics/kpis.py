@@ -49,3 +49,7 @@ _kpi("ocr_cer_original", None, "", "character error rate of OCR(original) agains
 _kpi("ocr_wer_drift", False, "", "ocr_wer - ocr_wer_original (corpus-level, over samples with text)")
 _kpi("ocr_cer_drift", False, "", "ocr_cer - ocr_cer_original (corpus-level, over samples with text)")
 _kpi("sroie_fields_found", True, "", "fraction of SROIE key fields (company, date, address, total) found in the OCR text")
+for _model, _label in (("qwen2_vl", "Qwen2-VL (smart_resize, 28-px cells + 2)"), ("gpt4o", "GPT-4o (85 + 170 per 512-px tile)")):
+    _kpi(f"billed_tokens_{_model}_before", None, "tokens", f"billed image tokens of the original under {_label}, mean per image")
+    _kpi(f"billed_tokens_{_model}_after", None, "tokens", f"billed image tokens of the image sent under {_label}, mean per image")
+    _kpi(f"billed_tokens_{_model}_reduction_pct", True, "%", f"100 * (1 - after / before) of the billed image tokens under {_label}")
