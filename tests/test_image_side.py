@@ -89,6 +89,7 @@ def test_image_side_methods_are_registered_and_check_their_parameters():
         build("pack", {"keep": 0.5})
 
 
+@pytest.mark.slow
 def test_a_case_reports_the_bill_beside_the_encoder_tokens(monkeypatch):
     """Dropping tokens inside the encoder leaves the bill as it was; sending a smaller image lowers it."""
     from evalsuite.data.datasets import DATASETS
