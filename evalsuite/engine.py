@@ -153,6 +153,10 @@ class Engine:
     # -- one case ---------------------------------------------------------------------
     def evaluate(self, case: CaseSpec) -> CaseResult:
         self.settings = replace(self.settings, **case.settings)  # the matrix file's seed, batch, timing
+        if getattr(MODELS.get(case.model.factory), "kind", None) == "api":  # a hosted VLM: no local encoder
+            from .api.case import evaluate_api_case
+
+            return evaluate_api_case(case, self.samples(case.dataset), self.settings)
         started = dict(self.stage_seconds)
         ocr = self.start_ocr()  # started with the run, or now
         if ocr is not None and case.dataset.id not in self._read_ahead:

@@ -9,7 +9,9 @@ decoded image, so usage moves with the size of the image the way a real endpoint
 
 Faults are scripted per test: ``fail_next`` (HTTP statuses answered, in order, before
 normal service), ``delay_s`` (a slow answer, to time out), ``malformed`` (a reply missing
-its fields), ``refuse_over`` (400 for an image wider than that).
+its fields), ``refuse_over`` (400 for an image wider than that), ``fail_from`` ((n, status):
+every chat request after the first n answers status). A 401 echoes the credential it was
+given, as careless servers do, so that the tests see whether the client redacts it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class _StandIn:
         self.delay_s = 0.0
         self.malformed = False
         self.refuse_over: int | None = None
+        self.fail_from: tuple[int, int] | None = None
         self.lock = threading.Lock()
         owner = self
 
@@ -47,8 +50,13 @@ class _StandIn:
                 with owner.lock:
                     owner.requests.append(self.path)
                     status = owner.fail_next.pop(0) if owner.fail_next else None
+                    chats = sum(p.endswith("/chat/completions") for p in owner.requests)
+                    if status is None and owner.fail_from and self.path.endswith("/chat/completions") \
+                            and chats > owner.fail_from[0]:
+                        status = owner.fail_from[1]
                 if status is not None:
-                    return self.reply(status, {"error": {"message": f"stand-in scripted {status}"}})
+                    return self.reply(status, {"error": {"message": f"stand-in scripted {status} for "
+                                                                    f"{self.headers.get('Authorization')}"}})
                 if owner.delay_s:
                     time.sleep(owner.delay_s)
                 try:
@@ -114,7 +122,7 @@ class StandInOpenAIServer(_StandIn):
         if handler.path != "/v1/chat/completions":
             return handler.reply(404, {"error": {"message": "not found"}})
         if handler.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return handler.reply(401, {"error": {"message": "invalid api key"}})
+            return handler.reply(401, {"error": {"message": f"invalid api key: {handler.headers.get('Authorization')}"}})
         request = json.loads(body)
         parts = request["messages"][0]["content"]
         prompt = " ".join(p["text"] for p in parts if p["type"] == "text")

