@@ -195,3 +195,26 @@ def _png() -> bytes:
     from evalsuite.api.case import png_bytes
 
     return png_bytes(Image.new("RGB", (64, 64), "white"))
+
+
+def test_the_api_matrix_and_its_commented_examples_load(tmp_path):
+    from pathlib import Path
+
+    from evalsuite.matrix import load
+
+    text = Path("cases/api.toml").read_text(encoding="utf-8")
+    ids = {c.id for c in load([Path("cases/api.toml")])}
+    assert "vllm_qwen2_vl-crop-sroie" in ids and "vllm_qwen2_vl-downscale_k0.5-sroie" in ids
+    lines, in_example = [], False  # uncomment each "# [models.X]" block, up to its blank line
+    for line in text.splitlines():
+        in_example = line.startswith("# [models.") or (in_example and line.startswith("# "))
+        lines.append(line[2:] if in_example else line)
+    examples = tmp_path / "api.toml"
+    examples.write_text("\n".join(lines), encoding="utf-8")
+    cases = load([examples])
+    by_model = {c.model.id: c.model for c in cases}
+    assert by_model["gigachat_pro"].factory == "gigachat" and by_model["gpt4o"].params["cost_model"] == "gpt4o"
+    from evalsuite.models import MODELS
+
+    for spec in by_model.values():  # the factories accept every key the examples use
+        assert MODELS.get(spec.factory)(spec.id, **spec.params).name == spec.id

@@ -14,6 +14,8 @@ from ..results import CaseResult
 COLUMNS = [  # (header, kpi, format)
     ("tokens", "tokens_after", "{:.0f}"),
     ("saved%", "tokens_reduction_pct", "{:.1f}"),
+    ("bill_qwen%", "billed_tokens_qwen2_vl_reduction_pct", "{:.1f}"),  # the image a hosted model is sent
+    ("bill_4o%", "billed_tokens_gpt4o_reduction_pct", "{:.1f}"),
     ("cos", "feature_cosine_mean", "{:.4f}"),
     ("cos_p5", "feature_cosine_p5", "{:.4f}"),
     ("emd", "emd", "{:.4f}"),
