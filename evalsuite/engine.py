@@ -197,7 +197,7 @@ class Engine:
                                        sent=None if sent is None else [s.image for s in sent]))
         if self.settings.export_dir is not None:
             with self._stage("export"):
-                self._export(case, ref, outputs)
+                self._export(case, ref, outputs, sent_sizes, sent)
         result.samples.extend(records)
         self.last_artifacts = list(zip(ref.samples, [plan for out in outputs for plan in out.plans]))
         result.kpis = self._case_kpis(adapter, compressor, records, timing, ref)
@@ -314,11 +314,13 @@ class Engine:
         size = self.settings.batch_size
         return [adapter.preprocess(images[i:i + size]) for i in range(0, len(images), size)]
 
-    def _export(self, case: CaseSpec, ref: Reference, outputs: list[EncoderOutput]) -> None:
+    def _export(self, case: CaseSpec, ref: Reference, outputs: list[EncoderOutput], sent_sizes=None,
+                sent=None) -> None:
         from .export import export_case
 
         export_case(self.settings.export_dir / f"{case.id}.npz", ref.samples, outputs,
-                    image_size=self.model(case.model).image_size)
+                    image_size=self.model(case.model).image_size, sent_sizes=sent_sizes,
+                    sent=None if sent is None else [s.image for s in sent])
 
     @contextmanager
     def _stage(self, name: str):

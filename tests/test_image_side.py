@@ -109,3 +109,19 @@ def test_a_case_reports_the_bill_beside_the_encoder_tokens(monkeypatch):
         assert (kpis["billed_tokens_qwen2_vl_reduction_pct"] > 0) == saves, method
         assert (kpis["tokens_reduction_pct"] > 0) == (method != "crop"), method
         assert result.samples[0].info["sent_size"] == ([448, 700] if method == "crop" else [560, 840])
+
+
+def test_the_export_holds_the_image_sent(tmp_path):
+    import io
+
+    from evalsuite.export import export_case
+    from evalsuite.models.base import EncoderOutput
+
+    page = page_with_blocks()
+    samples = [Sample("s/1", "s", "document", lambda: page)]
+    sizes, sent = image_side.case_images(build("crop"), samples, [page.size])
+    out = EncoderOutput(None, None, None, [TokenPlan.identity((8, 8))], 1)
+    path = export_case(tmp_path / "c.npz", samples, [out], 112, sent_sizes=sizes, sent=[s.image for s in sent])
+    z = np.load(path)
+    assert z["sent_sizes"].tolist() == [[448, 700]]
+    assert Image.open(io.BytesIO(z["sent_png_0"].tobytes())).size == (448, 700)
