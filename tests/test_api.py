@@ -13,10 +13,9 @@ import logging
 import pytest
 from PIL import Image, ImageDraw
 
-from evalsuite.api.cache import ResponseCache
 from evalsuite.api.case import evaluate_api_case, gigachat, openai_compat, run_budget
-from evalsuite.api.client import ApiClient, Budget
-from evalsuite.api.redact import ApiAuthError, ApiError, BudgetExceeded
+from evalsuite.api.client import ApiClient
+from evalsuite.api.redact import ApiError, BudgetExceeded
 from evalsuite.billing import image_tokens
 from evalsuite.data.sample import Sample
 from evalsuite.matrix import CaseSpec, DatasetSpec, ModelSpec

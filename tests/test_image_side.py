@@ -90,14 +90,15 @@ def test_image_side_methods_are_registered_and_check_their_parameters():
 
 
 @pytest.mark.slow
-def test_a_case_reports_the_bill_beside_the_encoder_tokens(monkeypatch):
+def test_a_case_reports_the_bill_beside_the_encoder_tokens(monkeypatch, tmp_path):
     """Dropping tokens inside the encoder leaves the bill as it was; sending a smaller image lowers it."""
     from evalsuite.data.datasets import DATASETS
     from evalsuite.engine import Engine, EngineSettings
 
     samples = [Sample(f"t/{i}", "t", "document", lambda i=i: page_with_blocks((560 + 56 * i, 840))) for i in range(1)]
     monkeypatch.setitem(DATASETS._entries, "pages", lambda root, **kw: samples)
-    engine = Engine(EngineSettings(ocr_engine=None, timing_repeats=1, timing_warmup=0))  # one model load
+    engine = Engine(EngineSettings(ocr_engine=None, timing_repeats=1, timing_warmup=0,  # one model load
+                                   export_dir=tmp_path))
     for method, params, saves in [("v2drop", {"keep": 0.5}, False), ("crop", {}, True)]:
         case = CaseSpec(ModelSpec("dinov2_s14", "dinov2_s14", 112, "cpu", "float32"), method, params,
                         build(method, params).id_part, DatasetSpec("pages", "pages"), {}, "inline")
@@ -109,6 +110,9 @@ def test_a_case_reports_the_bill_beside_the_encoder_tokens(monkeypatch):
         assert (kpis["billed_tokens_qwen2_vl_reduction_pct"] > 0) == saves, method
         assert (kpis["tokens_reduction_pct"] > 0) == (method != "crop"), method
         assert result.samples[0].info["sent_size"] == ([448, 700] if method == "crop" else [560, 840])
+        exported = np.load(tmp_path / f"{case.id}.npz")
+        assert exported["sent_sizes"].tolist() == [result.samples[0].info["sent_size"]]
+        assert ("sent_png_0" in exported.files) == (method == "crop")
 
 
 def test_the_export_holds_the_image_sent(tmp_path):
