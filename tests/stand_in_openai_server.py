@@ -38,6 +38,8 @@ class _StandIn:
         self.malformed = False
         self.refuse_over: int | None = None
         self.fail_from: tuple[int, int] | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests the server held at once
         self.lock = threading.Lock()
         owner = self
 
@@ -57,12 +59,18 @@ class _StandIn:
                 if status is not None:
                     return self.reply(status, {"error": {"message": f"stand-in scripted {status} for "
                                                                     f"{self.headers.get('Authorization')}"}})
-                if owner.delay_s:
-                    time.sleep(owner.delay_s)
+                with owner.lock:
+                    owner.in_flight += 1
+                    owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
                 try:
+                    if owner.delay_s:
+                        time.sleep(owner.delay_s)
                     owner.handle(self, body)
                 except BrokenPipeError:  # the client timed out and went away
                     pass
+                finally:
+                    with owner.lock:
+                        owner.in_flight -= 1
 
             def reply(self, status: int, payload, raw: bytes | None = None):
                 data = raw if raw is not None else json.dumps(payload).encode()

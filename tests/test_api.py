@@ -81,6 +81,14 @@ def test_stand_in_usage_is_recorded_and_a_rerun_costs_no_request(server, tmp_pat
     assert again.kpis == result.kpis and all(r.info["cached"] for r in again.samples)
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_stand_in_sees_at_most_concurrency_calls_at_once(server, tmp_path, concurrency):
+    server.delay_s = 0.3
+    result = run(server, tmp_path, n=4, concurrency=concurrency)
+    assert result.error is None and server.chat_requests() == 8
+    assert min(2, concurrency) <= server.max_in_flight <= concurrency  # bounded, and parallel when allowed
+
+
 def test_stand_in_disagreement_between_usage_and_estimate_is_shown(server, tmp_path):
     result = run(server, tmp_path, cost_model="patches32")  # the stand-in bills like Qwen, not in 32-px patches
     assert "usage_vs_estimate" in result.env
@@ -104,12 +112,12 @@ def test_stand_in_timeout_is_retried_then_fails_the_call_with_the_reason(server,
 
 
 def test_stand_in_budget_stops_the_run_and_keeps_the_rows_scored(server, tmp_path):
-    result = run(server, tmp_path, max_requests=4)  # two samples' worth
+    result = run(server, tmp_path, max_requests=4, concurrency=2)  # two samples' worth, one sample at a time
     assert "API budget spent: 4 of 4 requests" in result.error
     assert [r.error is None for r in result.samples] == [True, True, False]
     assert server.chat_requests() == 4
     # the budget is the run's: a later case of the same endpoint sends nothing
-    later = run(server, tmp_path, method="slim", max_requests=4)
+    later = run(server, tmp_path, method="slim", max_requests=4, concurrency=2)
     assert "API budget spent" in later.error and server.chat_requests() == 4
     with pytest.raises(BudgetExceeded):
         run_budget(api_model(server, tmp_path, max_requests=4)).charge_request()
@@ -118,7 +126,7 @@ def test_stand_in_budget_stops_the_run_and_keeps_the_rows_scored(server, tmp_pat
 def test_stand_in_401_fails_the_case_keeps_earlier_rows_and_never_shows_the_key(server, tmp_path, capsys, caplog):
     caplog.set_level(logging.DEBUG)  # the HTTP libraries' debug logs too
     server.fail_from = (2, 401)  # the key is refused from the second sample on; the reply echoes it
-    result = run(server, tmp_path)
+    result = run(server, tmp_path, concurrency=2)  # one sample at a time: the second is the first refused
     assert result.samples[0].error is None
     assert "HTTP 401" in result.error and "stopped at sample t/1" in result.error
     assert len(result.samples) == 2  # the case stopped: no row for t/2

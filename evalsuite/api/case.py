@@ -154,29 +154,35 @@ def evaluate_api_case(case, samples: list[Sample], settings, model: ApiModel | N
         ocr = get_engine(settings.ocr_engine)
     target = model.cost_model or "qwen2_vl"
     sizes: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    for sample in samples:
-        record = SampleRecord(sample.sample_id, sample.doc_type)
-        result.samples.append(record)
-        try:
-            image = sample.load()
-        except SampleError as exc:
-            record.error = str(exc)
-            continue
-        sent = image_side.send(case.method, image, target=target, cell=int(case.params.get("cell", 28)),
-                               keep=float(case.params.get("keep", 1.0)))
-        prompt = model.prompt or PROMPTS.get(sample.doc_type, PROMPTS["document"])
-        calls = [(prompt, png_bytes(image))] + ([] if sent.image is image else [(prompt, png_bytes(sent.image))])
-        replies = client.ask_many(calls)
-        failure = next((r for r in replies if isinstance(r, ApiError)), None)
-        if failure is not None:
-            record.error = f"sample {sample.sample_id}: {failure}"
-            if isinstance(failure, (ApiAuthError, BudgetExceeded)):
-                result.error = f"case {case.id} stopped at sample {sample.sample_id}: {failure}"
-                break
-            continue
-        original, sent_reply = replies[0], replies[-1]
-        sizes.append((image.size, sent.image.size))
-        _score(record, sample, image, sent, original, sent_reply, model.cost_model, ocr)
+    per_chunk = max(1, model.concurrency // 2)  # two calls per sample: `concurrency` calls in flight
+    for begin in range(0, len(samples), per_chunk):
+        loaded = []
+        for sample in samples[begin:begin + per_chunk]:
+            record = SampleRecord(sample.sample_id, sample.doc_type)
+            result.samples.append(record)
+            try:
+                image = sample.load()
+            except SampleError as exc:
+                record.error = str(exc)
+                continue
+            sent = image_side.send(case.method, image, target=target, cell=int(case.params.get("cell", 28)),
+                                   keep=float(case.params.get("keep", 1.0)))
+            prompt = model.prompt or PROMPTS.get(sample.doc_type, PROMPTS["document"])
+            calls = [(prompt, png_bytes(image))] + ([] if sent.image is image else [(prompt, png_bytes(sent.image))])
+            loaded.append((record, sample, image, sent, calls))
+        replies = client.ask_many([call for *_, calls in loaded for call in calls])
+        for record, sample, image, sent, calls in loaded:
+            mine, replies = replies[:len(calls)], replies[len(calls):]
+            failure = next((r for r in mine if isinstance(r, ApiError)), None)
+            if failure is not None:
+                record.error = f"sample {sample.sample_id}: {failure}"
+                if isinstance(failure, (ApiAuthError, BudgetExceeded)) and result.error is None:
+                    result.error = f"case {case.id} stopped at sample {sample.sample_id}: {failure}"
+                continue
+            sizes.append((image.size, sent.image.size))
+            _score(record, sample, image, sent, mine[0], mine[-1], model.cost_model, ocr)
+        if result.error is not None:  # a refused credential or a spent budget: no further call
+            break
     result.kpis = _case_kpis(result.samples, sizes, model.cost_model)
     result.env["api_requests_sent"] = str(client.requests_sent)
     gap = result.kpis.get("api_estimate_gap_pct")
