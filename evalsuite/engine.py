@@ -156,7 +156,9 @@ class Engine:
         if getattr(MODELS.get(case.model.factory), "kind", None) == "api":  # a hosted VLM: no local encoder
             from .api.case import evaluate_api_case
 
-            return evaluate_api_case(case, self.samples(case.dataset), self.settings)
+            samples = self.samples(case.dataset)
+            self.last_artifacts = [(sample, TokenPlan.identity((1, 1))) for sample in samples]  # for the reports
+            return evaluate_api_case(case, samples, self.settings)
         started = dict(self.stage_seconds)
         ocr = self.start_ocr()  # started with the run, or now
         if ocr is not None and case.dataset.id not in self._read_ahead:

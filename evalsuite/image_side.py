@@ -224,7 +224,7 @@ def case_images(compressor, samples, sizes: list[tuple[int, int]]) -> tuple[list
 def annotate_sent(records, sizes: list[tuple[int, int]], sent: list[Sent] | None) -> None:
     """Note on each sample record (aligned with ``sizes``) the size of the image sent and, where
     the guard sent the original instead, ``sent_original_reason``."""
-    for i, record in enumerate(records):
-        record.info["sent_size"] = list(sizes[i])
+    for i, (record, size) in enumerate(zip(records, sizes)):
+        record.info["sent_size"] = list(size)
         if sent is not None and sent[i].sent_original_reason:
             record.info["sent_original_reason"] = sent[i].sent_original_reason

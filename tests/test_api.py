@@ -193,8 +193,10 @@ def test_engine_dispatches_api_models_to_the_api_case(server, tmp_path, monkeypa
                               {"base_url": server.base_url, "model": "m", "api_key_env": "STAND_IN_KEY",
                                "cache_dir": str(tmp_path)}),
                     "downscale", {"keep": 0.5}, "downscale_k0.5", DatasetSpec("t", "t"), {}, "inline")
-    result = Engine(EngineSettings(ocr_engine=None)).evaluate(spec)
+    engine = Engine(EngineSettings(ocr_engine=None))
+    result = engine.evaluate(spec)
     assert result.error is None and result.kpis["billed_tokens_qwen2_vl_reduction_pct"] > 40
+    assert [s.sample_id for s, _ in engine.last_artifacts] == ["t/0"]  # the reports attach this case's samples
     assert json.loads(result.to_json())["env"]["protocol"] == "openai_compat"
 
 
