@@ -20,9 +20,9 @@ import torch
 from .billing import bill_kpis
 from .data.datasets import DATASETS
 from .data.sample import Sample, SampleError
+from .image_side import annotate_sent, case_images
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
 from .methods import build
-from .image_side import annotate_sent, case_images
 from .metrics import flops, similarity
 from .metrics.latency import timed_calls
 from .models import MODELS

@@ -22,11 +22,11 @@ METHODS.register("v2drop", "evalsuite.methods.v2drop:V2Drop")
 METHODS.register("avit", "evalsuite.methods.avit:AViT")
 METHODS.register("random", "evalsuite.methods.random_drop:RandomDrop")
 METHODS.register("downscale", "evalsuite.methods.downscale:Downscale")
+METHODS.register("crop", "evalsuite.methods.image_side:Crop")  # image-side: what is sent to a hosted model
+METHODS.register("slim", "evalsuite.methods.image_side:Slim")
+METHODS.register("pack", "evalsuite.methods.image_side:Pack")
 
 
 def build(name: str, params: dict[str, Any] | None = None, num_layers: int = 12, seed: int = 0) -> Compressor:
     """Instantiate method ``name`` for an encoder of ``num_layers`` blocks."""
     return METHODS.get(name)(params=dict(params or {}), num_layers=num_layers, seed=seed)
-METHODS.register("crop", "evalsuite.methods.image_side:Crop")  # image-side: what is sent to a hosted model
-METHODS.register("slim", "evalsuite.methods.image_side:Slim")
-METHODS.register("pack", "evalsuite.methods.image_side:Pack")
