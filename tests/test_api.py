@@ -136,6 +136,14 @@ def test_stand_in_401_fails_the_case_keeps_earlier_rows_and_never_shows_the_key(
     assert "***" in result.error  # the echoed key was there, redacted
 
 
+def test_a_log_record_of_any_logger_is_redacted(server, tmp_path, caplog):
+    api_model(server, tmp_path).credential()  # reading the credential registers it for redaction
+    ApiClient(api_model(server, tmp_path).backend())  # and installs the redaction of log records
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("openai._base_client.some_child").debug("sending with key %s", KEY)
+    assert KEY not in caplog.text and "sending with key ***" in caplog.text
+
+
 def test_stand_in_bad_replies_fail_only_their_sample(server, tmp_path):
     server.refuse_over = 600  # samples 1 and 2 are wider than 600 px: their originals are refused
     result = run(server, tmp_path, method="none")

@@ -3,7 +3,8 @@
 A credential comes from the environment (the matrix names the variable, never the value). Every
 text this package emits (exception messages, log records, rows) passes :meth:`Redactor.redact`;
 exceptions of the client libraries are re-raised as :class:`ApiError` with the redacted text and
-no chained cause, since a library's exception may hold the request (headers included).
+no chained cause, since a library's exception may hold the request (headers included); log
+records of every logger are redacted once a client is built (:func:`install_log_filter`).
 """
 
 from __future__ import annotations
@@ -46,37 +47,31 @@ class Redactor:
 REDACTOR = Redactor()  # process-wide: every secret any client read is hidden from every log line
 
 
-class RedactingFilter(logging.Filter):
-    """A logging filter that redacts the formatted message of every record passing through it."""
-
-    def __init__(self, redactor: Redactor = REDACTOR):
-        super().__init__()
-        self.redactor = redactor
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record: leave it to logging's own error handling
-            return True
-        record.msg, record.args = self.redactor.redact(message), None
-        return True
-
-
 _installed = False
 
 
 def install_log_filter() -> None:
-    """Attach the redacting filter to the loggers of the HTTP and client libraries (and ours) and to
-    the root handlers, once per process."""
+    """Redact every log record of the process from now on, whichever logger makes it (the HTTP
+    libraries log from child loggers such as ``openai._base_client``, which a filter on a parent
+    logger never sees): the record factory itself is wrapped, once per process."""
     global _installed
     if _installed:
         return
-    flt = RedactingFilter()
-    for name in ("", "evalsuite", "openai", "httpx", "httpcore", "gigachat", "urllib3"):
-        logger = logging.getLogger(name)
-        logger.addFilter(flt)
-        for handler in logger.handlers:
-            handler.addFilter(flt)
+    make_record = logging.getLogRecordFactory()
+
+    def redacting_record(*args, **kwargs):
+        record = make_record(*args, **kwargs)
+        if REDACTOR._secrets:
+            try:
+                message = record.getMessage()
+            except Exception:  # a malformed record: leave it to logging's own error handling
+                return record
+            redacted = REDACTOR.redact(message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return record
+
+    logging.setLogRecordFactory(redacting_record)
     _installed = True
 
 
