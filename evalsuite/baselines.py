@@ -18,7 +18,11 @@ writes ``<out>/<model>/<dataset>/tokens_baseline.jsonl`` and ``ocr_baseline.json
     sample_id, doc_type, sha256 (of the RGB pixel bytes), width, height,
     tokens (patch tokens out of the uncompressed encoder, prefix tokens excluded),
     prefix_tokens, pooled_norm (L2 norm of the image embedding),
-    pooled_head (its first 8 components), mean_token_norm (mean L2 norm of the patch tokens)
+    pooled_head (its first 8 components), mean_token_norm (mean L2 norm of the patch tokens),
+    target_tokens_total (the image tokens a hosted target bills for the unmodified image) and
+    target_tokens_source (where that figure comes from: ``cost_model:<name>``, an offline
+    estimate by :mod:`evalsuite.billing`, default ``qwen2_vl``; an API run records the
+    endpoint's measured ``usage`` beside it)
 
 ``ocr_baseline.jsonl`` rows::
 
@@ -73,11 +77,13 @@ class Baselines:
 
 def compute_baselines(model: str, dataset: str, data_root: Path | None, image_size: int = 224,
                       limit: int | None = None, ocr_engine: str | OcrEngine = "rapidocr", *,
-                      batch_size: int = EngineSettings.batch_size, ocr_cache: Path | None = None) -> Baselines:
+                      batch_size: int = EngineSettings.batch_size, ocr_cache: Path | None = None,
+                      target: str = "qwen2_vl") -> Baselines:
     """Stage A baselines of ``model`` (a MODELS factory name) on ``dataset`` (a DATASETS name).
 
     ``ocr_engine`` is a registered engine name or an engine object; ``ocr_cache`` overrides
-    the OCR cache directory (default ``cache_dir("ocr")``). Raises ``DatasetUnavailable``
+    the OCR cache directory (default ``cache_dir("ocr")``); ``target`` the cost model of
+    ``target_tokens_total``. Raises ``DatasetUnavailable``
     when the dataset's store is not under ``data_root``.
     """
     samples = load_dataset(dataset, data_root, limit)
@@ -92,7 +98,7 @@ def compute_baselines(model: str, dataset: str, data_root: Path | None, image_si
             tokens.append(_error_row(sample, str(exc)))
             ocr.append(_error_row(sample, str(exc)))
     for start in range(0, len(loaded), batch_size):
-        tokens += _token_rows(adapter, loaded[start:start + batch_size])
+        tokens += _token_rows(adapter, loaded[start:start + batch_size], target)
     ocr += [_ocr_row(engine, sample, rgb, ocr_cache) for sample, rgb in loaded]
     order = {sample.sample_id: i for i, sample in enumerate(samples)}  # error rows back in dataset order
     return Baselines(sorted(tokens, key=lambda r: order[r["sample_id"]]),
@@ -118,8 +124,10 @@ def _adapter(model: str, image_size: int) -> ModelAdapter:
     return MODELS.get(model)(model, image_size=image_size).to("cpu", torch.float32)
 
 
-def _token_rows(adapter: ModelAdapter, batch: list[tuple[Sample, np.ndarray]]) -> list[dict]:
+def _token_rows(adapter: ModelAdapter, batch: list[tuple[Sample, np.ndarray]], target: str = "qwen2_vl") -> list[dict]:
     from PIL import Image
+
+    from .billing import image_tokens
 
     out = adapter.reference(adapter.preprocess([Image.fromarray(rgb) for _, rgb in batch]))
     pooled_norms = out.pooled.float().norm(dim=-1)
@@ -137,6 +145,8 @@ def _token_rows(adapter: ModelAdapter, batch: list[tuple[Sample, np.ndarray]]) -
             "pooled_norm": _round(pooled_norms[b].item()),
             "pooled_head": [_round(v) for v in out.pooled[b, :POOLED_HEAD].tolist()],
             "mean_token_norm": _round(token_norms[b].item()),
+            "target_tokens_total": image_tokens(target, rgb.shape[1], rgb.shape[0]),
+            "target_tokens_source": f"cost_model:{target}",
         })
     return rows
 

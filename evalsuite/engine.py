@@ -16,8 +16,10 @@ from typing import Callable
 
 import torch
 
+from .billing import bill_kpis
 from .data.datasets import DATASETS
 from .data.sample import Sample, SampleError
+from .image_side import annotate_sent, case_images
 from .matrix import CaseSpec, DatasetSpec, ModelSpec
 from .metrics import bootstrap, flops, kpis, retrieval, similarity, text_tokens
 from .metrics.latency import timed_calls
@@ -44,6 +46,7 @@ class Reference:
     # times them, with no OCR process loading or reading (see Engine.evaluate)
     encoder_seconds: list[float] | None = None
     emd_self: dict[int, torch.Tensor] = field(default_factory=dict)  # per batch: OT of the tokens with themselves
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # originals' (width, height), for the bill
 
 
 @dataclass
@@ -147,11 +150,17 @@ class Engine:
         batches = [adapter.preprocess(images[i:i + size]) for i in range(0, len(images), size)]
         outputs = [_to_cpu(with_oom_retry(adapter.reference, px, f"{adapter.name} reference pass"))
                    for px in batches]
-        return Reference(loaded, errors, batches, outputs)
+        return Reference(loaded, errors, batches, outputs, sizes=[image.size for image in images])
 
     # -- one case ---------------------------------------------------------------------
     def evaluate(self, case: CaseSpec) -> CaseResult:
         self.settings = replace(self.settings, **case.settings)  # the matrix file's seed, batch, timing
+        if getattr(MODELS.get(case.model.factory), "kind", None) == "api":  # a hosted VLM: no local encoder
+            from .api.case import evaluate_api_case
+
+            samples = self.samples(case.dataset)
+            self.last_artifacts = [(sample, TokenPlan.identity((1, 1))) for sample in samples]  # for the reports
+            return evaluate_api_case(case, samples, self.settings)
         started = dict(self.stage_seconds)
         ocr = self.start_ocr()  # started with the run, or now
         reading_ahead = 0
@@ -170,8 +179,10 @@ class Engine:
         result.samples.extend(ref.errors)
 
         with self._stage("compressed_pass"):  # outputs stay on the model's device for the similarity KPIs
+            sent_sizes, sent = case_images(compressor, ref.samples, ref.sizes)  # what a hosted model is sent
             outputs = ref.outputs if case.method == "none" else [
-                with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case.id) for px in ref.batches
+                with_oom_retry(lambda px: adapter.compressed(px, compressor), px, case.id)
+                for px in (ref.batches if sent is None else self._preprocessed([s.image for s in sent], adapter))
             ]
         with self._stage("similarity"):
             records = self._sample_kpis(ref, outputs, adapter.device)
@@ -193,10 +204,11 @@ class Engine:
             timing = self._case_timing(adapter, compressor, ref, case)
         if ocr is not None:
             with self._stage("ocr"):
-                ocr.collect(ocr.submit(ref.samples, outputs, records))
+                ocr.collect(ocr.submit(ref.samples, outputs, records,
+                                       sent=None if sent is None else [s.image for s in sent]))
         if self.settings.export_dir is not None:
             with self._stage("export"):
-                self._export(case, ref, outputs)
+                self._export(case, ref, outputs, sent_sizes, sent)
         text_tokens.add_sample_kpis(ref.samples, records, adapter.embed_dim, adapter.dtype.itemsize)  # text pages
         result.samples.extend(records)
         self.last_artifacts = list(zip(ref.samples, [plan for out in outputs for plan in out.plans]))
@@ -212,6 +224,8 @@ class Engine:
                 timing = self._case_timing(adapter, compressor, ref, case)
             result.kpis = kpis.case_kpis(self._case_data(adapter, compressor, ref.errors + records, timing, ref))
         result.kpis.update(text_tokens.case_kpis(records))
+        result.kpis.update(bill_kpis(ref.sizes, sent_sizes))
+        annotate_sent(records, sent_sizes, sent)
         result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in self.stage_seconds.items()
                                 if v - started.get(k, 0.0) > 0}
         result.env = {
@@ -303,11 +317,17 @@ class Engine:
         return self._ocr
 
     # -- helpers ------------------------------------------------------------------------
-    def _export(self, case: CaseSpec, ref: Reference, outputs: list[EncoderOutput]) -> None:
+    def _preprocessed(self, images, adapter: ModelAdapter) -> list[torch.Tensor]:
+        size = self.settings.batch_size
+        return [adapter.preprocess(images[i:i + size]) for i in range(0, len(images), size)]
+
+    def _export(self, case: CaseSpec, ref: Reference, outputs: list[EncoderOutput], sent_sizes=None,
+                sent=None) -> None:
         from .export import export_case
 
         export_case(self.settings.export_dir / f"{case.id}.npz", ref.samples, outputs,
-                    image_size=self.model(case.model).image_size)
+                    image_size=self.model(case.model).image_size, sent_sizes=sent_sizes,
+                    sent=None if sent is None else [s.image for s in sent])
 
     @contextmanager
     def _stage(self, name: str):

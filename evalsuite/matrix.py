@@ -56,7 +56,8 @@ MODEL_KEYS = {  # what the matrix takes from a model table; the rest goes to the
     "factory": Param(str, None), "image_size": Param(int, 224, min=1),
     "device": Param(str, "auto"), "dtype": Param(str, "float32", choices=DTYPES),
 }
-DEFAULT_INSERTION = frozenset({"encoder"})  # where methods run in a model whose registration says nothing
+DEFAULT_INSERTION = frozenset({"encoder", "image"})  # where methods run in a model whose registration says nothing:
+# in its encoder, and on the image before it (an image-side method can run in front of any model)
 
 
 class MatrixError(ValueError):

@@ -14,7 +14,7 @@ from evalsuite.ocr.cache import cache_key
 from evalsuite.ocr.engines import get_engine
 
 TOKEN_FIELDS = ["sample_id", "doc_type", "sha256", "width", "height", "tokens", "prefix_tokens", "pooled_norm",
-                "pooled_head", "mean_token_norm"]
+                "pooled_head", "mean_token_norm", "target_tokens_total", "target_tokens_source"]
 OCR_FIELDS = ["sample_id", "doc_type", "ocr_engine", "text", "words", "chars", "reference", "wer", "cer"]
 
 

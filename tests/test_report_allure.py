@@ -146,6 +146,14 @@ def test_breached_case():
     report.annotate(result, limits, artifacts, worst=2)  # s2 and s1 are worst; s2 cannot be loaded
 
 
+def test_crop_case():
+    page = Image.new("RGB", (560, 560), "white")
+    page.paste((0, 0, 0), (100, 100, 300, 200))
+    result = CaseResult("toy_vit-crop-toy", "toy_vit", "crop", {}, "toy", kpis={},
+                        samples=[SampleRecord("s0", "document", {"ocr_wer_drift": 0.1})])
+    report.annotate(result, [], [(sample("s0", lambda: page), TokenPlan.identity((2, 2)))])
+
+
 def test_reference_case():
     result = CaseResult("toy_vit-none-toy", "toy_vit", "none", {}, "toy", kpis={"feature_cosine_mean": 1.0},
                         samples=[SampleRecord("s0", "document", {"feature_cosine": 1.0})],
@@ -218,6 +226,15 @@ def test_annotate_attaches_the_worst_loadable_samples(annotated):
     assert metrics["sample_id"] == "s1" and metrics["kpis"]["ocr_wer_drift"] == 0.3
     assert metrics["image_size"] == [2000, 1000] and metrics["plan"] == {"grid": [2, 2], "tokens": 2,
                                                                          "input_scale": 1.0}
+
+
+def test_annotate_attaches_the_image_an_image_side_method_sends(annotated):
+    results, folder = annotated
+    (step,) = [s for name, s in steps(results["toy_vit-crop-toy"]).items() if name.startswith("sample ")]
+    attachments = {a["name"]: a for a in step["attachments"]}
+    with Image.open(folder / attachments["image sent (224x140)"]["source"]) as image:
+        assert image.size == (224, 140)  # the inked cells' bounding box, 28-px cells
+    assert "image sent" not in str(steps(results["toy_vit-none-toy"]))
 
 
 def test_annotate_shows_an_identity_plan_once(annotated):

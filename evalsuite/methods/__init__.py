@@ -20,12 +20,15 @@ if TYPE_CHECKING:
     from .spec import MethodSpec
 
 METHODS: Registry[type[MethodSpec]] = Registry("method", "evalsuite.methods")
-METHODS.register("none", "evalsuite.methods.spec:MethodSpec")
+METHODS.register("none", "evalsuite.methods.spec:NoneSpec")
 METHODS.register("tome", "evalsuite.methods.tome.spec:ToMeSpec")
 METHODS.register("v2drop", "evalsuite.methods.spec:V2DropSpec")
 METHODS.register("avit", "evalsuite.methods.spec:AViTSpec")
 METHODS.register("random", "evalsuite.methods.spec:RandomSpec")
 METHODS.register("downscale", "evalsuite.methods.spec:DownscaleSpec")
+METHODS.register("crop", "evalsuite.methods.spec:CropSpec")  # image-side: what is sent to a hosted model
+METHODS.register("slim", "evalsuite.methods.spec:SlimSpec")
+METHODS.register("pack", "evalsuite.methods.spec:PackSpec")
 
 
 def spec_of(name: str, params: dict[str, Any] | None = None) -> MethodSpec:

@@ -243,3 +243,60 @@ class DownscaleSpec(MethodSpec):
         side = math.isqrt(num_patches)
         rows, cols = self.grid_for((side, num_patches // max(side, 1)))
         return [rows * cols] * (2 * num_layers)
+
+
+class NoneSpec(MethodSpec):
+    """The reference: every token kept, wherever a model offers to run a method (so every family,
+    local or hosted, has its uncompressed case)."""
+
+    insertion = INSERTION_POINTS
+
+
+class ImageSideSpec(MethodSpec):
+    """``crop``, ``slim``, ``pack``: change only the image that is sent to a hosted model
+    (:mod:`evalsuite.image_side`); the encoder in front of which they run is left as it is.
+
+    ``target`` is the cost model that guards the bill (:mod:`evalsuite.billing`): an image that
+    would cost more than the original is not sent; ``cell`` the side in pixels of the cells that are
+    kept or dropped (Qwen's 28 by default)."""
+
+    hooks = "evalsuite.methods.image_side:ImageSide"
+    insertion = frozenset({"image"})
+    PARAMS = Schema({"target": Param(str, "qwen2_vl", doc="cost model guarding the bill"),
+                     "cell": Param(int, 28, min=1, doc="side in pixels of a kept or dropped cell")})
+    zero_params = ()  # no setting sends the image unchanged: no parity case of their own
+
+    @property
+    def target(self) -> str:
+        return self.params.get("target", "qwen2_vl")
+
+    @property
+    def cell(self) -> int:
+        return self.params.get("cell", 28)
+
+    def validate(self) -> None:
+        from ..billing import COST_MODELS  # torch-free
+
+        if self.target not in COST_MODELS:
+            raise ParamError("target", f"{self.target!r} is not a cost model ({', '.join(COST_MODELS.names())})")
+
+    @property
+    def id_part(self) -> str:
+        cell, target = self.cell, self.target
+        return self.name + (f"_c{cell}" if cell != 28 else "") + (f"_{target}" if target != "qwen2_vl" else "")
+
+    @property
+    def is_zero(self) -> bool:
+        return False  # the sent image differs; the encoder forward is the unpatched one either way
+
+
+class CropSpec(ImageSideSpec):
+    name = "crop"
+
+
+class SlimSpec(ImageSideSpec):
+    name = "slim"
+
+
+class PackSpec(ImageSideSpec):
+    name = "pack"

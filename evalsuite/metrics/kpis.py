@@ -455,3 +455,37 @@ register("char_accuracy_vlm", True, "", "text_pixels pages: 1 - CER of the VLM's
          applies=MEASURED)
 register("bytes_ratio_text_over_vision", None, "x", "BYTES, not tokens: UTF-8 bytes of the text over bytes of the vision-token activations (tokens x dim x dtype bytes), the way the 40-80x claims count",
          applies=MEASURED)
+# What a hosted model is billed for the image it is sent (evalsuite.billing's cost models; computed by
+# evalsuite.billing.bill_kpis for every case, so a method that lowers no bill reads 0%).
+for _model, _label in (("qwen2_vl", "Qwen2-VL (smart_resize, 28-px cells + 2)"), ("gpt4o", "GPT-4o (85 + 170 per 512-px tile)")):
+    register(f"billed_tokens_{_model}_before", None, "tokens", f"billed image tokens of the original under {_label}, mean per image",
+             applies=MEASURED)
+    register(f"billed_tokens_{_model}_after", None, "tokens", f"billed image tokens of the image sent under {_label}, mean per image",
+             applies=MEASURED)
+register("billed_tokens_qwen2_vl_reduction_pct", True, "%", "100 * (1 - after / before) of the billed image tokens under Qwen2-VL",
+         applies=MEASURED, column=("bill_qwen%", "{:.1f}"))
+register("billed_tokens_gpt4o_reduction_pct", True, "%", "100 * (1 - after / before) of the billed image tokens under GPT-4o",
+         applies=MEASURED, column=("bill_4o%", "{:.1f}"))
+# Hosted VLM cases (evalsuite.api.case), measured from the responses' usage.
+register("api_total_tokens_before", None, "tokens", "usage.total_tokens of the hosted VLM for the original image, mean per sample",
+         applies=MEASURED)
+register("api_total_tokens_after", None, "tokens", "usage.total_tokens of the hosted VLM for the image sent, mean per sample",
+         applies=MEASURED)
+register("api_tokens_reduction_pct", True, "%", "100 * (1 - api_total_tokens_after / api_total_tokens_before): the measured bill",
+         applies=MEASURED)
+register("api_prompt_tokens_before", None, "tokens", "usage.prompt_tokens for the original image, mean per sample",
+         applies=MEASURED)
+register("api_prompt_tokens_after", None, "tokens", "usage.prompt_tokens for the image sent, mean per sample",
+         applies=MEASURED)
+register("api_latency_s_p50", False, "s", "latency of the hosted VLM's call for the image sent, median",
+         applies=MEASURED)
+register("api_estimate_gap_pct", None, "%", "measured prompt-token saving vs the cost model's image-token saving, in % of the estimate",
+         applies=MEASURED)
+register("answer_wer", False, "", "word error rate of the hosted VLM's answer (image sent) against the ground-truth text, mean",
+         applies=MEASURED)
+register("answer_cer", False, "", "character error rate of the hosted VLM's answer (image sent) against the ground-truth text, mean",
+         applies=MEASURED)
+register("answer_wer_original", None, "", "word error rate of the hosted VLM's answer for the original image, mean",
+         applies=MEASURED)
+register("answer_fields_found", True, "", "fraction of SROIE key fields found in the hosted VLM's answer (image sent)",
+         applies=MEASURED)

