@@ -61,6 +61,7 @@ class Engine:
         self._started: set[torch.device] = set()  # GPUs this worker has initialised
         self._datasets: dict[str, list[Sample]] = {}
         self._references: dict[tuple[str, str], Reference] = {}
+        self.vlm_references: dict[tuple[str, str], object] = {}  # evalsuite.vlm.case.VLMReference per model x dataset
         self._ocr = None
         self._read_ahead: set[str] = set()  # datasets whose originals the OCR stage was sent ahead
         self.stage_seconds: dict[str, float] = {}
@@ -150,6 +151,10 @@ class Engine:
     # -- one case ---------------------------------------------------------------------
     def evaluate(self, case: CaseSpec) -> CaseResult:
         self.settings = replace(self.settings, **case.settings)  # the matrix file's seed, batch, timing
+        if getattr(MODELS.get(case.model.factory), "kind", "encoder") == "vlm":  # asks a VLM; no OCR stage
+            from .vlm.case import evaluate_vlm_case
+
+            return evaluate_vlm_case(self, case, self.model(case.model))
         started = dict(self.stage_seconds)
         ocr = self.start_ocr()  # started with the run, or now
         if ocr is not None and case.dataset.id not in self._read_ahead:

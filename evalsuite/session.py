@@ -223,6 +223,9 @@ class EvalSession:
         self.config.hook.pytest_evalsuite_result(result=result, case=case)
         not_applicable = {k for k in ("ocr_wer", "ocr_cer", "ocr_wer_drift", "ocr_cer_drift",
                                       "sroie_fields_found") if k not in result.kpis}
+        from .vlm.case import not_applicable as vlm_not_applicable  # answer KPIs: VLM cases only, real weights
+
+        not_applicable |= vlm_not_applicable(result)
         result.breaches = self.thresholds.check(result.kpis, case.model.id, case.method, case.dataset.id,
                                                 case.id, not_applicable)
         node.user_properties.append((RESULT_PROPERTY, result.to_json()))

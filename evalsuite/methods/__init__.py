@@ -22,6 +22,8 @@ METHODS.register("v2drop", "evalsuite.methods.v2drop:V2Drop")
 METHODS.register("avit", "evalsuite.methods.avit:AViT")
 METHODS.register("random", "evalsuite.methods.random_drop:RandomDrop")
 METHODS.register("downscale", "evalsuite.methods.downscale:Downscale")
+METHODS.register("visionzip", "evalsuite.vlm.methods:VisionZip")  # VLM cases only: before the language model
+METHODS.register("divprune", "evalsuite.vlm.methods:DivPrune")  # VLM cases only: before the language model
 
 
 def build(name: str, params: dict[str, Any] | None = None, num_layers: int = 12, seed: int = 0) -> Compressor:
