@@ -35,8 +35,6 @@ def create(name: str, image_size: int | None = None, *, min_pixels: int | None =
            manifest: str | None = None, config: str | dict[str, Any] | None = None,
            attn_implementation: str = "sdpa") -> Qwen2VLAdapter:
     """A :class:`Qwen2VLAdapter` for model ``name``; see the module docstring for the parameters."""
-    import transformers
-
     if min_pixels is None or max_pixels is None:
         raise ValueError(f"model {name}: min_pixels and max_pixels must be pinned in the matrix "
                          "(the image processor's resize bounds decide the visual-token count)")
@@ -44,6 +42,12 @@ def create(name: str, image_size: int | None = None, *, min_pixels: int | None =
         raise ValueError(f"model {name}: need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
     if sum(x is not None for x in (repo, path, config)) != 1:
         raise ValueError(f"model {name}: give exactly one of repo (hub id), path (local folder) or config")
+    info = None
+    if path is not None:  # checked before anything heavy is imported or loaded
+        folder = Path(path).expanduser()
+        info = manifests.verify(folder, Path(manifest) if manifest else None)
+    import transformers
+
     image_processor = transformers.Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     labels: tuple[str, ...] = ()
     if config is not None:
@@ -57,9 +61,7 @@ def create(name: str, image_size: int | None = None, *, min_pixels: int | None =
         tokenizer, labels = qwen2_tokenizer(), ("random-weights",)
         source = f"config:{config if isinstance(config, str) else family}"
     else:
-        if path is not None:
-            folder = Path(path).expanduser()
-            info = manifests.verify(folder, Path(manifest) if manifest else None)
+        if info is not None:
             family, where, source = info.family, str(folder), f"path:{folder}@{info.revision}"
         else:
             where, source = repo, f"hub:{repo}@{revision or 'main'}"

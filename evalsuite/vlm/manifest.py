@@ -13,7 +13,8 @@ team's model registry::
     license = "apache-2.0"
 
 ``path`` (a string or a list) is relative to the folder. Every file is hashed before
-loading; a missing or wrong checksum is an error naming the file.
+loading, and a ``*.safetensors`` file in the folder that the manifest does not list is refused
+(it would be loaded unchecked); a missing or wrong checksum is an error naming the file.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def read(folder: Path, manifest: Path | None = None) -> Manifest:
 def verify(folder: Path, manifest: Path | None = None) -> Manifest:
     """:func:`read`, then hash every weights file against its checksum."""
     info = read(folder, manifest)
+    unlisted = sorted(set(Path(folder).glob("*.safetensors")) - set(info.files))
+    if unlisted:  # transformers would load them unchecked
+        raise ManifestError(f"{unlisted[0]}: weights file not listed in the model manifest (path, checksum_sha256)")
     for file, expected in zip(info.files, info.checksums):
         if not file.is_file():
             raise ManifestError(f"{file}: listed in the model manifest but missing")

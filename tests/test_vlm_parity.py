@@ -1,0 +1,147 @@
+"""Parity of the VLM path: with zero compression every method answers exactly as the unpatched model.
+
+The unpatched reference is transformers' own ``model.generate(..., do_sample=False)`` on the
+processor's inputs; evalsuite's path is its own greedy loop (explicit embeddings, M-RoPE
+positions from ``get_rope_index``, a ``DynamicCache``) with the method's selection in between.
+A batch of two differently sized images checks left padding and per-sample positions.
+"""
+
+import inspect
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from evalsuite.vlm.generate import greedy
+from evalsuite.vlm.methods import TABLE, resolve
+from evalsuite.vlm.select import kept_count
+
+ZERO = [(name, params) for name, params in [
+    ("none", {}), ("random", {"keep": 1.0}), ("tome", {"merge_factor": 0.0}), ("visionzip", {"keep": 1.0}),
+    ("divprune", {"keep": 1.0}), ("downscale", {"keep": 1.0}),
+]]
+
+
+def _images(sizes=((196, 112), (112, 112))):
+    images = []
+    for i, (w, h) in enumerate(sizes):
+        image = Image.new("RGB", (w, h), (255 - 40 * i, 255, 255))
+        ImageDraw.Draw(image).text((8, 8 + 10 * i), f"TOTAL RM {i + 9}.00", fill=(0, 0, 0))
+        images.append(image)
+    return images
+
+
+def _reference_generate(adapter, encoded, ids):
+    """Sample answers of transformers' generate on the same tokens and pixels."""
+    length = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), length), adapter.pad_id)
+    mask = torch.zeros(len(ids), length, dtype=torch.long)
+    for b, row in enumerate(ids):
+        input_ids[b, length - len(row):] = torch.tensor(row)
+        mask[b, length - len(row):] = 1
+    device = adapter.device
+    kwargs = dict(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                  pixel_values=torch.cat([e.pixel_values for e in encoded]).to(device, adapter.dtype),
+                  image_grid_thw=torch.stack([e.grid_thw for e in encoded]).to(device))
+    if "mm_token_type_ids" in inspect.signature(adapter.model.forward).parameters:
+        kwargs["mm_token_type_ids"] = (kwargs["input_ids"] == adapter.image_token_id).int()
+    out = adapter.model.generate(**kwargs, max_new_tokens=adapter.max_new_tokens, do_sample=False,
+                                 pad_token_id=adapter.pad_id, eos_token_id=sorted(adapter.end_ids))
+    return [_trim(row.tolist(), adapter.end_ids) for row in out[:, length:].cpu()]
+
+
+def _trim(row, end_ids):
+    n = next((i for i, t in enumerate(row) if t in end_ids), len(row))
+    return row[:n]
+
+
+def _answers(adapter, images, name, params, prompt="Read all the text."):
+    """evalsuite's path for method ``name`` -> (answers, tokens the LM saw per sample)."""
+    method = resolve(name, params, "pre_llm")
+    scale = method.keep ** 0.5 if method.point == "image" else 1.0
+    encoded = [adapter.encode(image, scale) for image in images]
+    ids = [adapter.prompt_ids(prompt, e.num_tokens) for e in encoded]
+    visual = adapter.vision(encoded)
+    slots = None
+    if method.select is not None:
+        picks = [method.select(v, kept_count(len(v), method.keep), generator=torch.Generator().manual_seed(0),
+                               **method.options) for v in visual]
+        slots, visual = [p[0] for p in picks], [p[1] for p in picks]
+    gen = greedy(adapter.parts, adapter.prefill_inputs(ids, encoded, visual, slots), adapter.max_new_tokens,
+                 adapter.end_ids, adapter.pad_id)
+    return [gen.answer_ids(b, adapter.end_ids) for b in range(len(images))], gen.lm_tokens, encoded, ids
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from evalsuite.models.qwen2_vl import create
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model is hundreds of small ops: a second thread only adds hand-offs
+    torch.manual_seed(0)
+    yield create("tiny", config="tiny", min_pixels=56 * 56, max_pixels=224 * 224, max_new_tokens=8)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def generated(tiny):
+    """transformers' generate on the test images: the answers every zero-compression method must give."""
+    encoded = [tiny.encode(image) for image in _images()]
+    ids = [tiny.prompt_ids("Read all the text.", e.num_tokens) for e in encoded]
+    return _reference_generate(tiny, encoded, ids)
+
+
+def test_every_vlm_method_is_listed_for_parity():
+    assert {name for name, _ in ZERO} | {"avit", "v2drop"} == set(TABLE)
+
+
+@pytest.mark.parametrize("name,params", ZERO, ids=[n for n, _ in ZERO])
+def test_zero_compression_answers_as_generate(tiny, generated, name, params):
+    answers, lm_tokens, encoded, ids = _answers(tiny, _images(), name, params)
+    assert answers == generated
+    assert lm_tokens == [len(x) for x in ids]
+    assert all(len(a) == tiny.max_new_tokens for a in answers)  # random weights: no early end, all 8 compared
+
+
+def test_compression_changes_what_the_language_model_sees(tiny):
+    images = _images()
+    full, _, encoded, ids = _answers(tiny, images, "none", {})
+    for name, params in [("random", {"keep": 0.5}), ("divprune", {"keep": 0.5}), ("tome", {"merge_factor": 0.5})]:
+        _, lm_tokens, _, _ = _answers(tiny, images, name, params)
+        expected = [len(x) - e.num_tokens + kept_count(e.num_tokens, 0.5) for x, e in zip(ids, encoded)]
+        assert lm_tokens == expected, name
+
+
+def test_kept_tokens_keep_their_positions_in_the_full_sequence(tiny):
+    """The M-RoPE positions of kept tokens are those of the uncompressed sequence, per sample of a batch."""
+    images = _images()
+    encoded = [tiny.encode(image) for image in images]
+    ids = [tiny.prompt_ids("Read.", e.num_tokens) for e in encoded]
+    visual = tiny.vision(encoded)
+    full = tiny.prefill_inputs(ids, encoded, visual)
+    slots = [torch.tensor([0, 3, len(v) - 1]) for v in visual]
+    cut = tiny.prefill_inputs(ids, encoded, [v[s] for v, s in zip(visual, slots)], slots)
+    for b, s in enumerate(slots):
+        full_visual = full.position_ids[:, b, full.visual_mask[b]]  # [3, N_b]
+        assert torch.equal(cut.position_ids[:, b, cut.visual_mask[b]], full_visual[:, s])
+        text_full = full.position_ids[:, b, (full.attention_mask[b] == 1) & ~full.visual_mask[b]]
+        text_cut = cut.position_ids[:, b, (cut.attention_mask[b] == 1) & ~cut.visual_mask[b]]
+        assert torch.equal(text_cut, text_full)  # text after the image keeps its offsets
+        assert int(cut.next_position[b]) == int(full.next_position[b])
+        assert torch.equal(cut.inputs_embeds[b, cut.visual_mask[b]], visual[b][s])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,params", ZERO, ids=[n for n, _ in ZERO])
+def test_zero_compression_answers_as_generate_2b_bf16(name, params):
+    from evalsuite.models.qwen2_vl import create
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        adapter = create("2b", config="qwen2_vl_2b", min_pixels=56 * 56, max_pixels=448 * 448, max_new_tokens=16)
+    adapter.to("cuda", torch.bfloat16)
+    images = _images(((448, 336), (336, 336)))
+    answers, _, encoded, ids = _answers(adapter, images, name, params)
+    assert answers == _reference_generate(adapter, encoded, ids)
