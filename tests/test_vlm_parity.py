@@ -131,6 +131,24 @@ def test_kept_tokens_keep_their_positions_in_the_full_sequence(tiny):
         assert torch.equal(cut.inputs_embeds[b, cut.visual_mask[b]], visual[b][s])
 
 
+def test_qwen2_5_vl_answers_as_generate():
+    """Qwen2.5-VL (windowed attention in the tower) through the same path, with a selection at zero."""
+    from evalsuite.models.qwen2_vl import create
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        adapter = create("tiny25", config="tiny_qwen2_5_vl", min_pixels=56 * 56, max_pixels=224 * 224,
+                         max_new_tokens=8)
+        assert type(adapter.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+        for name, params in [("none", {}), ("divprune", {"keep": 1.0})]:
+            answers, _, encoded, ids = _answers(adapter, _images(), name, params)
+            assert answers == _reference_generate(adapter, encoded, ids)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,params", ZERO, ids=[n for n, _ in ZERO])
 def test_zero_compression_answers_as_generate_2b_bf16(name, params):

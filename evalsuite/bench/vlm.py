@@ -59,10 +59,12 @@ def lm_prefill_flops(tokens: int, text) -> float:
 
 
 def tower_flops(patches: int, vision) -> float:
-    """The vision tower over ``patches`` patches (full attention per image, as Qwen2-VL's)."""
-    e = vision.embed_dim
-    hidden = int(e * vision.mlp_ratio)
-    per_token = 2 * (4 * e * e + 2 * e * hidden)
+    """The vision tower over ``patches`` patches, counted with full attention per image (Qwen2-VL's;
+    Qwen2.5-VL's windowed blocks cost less attention)."""
+    e = getattr(vision, "embed_dim", None) or vision.hidden_size  # Qwen2-VL names it embed_dim, Qwen2.5-VL hidden_size
+    hidden = getattr(vision, "intermediate_size", None) or int(e * vision.mlp_ratio)
+    gated = hasattr(vision, "intermediate_size")  # Qwen2.5-VL's gated MLP has three matrices
+    per_token = 2 * (4 * e * e + (3 if gated else 2) * e * hidden)
     return vision.depth * (patches * per_token + 4 * patches * patches * e)
 
 
@@ -96,7 +98,8 @@ def measure(adapter, images, method: str, keep: float, decode_tokens: int, repea
                                                                 **spec.options) for v in visual])
             slots, visual = [p[0] for p in picks], [p[1] for p in picks]
         inputs = adapter.prefill_inputs(ids, encoded, visual, slots)
-        gen = greedy(adapter.parts, inputs, decode_tokens, set(), adapter.pad_id)  # no end token: all steps run
+        gen = greedy(adapter.parts, inputs, decode_tokens, set(), adapter.pad_id,  # no end token: all steps run
+                     decoder=adapter.decoder)
         synchronize(device)
         e2e = time.perf_counter() - start
         if rep >= warmup:

@@ -11,7 +11,8 @@ Matrix parameters (one source):
 and, always: ``min_pixels``, ``max_pixels`` (the image processor's resize bounds, pinned:
 published comparisons differ by them), ``max_new_tokens`` (default 64), ``insertion``
 (``pre_llm`` or ``vision``, default ``pre_llm``: where hidden-state methods run),
-``attn_implementation`` (default ``sdpa``). ``image_size`` is not used: the processor's
+``attn_implementation`` (default ``sdpa``), ``decoder`` (a name of
+:data:`evalsuite.vlm.generate.DECODERS`, default ``eager``). ``image_size`` is not used: the processor's
 bounds set the resolution.
 """
 
@@ -33,7 +34,7 @@ def create(name: str, image_size: int | None = None, *, min_pixels: int | None =
            max_pixels: int | None = None, max_new_tokens: int = 64, insertion: str = "pre_llm",
            repo: str | None = None, revision: str | None = None, path: str | None = None,
            manifest: str | None = None, config: str | dict[str, Any] | None = None,
-           attn_implementation: str = "sdpa") -> Qwen2VLAdapter:
+           attn_implementation: str = "sdpa", decoder: str = "eager") -> Qwen2VLAdapter:
     """A :class:`Qwen2VLAdapter` for model ``name``; see the module docstring for the parameters."""
     if min_pixels is None or max_pixels is None:
         raise ValueError(f"model {name}: min_pixels and max_pixels must be pinned in the matrix "
@@ -73,7 +74,8 @@ def create(name: str, image_size: int | None = None, *, min_pixels: int | None =
         image_processor = transformers.Qwen2VLImageProcessor.from_pretrained(
             where, revision=revision, min_pixels=min_pixels, max_pixels=max_pixels)
     return Qwen2VLAdapter(name, model, tokenizer, image_processor, min_pixels=min_pixels, max_pixels=max_pixels,
-                          max_new_tokens=max_new_tokens, insertion=insertion, labels=labels, source=source)
+                          max_new_tokens=max_new_tokens, insertion=insertion, labels=labels, source=source,
+                          decoder=decoder)
 
 
 create.kind = "vlm"  # the engine runs this family's cases through evalsuite.vlm.case

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .generate import PrefillInputs
+from .generate import DECODERS, PrefillInputs
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 MERGE = 2  # the PatchMerger joins 2x2 neighbouring patches into one visual token
@@ -68,12 +68,14 @@ class Qwen2VLAdapter:
 
     def __init__(self, name: str, model: torch.nn.Module, tokenizer, image_processor, *, min_pixels: int,
                  max_pixels: int, max_new_tokens: int, insertion: str = "pre_llm",
-                 labels: tuple[str, ...] = (), source: str = ""):
+                 labels: tuple[str, ...] = (), source: str = "", decoder: str = "eager"):
         self.name, self.model = name, model.eval()
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.max_new_tokens, self.insertion = max_new_tokens, insertion
         self.labels, self.source = tuple(labels), source
+        self.decoder_name = decoder
+        self.decoder = DECODERS.get(decoder)()  # how answers are decoded (evalsuite.vlm.generate.DECODERS)
         config = model.config
         self.image_token_id = config.image_token_id
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -100,7 +102,7 @@ class Qwen2VLAdapter:
     def env(self) -> dict[str, str]:
         """What every result row records about the model and its processor."""
         return {"min_pixels": str(self.min_pixels), "max_pixels": str(self.max_pixels),
-                "max_new_tokens": str(self.max_new_tokens), "insertion": self.insertion,
+                "max_new_tokens": str(self.max_new_tokens), "insertion": self.insertion, "decoder": self.decoder_name,
                 "model_source": self.source, "attn_implementation": str(self.model.config._attn_implementation)}
 
     # -- steps ----------------------------------------------------------------------------

@@ -198,7 +198,7 @@ def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, b
             sizes = [s for _, _, s in picks]
             planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
         inputs = adapter.prefill_inputs(ids[batch], encoded[batch], visual, slots)
-        gen = _generate(adapter, inputs, run)
+        gen = _generate(adapter, inputs, run, method)
         run.generation_seconds.append(_now(adapter.device) - t0)
         run.visual += visual
         run.sizes += sizes
@@ -207,9 +207,12 @@ def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, b
     return run, errors
 
 
-def _generate(adapter: Qwen2VLAdapter, inputs: PrefillInputs, run: _Pass) -> Generation:
+def _generate(adapter: Qwen2VLAdapter, inputs: PrefillInputs, run: _Pass,
+              method: VLMMethod | None = None) -> Generation:
+    """Greedy answers; a method acting inside the language model brings its own prefill."""
+    prefill = method.prefill(method.params, adapter) if method is not None and method.prefill else eager_prefill
     gen = greedy(adapter.parts, inputs, adapter.max_new_tokens, adapter.end_ids, adapter.pad_id,
-                 prefill=eager_prefill)
+                 prefill=prefill, decoder=adapter.decoder)
     run.prefill_seconds.append(gen.prefill_seconds)
     run.decode_seconds += gen.decode_seconds
     run.lm_tokens += gen.lm_tokens

@@ -70,7 +70,20 @@ TINY = {
     },
 }
 
-NAMED = {"qwen2_vl_2b": QWEN2_VL_2B, "tiny": TINY}
+# Qwen2.5-VL: the same language model; its tower has RMSNorm, a gated MLP and windowed attention
+# (windows of window_size pixels, full attention in the blocks of fullatt_block_indexes).
+TINY_QWEN2_5_VL = {
+    **{k: v for k, v in TINY.items() if k != "vision_config"},
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+    "model_type": "qwen2_5_vl",
+    "vision_config": {
+        "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "in_chans": 3,
+        "out_hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        "window_size": 56, "fullatt_block_indexes": [1], "hidden_act": "silu", "initializer_range": 0.2,
+    },
+}
+
+NAMED = {"qwen2_vl_2b": QWEN2_VL_2B, "tiny": TINY, "tiny_qwen2_5_vl": TINY_QWEN2_5_VL}
 
 
 def named(name: str) -> dict:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from ..metrics.latency import synchronize
+from ..registry import Registry
 
 
 @dataclass
@@ -120,6 +121,12 @@ class EagerDecoder:
         out = lm(inputs_embeds=embeds, attention_mask=state.cache_mask, position_ids=position_ids,
                  use_cache=True, **{cache_kwarg(lm): state.cache})
         return parts.lm_head(out.last_hidden_state[:, -1])
+
+
+# Decode paths by name (the model's ``decoder`` matrix parameter): a class built with no arguments
+# whose ``step`` follows :class:`Decoder`. A static KV cache with a captured CUDA graph registers here.
+DECODERS: Registry = Registry("decoder")
+DECODERS.register("eager", EagerDecoder)
 
 
 @dataclass

@@ -43,6 +43,9 @@ class Entry:
     keep: Callable[[dict[str, Any]], float] = _keep  # matrix parameters -> fraction of visual tokens kept
     select: Callable | None = None  # pre_llm: a function of evalsuite.vlm.select
     params: frozenset[str] = frozenset({"keep"})  # parameters the VLM path reads; others are refused
+    # a method that acts inside the language model: (params, adapter) -> a prefill callable of
+    # evalsuite.vlm.generate (its PrefillResult carries the cut cache); None: the unpatched prefill
+    prefill: Callable[[dict[str, Any], Any], Callable] | None = None
 
 
 TABLE: dict[str, Entry] = {
@@ -67,6 +70,8 @@ class VLMMethod:
     keep: float
     select: Callable | None
     options: dict[str, Any]  # extra keyword arguments of the selection function
+    prefill: Callable | None = None  # see Entry.prefill
+    params: dict[str, Any] | None = None  # the matrix parameters as given
 
     @property
     def is_zero(self) -> bool:
@@ -95,7 +100,7 @@ def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm") -> VL
     if not 0.0 < keep <= 1.0:
         raise VLMUsageError(f"method {name!r}: the kept fraction must be in (0, 1], got {keep:g}")
     options = {k: v for k, v in params.items() if k not in ("keep", "merge_factor", "sparsity")}
-    return VLMMethod(name, point, keep, entry.select, options)
+    return VLMMethod(name, point, keep, entry.select, options, entry.prefill, dict(params))
 
 
 @dataclass
