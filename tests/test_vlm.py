@@ -53,6 +53,9 @@ def test_methods_refuse_points_they_cannot_run_at():
         resolve("visionzip", {"keep": 0.5}, "vision")
     with pytest.raises(VLMUsageError, match="not yet supported"):
         resolve("tome", {"merge_factor": 0.5}, "vision")
+    assert resolve("v2drop", {"keep": 0.5, "layers": [1, 3]}, "vision").tower == "v2drop"
+    with pytest.raises(VLMUsageError, match="layers applies inside the vision tower only"):
+        resolve("random", {"keep": 0.5, "layers": [1]}, "pre_llm")
     with pytest.raises(VLMUsageError, match=r"\['r'\]"):
         resolve("tome", {"r": 4}, "pre_llm")
     with pytest.raises(VLMUsageError, match="kept fraction"):

@@ -27,7 +27,9 @@ def test_bench_rows_per_method_with_stage_times_and_ideal_speedups(one_thread, c
     for r in rows[1:]:
         assert r["visual_tokens"] < base["visual_tokens"]
         assert r["ideal_prefill_speedup"] > 1.0 and r["ideal_ttft_speedup"] > 1.0
-        assert (r["compression_ms"] > 0) == (r["method"] != "downscale")  # downscale's work is the resize
+        assert (r["compression_ms"] > 0) == ("@" not in r["method"] and r["method"] != "downscale")
+    tower = [r for r in rows if r["method"].endswith("@vision")]
+    assert len(tower) == 2 and all(r["ideal_ttft_speedup"] > rows[1]["ideal_ttft_speedup"] for r in tower)
     assert "visionzip" in capsys.readouterr().out
 
 
@@ -39,6 +41,7 @@ def test_flop_model_grows_with_tokens():
     text = config.get_text_config()
     assert vlm.lm_prefill_flops(1400, text) > 1.9 * vlm.lm_prefill_flops(700, text)
     assert vlm.tower_flops(5476, config.vision_config) > 2 * vlm.tower_flops(2738, config.vision_config)
+    assert vlm.tower_flops([5476] * 32, config.vision_config) == vlm.tower_flops(5476, config.vision_config)
 
 
 def test_unknown_method_fails_before_any_model_is_built():

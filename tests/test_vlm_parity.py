@@ -55,15 +55,18 @@ def _trim(row, end_ids):
     return row[:n]
 
 
-def _answers(adapter, images, name, params, prompt="Read all the text."):
+def _answers(adapter, images, name, params, prompt="Read all the text.", point="pre_llm"):
     """evalsuite's path for method ``name`` -> (answers, tokens the LM saw per sample)."""
-    method = resolve(name, params, "pre_llm")
+    method = resolve(name, params, point)
     scale = method.keep ** 0.5 if method.point == "image" else 1.0
     encoded = [adapter.encode(image, scale) for image in images]
     ids = [adapter.prompt_ids(prompt, e.num_tokens) for e in encoded]
-    visual = adapter.vision(encoded)
     slots = None
-    if method.select is not None:
+    if method.point == "vision":
+        visual, slots = adapter.vision_with_unit_drop(encoded, method, torch.Generator().manual_seed(0))
+    else:
+        visual = adapter.vision(encoded)
+    if method.select is not None and method.point == "pre_llm":
         picks = [method.select(v, kept_count(len(v), method.keep), generator=torch.Generator().manual_seed(0),
                                **method.options) for v in visual]
         slots, visual = [p[0] for p in picks], [p[1] for p in picks]
@@ -93,6 +96,7 @@ def generated(tiny):
 
 def test_every_vlm_method_is_listed_for_parity():
     assert {name for name, _ in ZERO} | {"avit", "v2drop"} == set(TABLE)
+    assert {name for name, _ in TOWER_ZERO} == {n for n, e in TABLE.items() if e.tower}
 
 
 @pytest.mark.parametrize("name,params", ZERO, ids=[n for n, _ in ZERO])
@@ -101,6 +105,32 @@ def test_zero_compression_answers_as_generate(tiny, generated, name, params):
     assert answers == generated
     assert lm_tokens == [len(x) for x in ids]
     assert all(len(a) == tiny.max_new_tokens for a in answers)  # random weights: no early end, all 8 compared
+
+
+TOWER_ZERO = [("random", {"keep": 1.0}), ("v2drop", {"keep": 1.0}), ("random", {"keep": 1.0, "layers": [0]})]
+
+
+@pytest.mark.parametrize("name,params", TOWER_ZERO, ids=["random", "v2drop", "random_layer0"])
+def test_zero_compression_in_the_tower_answers_as_generate(tiny, generated, name, params):
+    answers, lm_tokens, _, ids = _answers(tiny, _images(), name, params, point="vision")
+    assert answers == generated and lm_tokens == [len(x) for x in ids]
+
+
+def test_dropping_units_after_the_last_block_equals_selecting_them_before_the_language_model(tiny):
+    """A unit is four tower rows merged into one token: cut after the last block, the kept tokens are
+    exactly the uncompressed tokens of the kept units."""
+    encoded = [tiny.encode(image) for image in _images()]
+    depth = len(tiny.model.model.visual.blocks)
+    method = resolve("random", {"keep": 0.5, "layers": [depth - 1]}, "vision")
+    kept, units = tiny.vision_with_unit_drop(encoded, method, torch.Generator().manual_seed(0))
+    full = tiny.vision(encoded)
+    for k, u, f, e in zip(kept, units, full, encoded):
+        assert len(u) == kept_count(e.num_tokens, 0.5)
+        assert torch.allclose(k, f[u], atol=1e-5)
+    early = resolve("v2drop", {"keep": 0.5, "layers": [0]}, "vision")
+    kept, units = tiny.vision_with_unit_drop(encoded, early, torch.Generator())
+    assert [len(u) for u in units] == [kept_count(e.num_tokens, 0.5) for e in encoded]
+    assert not torch.allclose(kept[0], full[0][units[0]], atol=1e-3)  # later blocks saw fewer units
 
 
 def test_compression_changes_what_the_language_model_sees(tiny):
@@ -145,6 +175,8 @@ def test_qwen2_5_vl_answers_as_generate():
         for name, params in [("none", {}), ("divprune", {"keep": 1.0})]:
             answers, _, encoded, ids = _answers(adapter, _images(), name, params)
             assert answers == _reference_generate(adapter, encoded, ids)
+        with pytest.raises(ValueError, match="Qwen2.5-VL vision tower"):
+            _answers(adapter, _images(), "random", {"keep": 0.5}, point="vision")
     finally:
         torch.set_num_threads(threads)
 

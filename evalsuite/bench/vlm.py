@@ -7,7 +7,8 @@ vision tower, compression step, language-model prefill, one decode step (median 
 uncompressed model beside the ideal ones from a FLOP model of tower and language model
 (``ideal_prefill``: the LM's prefill FLOPs; ``ideal_ttft``: tower + prefill FLOPs).
 Pre-LLM methods run the same tower as the uncompressed model; ``downscale`` runs it on
-the smaller image. Every time is CUDA-synchronised on a GPU, the median of ``--repeats``.
+the smaller image; ``NAME@vision`` (random, v2drop) drops merge units inside the tower, after
+its default blocks (``vision`` is the tower's time with the drop). Every time is CUDA-synchronised on a GPU, the median of ``--repeats``.
 
     python -m evalsuite.bench.vlm --tiny                       # CPU smoke test, seconds
     python -m evalsuite.bench.vlm --device cuda --dtype bfloat16   # 2B config, 1036/1456 px, batch 1 and 8
@@ -33,7 +34,7 @@ from ..vlm.generate import greedy
 from ..vlm.methods import resolve
 from ..vlm.select import kept_count
 
-METHODS = ("random", "tome", "visionzip", "divprune", "downscale")
+METHODS = ("random", "tome", "visionzip", "divprune", "downscale", "random@vision", "v2drop@vision")
 HEADER = (f"{'size':>5} {'batch':>5} {'method':<10} {'keep':>4} {'vis_tok':>7} {'vision':>8} {'comp':>7} "
           f"{'prefill':>8} {'dec/tok':>8} {'e2e':>9} {'prefill_x':>9} {'ideal':>6} {'ttft_x':>6} {'ideal':>6}  label")
 
@@ -58,14 +59,15 @@ def lm_prefill_flops(tokens: int, text) -> float:
     return layers * (tokens * per_token + 4 * tokens * tokens * d)
 
 
-def tower_flops(patches: int, vision) -> float:
-    """The vision tower over ``patches`` patches, counted with full attention per image (Qwen2-VL's;
-    Qwen2.5-VL's windowed blocks cost less attention)."""
+def tower_flops(patches: int | list[int], vision) -> float:
+    """The vision tower over ``patches`` patches (or a list: the patches entering each block), counted
+    with full attention per image (Qwen2-VL's; Qwen2.5-VL's windowed blocks cost less attention)."""
     e = getattr(vision, "embed_dim", None) or vision.hidden_size  # Qwen2-VL names it embed_dim, Qwen2.5-VL hidden_size
     hidden = getattr(vision, "intermediate_size", None) or int(e * vision.mlp_ratio)
     gated = hasattr(vision, "intermediate_size")  # Qwen2.5-VL's gated MLP has three matrices
     per_token = 2 * (4 * e * e + (3 if gated else 2) * e * hidden)
-    return vision.depth * (patches * per_token + 4 * patches * patches * e)
+    blocks = patches if isinstance(patches, list) else [patches] * vision.depth
+    return sum(p * per_token + 4 * p * p * e for p in blocks)
 
 
 # -- timing --------------------------------------------------------------------------------
@@ -77,10 +79,17 @@ def _timed(device, fn):
     return time.perf_counter() - start, out
 
 
+def split_point(method: str) -> tuple[str, str]:
+    """``"v2drop@vision"`` -> ``("v2drop", "vision")``; a bare name runs before the language model."""
+    name, _, point = method.partition("@")
+    return name, point or "pre_llm"
+
+
 def measure(adapter, images, method: str, keep: float, decode_tokens: int, repeats: int, warmup: int,
             seed: int = 0) -> dict:
-    """Median stage times (seconds) of ``method`` at ``keep`` on a batch of ``images``."""
-    spec = resolve(method, params_for(method, keep) if method != "none" else {}, "pre_llm")
+    """Median stage times (seconds) of ``method`` (``NAME`` or ``NAME@vision``) at ``keep`` on ``images``."""
+    name, point = split_point(method)
+    spec = resolve(name, params_for(name, keep) if name != "none" else {}, point)
     scale = math.sqrt(spec.keep) if spec.point == "image" else 1.0
     encoded = [adapter.encode(im, scale) for im in images]
     ids = [adapter.prompt_ids("Read all the text in this image.", e.num_tokens) for e in encoded]
@@ -90,10 +99,13 @@ def measure(adapter, images, method: str, keep: float, decode_tokens: int, repea
     visual_after = 0
     for rep in range(warmup + repeats):
         start = time.perf_counter()
-        t_vis, visual = _timed(device, lambda: adapter.vision(encoded))
         slots = None
+        if spec.point == "vision":
+            t_vis, (visual, slots) = _timed(device, lambda: adapter.vision_with_unit_drop(encoded, spec, generator))
+        else:
+            t_vis, visual = _timed(device, lambda: adapter.vision(encoded))
         t_comp = 0.0
-        if spec.select is not None and spec.keep < 1.0:
+        if spec.point == "pre_llm" and spec.select is not None and spec.keep < 1.0:
             t_comp, picks = _timed(device, lambda: [spec.select(v, kept_count(len(v), spec.keep), generator=generator,
                                                                 **spec.options) for v in visual])
             slots, visual = [p[0] for p in picks], [p[1] for p in picks]
@@ -110,8 +122,24 @@ def measure(adapter, images, method: str, keep: float, decode_tokens: int, repea
         visual_after = sum(len(v) for v in visual) / len(visual)
     out = {k: statistics.median(v) if v else 0.0 for k, v in stages.items()}
     out["visual_tokens"] = visual_after
-    out["patches"] = sum(int(e.grid_thw.prod()) for e in encoded) / len(encoded)
+    patches = sum(int(e.grid_thw.prod()) for e in encoded) // len(encoded)
+    out["patches"] = _tower_schedule(adapter, spec, patches)  # patches entering each block (FLOP model)
     out["lm_tokens"] = sum(len(x) - e.num_tokens for x, e in zip(ids, encoded)) / len(ids) + visual_after
+    return out
+
+
+def _tower_schedule(adapter, spec, patches: int) -> list[int]:
+    from ..methods.state import default_layers, stage_counts
+
+    depth = len(adapter.model.model.visual.blocks)
+    if spec.point != "vision":
+        return [patches] * depth
+    layers = list(spec.params.get("layers") or sorted(set(default_layers(depth))))
+    counts = dict(zip(layers, stage_counts(patches // 4, spec.keep, len(layers))))
+    out, rows = [], patches
+    for block in range(depth):
+        out.append(rows)
+        rows = counts.get(block, rows // 4) * 4
     return out
 
 
@@ -146,7 +174,7 @@ def _row(size, batch, method, keep, m, base, text, vision, label) -> dict:
     ms = {k: 1e3 * m[k] for k in ("vision", "compression", "prefill", "decode", "e2e")}
     full_lm = lm_prefill_flops(int(base["lm_tokens"]), text)
     lm = lm_prefill_flops(int(m["lm_tokens"]), text)
-    full_tower, tower = tower_flops(int(base["patches"]), vision), tower_flops(int(m["patches"]), vision)
+    full_tower, tower = tower_flops(base["patches"], vision), tower_flops(m["patches"], vision)
     ttft = m["vision"] + m["compression"] + m["prefill"]
     base_ttft = base["vision"] + base["compression"] + base["prefill"]
     return {
@@ -192,7 +220,8 @@ def main(argv=None) -> list[dict]:
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     methods = [m for m in args.methods.split(",") if m]
     for method in methods:  # an unknown method fails before any model is built
-        resolve(method, params_for(method, 0.5), "pre_llm")
+        name, point = split_point(method)
+        resolve(name, params_for(name, 0.5), point)
     print(HEADER, flush=True)
     rows = run(args.config, [int(s) for s in args.sizes.split(",")], [int(b) for b in args.batches.split(",")],
                [float(k) for k in args.keeps.split(",")], methods, args.device, dtype, args.decode_tokens,

@@ -145,6 +145,28 @@ class Qwen2VLAdapter:
         return list(merged.split([im.num_tokens for im in images]))
 
     @torch.inference_mode()
+    def vision_with_unit_drop(self, images: list[EncodedImage], method,
+                              generator: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The tower dropping whole merge units (``method``: a resolved ``vision``-point method) ->
+        per image the kept visual tokens [K_b, D] and their unit indices [K_b] (the slots they fill)."""
+        from ..methods.state import default_layers, stage_counts
+        from ..patch import qwen2_vl as tower_patch
+
+        visual = self.model.model.visual
+        tower_patch.check_supported(visual)
+        depth = len(visual.blocks)
+        layers = list(method.params.get("layers") or sorted(set(default_layers(depth))))  # a shallow tower: fewer stages
+        if any(not 0 <= layer < depth for layer in layers) or sorted(set(layers)) != layers:
+            raise ValueError(f"method {method.name!r}: layers {layers} must be increasing block indices < {depth}")
+        counts = [stage_counts(im.num_tokens, method.keep, len(layers)) for im in images]
+        targets = {layer: [c[i] for c in counts] for i, layer in enumerate(layers)}
+        scores = (tower_patch.random_scores(generator) if method.tower == "random" else tower_patch.v2drop_scores)
+        pixels = torch.cat([im.pixel_values for im in images]).to(self.device, self.dtype)
+        grid = torch.stack([im.grid_thw for im in images]).to(self.device)
+        merged, unit_ids = tower_patch.tower_with_unit_drop(visual, pixels, grid, targets, scores)
+        return list(merged.split([len(u) for u in unit_ids])), unit_ids
+
+    @torch.inference_mode()
     def prefill_inputs(self, ids: list[list[int]], images: list[EncodedImage], tokens: list[torch.Tensor],
                        slots: list[torch.Tensor] | None = None) -> PrefillInputs:
         """The language model's inputs for a batch.

@@ -33,7 +33,7 @@ from ..workers import thread_map
 from . import prompts
 from .adapter import EncodedImage, InputError, Qwen2VLAdapter
 from .generate import Generation, PrefillInputs, eager_prefill, greedy
-from .methods import VLMMethod, resolve
+from .methods import VLMMethod, VLMUsageError, resolve
 from .select import kept_count
 
 # KPIs that only a VLM case has: the gate skips them where absent (encoder cases) ...
@@ -90,6 +90,13 @@ class VLMReference:
 def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
     """Run ``case`` (a :class:`~evalsuite.matrix.CaseSpec` of a VLM model) -> :class:`CaseResult`."""
     method = resolve(case.method, case.params, adapter.insertion)  # a usage error before any work
+    if method.point == "vision" and method.tower is not None:
+        from ..patch.qwen2_vl import UnsupportedTower, check_supported
+
+        try:
+            check_supported(adapter.model.model.visual)
+        except UnsupportedTower as exc:
+            raise VLMUsageError(f"model {case.model.id}: {exc}") from None
     started = dict(engine.stage_seconds)
     key = (case.model.id, case.dataset.id)
     if key not in engine.vlm_references:
@@ -184,6 +191,12 @@ def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, b
             run.compression_seconds.append(0.0)  # the resize is part of the processor's work
             slots, sizes = None, [torch.ones(len(v), device=v.device) for v in visual]
             planned = [len(x) for x in ids[batch]]
+        elif method.point == "vision":
+            visual, slots = _timed(adapter.device, run.vision_seconds,
+                                   lambda: adapter.vision_with_unit_drop(encoded[batch], method, generator))
+            run.compression_seconds.append(0.0)  # inside the tower: its cost is in the tower's time
+            sizes = [torch.ones(len(v), device=v.device) for v in visual]  # a dropped unit stands for nothing
+            planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
         else:
             # the tower computes what the reference's did: its tokens and time are reused
             visual = full.visual[batch]

@@ -3,7 +3,9 @@
 Insertion points, in the order an image meets them:
 
 - ``image``: before the model, on the image itself (``downscale`` to the same visual-token budget);
-- ``vision``: inside the vision tower, on whole 2x2 merge units (not yet supported: a usage error);
+- ``vision``: inside the vision tower, on whole 2x2 merge units (:mod:`evalsuite.patch.qwen2_vl`:
+  ``random`` and the encoder ``v2drop`` after the blocks of ``layers``, default three spread over
+  the depth; Qwen2-VL's tower only, ToMe and A-ViT there not yet);
 - ``pre_llm``: between the vision tower and the language model, on the visual tokens
   (:mod:`evalsuite.vlm.select`).
 
@@ -46,18 +48,20 @@ class Entry:
     # a method that acts inside the language model: (params, adapter) -> a prefill callable of
     # evalsuite.vlm.generate (its PrefillResult carries the cut cache); None: the unpatched prefill
     prefill: Callable[[dict[str, Any], Any], Callable] | None = None
+    tower: str | None = None  # vision: the unit scores of evalsuite.patch.qwen2_vl ("random" or "v2drop")
 
 
 TABLE: dict[str, Entry] = {
     "none": Entry(frozenset(INSERTION_POINTS), lambda p: 1.0, params=frozenset()),
-    "random": Entry(frozenset({"pre_llm", "vision"}), select=select.random_select),
+    "random": Entry(frozenset({"pre_llm", "vision"}), select=select.random_select,
+                    params=frozenset({"keep", "layers"}), tower="random"),
     "tome": Entry(frozenset({"pre_llm", "vision"}), _tome_keep, select.tome_merge, frozenset({"merge_factor"})),
     "visionzip": Entry(frozenset({"pre_llm"}), select=select.visionzip_select,
                        params=frozenset({"keep", "contextual_ratio"})),
     "divprune": Entry(frozenset({"pre_llm"}), select=select.divprune_select),
     "downscale": Entry(frozenset({"image"})),
     "avit": Entry(frozenset({"vision"}), lambda p: 1.0 - float(p.get("sparsity", 0.0)), params=frozenset({"sparsity"})),
-    "v2drop": Entry(frozenset({"vision"})),
+    "v2drop": Entry(frozenset({"vision"}), params=frozenset({"keep", "layers"}), tower="v2drop"),
 }
 
 
@@ -71,6 +75,7 @@ class VLMMethod:
     select: Callable | None
     options: dict[str, Any]  # extra keyword arguments of the selection function
     prefill: Callable | None = None  # see Entry.prefill
+    tower: str | None = None  # see Entry.tower
     params: dict[str, Any] | None = None  # the matrix parameters as given
 
     @property
@@ -93,14 +98,17 @@ def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm") -> VL
     if unknown:
         raise VLMUsageError(f"method {name!r}: parameter(s) {sorted(unknown)} are not used in a VLM case; "
                             f"allowed: {sorted(entry.params)}")
-    if point == "vision" and name != "none":
-        raise VLMUsageError(f"method {name!r}: compression inside the Qwen2-VL vision tower is not yet supported; "
-                            "use insertion = \"pre_llm\" on the model")
+    if point == "vision" and name != "none" and entry.tower is None:
+        raise VLMUsageError(f"method {name!r}: compression inside the Qwen2-VL vision tower is not yet supported "
+                            "(random and v2drop are); use insertion = \"pre_llm\" on the model")
+    if point != "vision" and "layers" in params:
+        raise VLMUsageError(f"method {name!r}: layers applies inside the vision tower only (insertion = \"vision\")")
     keep = entry.keep(params)
     if not 0.0 < keep <= 1.0:
         raise VLMUsageError(f"method {name!r}: the kept fraction must be in (0, 1], got {keep:g}")
-    options = {k: v for k, v in params.items() if k not in ("keep", "merge_factor", "sparsity")}
-    return VLMMethod(name, point, keep, entry.select, options, entry.prefill, dict(params))
+    options = {k: v for k, v in params.items() if k not in ("keep", "merge_factor", "sparsity", "layers")}
+    return VLMMethod(name, point, keep, entry.select, options, prefill=entry.prefill, tower=entry.tower,
+                     params=dict(params))
 
 
 @dataclass
