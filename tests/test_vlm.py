@@ -190,3 +190,25 @@ def test_bad_samples_fail_alone_and_the_case_goes_on():
         assert len(empty.samples) == len(samples)  # every sample has its row, failed or not
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_compression_that_did_not_fire_fails_the_case():
+    """min_pixels pinned at the full size: the processor enlarges the downscaled page back (16 visual
+    tokens where the 3x3 of the resize were planned)."""
+    from evalsuite.engine import Engine, EngineSettings
+    from evalsuite.matrix import CaseSpec, DatasetSpec, ModelSpec
+    from evalsuite.vlm.case import CompressionNotFired
+
+    model = ModelSpec("tiny_pinned", "qwen2_vl", 224, "cpu", "float32",
+                      {"config": "tiny", "min_pixels": 112 * 112, "max_pixels": 112 * 112, "max_new_tokens": 2})
+    dataset = DatasetSpec("pages", "samples")
+    engine = Engine(EngineSettings(ocr_engine=None, batch_size=2))
+    engine._datasets[dataset.id] = [Sample("pages/a", "pages", "document", load=lambda: _page((112, 112)))]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert engine.evaluate(CaseSpec(model, "none", {}, "none", dataset, {}, "test")).samples[0].error is None
+        with pytest.raises(CompressionNotFired, match="pages/a: the language model saw 59 tokens, the method planned 52"):
+            engine.evaluate(CaseSpec(model, "downscale", {"keep": 0.5}, "downscale_k0.5", dataset, {}, "test"))
+    finally:
+        torch.set_num_threads(threads)

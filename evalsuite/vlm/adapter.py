@@ -38,8 +38,10 @@ class EncodedImage:
     """One processed image: ``pixel_values`` [P, C*T*p*p] flattened patches, ``grid_thw`` [3]
     (temporal, height, width in patches); ``num_tokens`` visual tokens it gives the LM."""
 
+
     pixel_values: torch.Tensor
     grid_thw: torch.Tensor
+    planned_tokens: int | None = None  # downscaled: the tokens the resize aimed at (None: not resized)
 
     @property
     def num_tokens(self) -> int:
@@ -109,6 +111,7 @@ class Qwen2VLAdapter:
     def encode(self, image: Image.Image, scale: float = 1.0) -> EncodedImage:
         """RGB image -> patches (the processor's resize within min/max pixels); ``scale`` < 1 first
         shrinks the processed size by that factor per side, to whole merge units (``downscale``)."""
+        planned = None
         try:
             if scale != 1.0:
                 full = self.encode(image)
@@ -116,13 +119,14 @@ class Qwen2VLAdapter:
                 h = max(1, round(int(full.grid_thw[1]) * self.image_processor.patch_size * scale / unit)) * unit
                 w = max(1, round(int(full.grid_thw[2]) * self.image_processor.patch_size * scale / unit)) * unit
                 image = image.resize((w, h), Image.BICUBIC)
+                planned = (h // unit) * (w // unit)  # the processor keeps it unless min/max pixels forbid
             out = self.image_processor(images=[image], return_tensors="pt")
         except InputError:
             raise
         except Exception as exc:  # the processor's own refusals (aspect ratio, size, mode)
             raise InputError(f"the image processor cannot take this image ({image.size[0]}x{image.size[1]}): "
                              f"{type(exc).__name__}: {exc}") from None
-        return EncodedImage(out["pixel_values"], out["image_grid_thw"][0])
+        return EncodedImage(out["pixel_values"], out["image_grid_thw"][0], planned)
 
     def prompt_ids(self, prompt: str, num_visual: int) -> list[int]:
         """Token ids of the chat turn asking ``prompt`` about one image of ``num_visual`` visual tokens."""

@@ -190,7 +190,7 @@ def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, b
             visual = _timed(adapter.device, run.vision_seconds, lambda: adapter.vision(encoded[batch]))
             run.compression_seconds.append(0.0)  # the resize is part of the processor's work
             slots, sizes = None, [torch.ones(len(v), device=v.device) for v in visual]
-            planned = [len(x) for x in ids[batch]]
+            planned = [len(x) - e.num_tokens + (e.planned_tokens or e.num_tokens) for x, e in zip(ids[batch], encoded[batch])]
         elif method.point == "vision":
             visual, slots = _timed(adapter.device, run.vision_seconds,
                                    lambda: adapter.vision_with_unit_drop(encoded[batch], method, generator))
