@@ -208,7 +208,8 @@ def test_a_compression_that_did_not_fire_fails_the_case():
     torch.set_num_threads(1)
     try:
         assert engine.evaluate(CaseSpec(model, "none", {}, "none", dataset, {}, "test")).samples[0].error is None
-        with pytest.raises(CompressionNotFired, match="pages/a: the language model saw 59 tokens, the method planned 52"):
+        expected = "pages/a: the language model saw 59 tokens, the method planned 52"
+        with pytest.raises(CompressionNotFired, match=expected):
             engine.evaluate(CaseSpec(model, "downscale", {"keep": 0.5}, "downscale_k0.5", dataset, {}, "test"))
     finally:
         torch.set_num_threads(threads)

@@ -8,7 +8,8 @@ uncompressed model beside the ideal ones from a FLOP model of tower and language
 (``ideal_prefill``: the LM's prefill FLOPs; ``ideal_ttft``: tower + prefill FLOPs).
 Pre-LLM methods run the same tower as the uncompressed model; ``downscale`` runs it on
 the smaller image; ``NAME@vision`` (random, v2drop) drops merge units inside the tower, after
-its default blocks (``vision`` is the tower's time with the drop). Every time is CUDA-synchronised on a GPU, the median of ``--repeats``.
+its default blocks (``vision`` is the tower's time with the drop). Every time is
+CUDA-synchronised on a GPU, the median of ``--repeats``.
 
     python -m evalsuite.bench.vlm --tiny                       # CPU smoke test, seconds
     python -m evalsuite.bench.vlm --device cuda --dtype bfloat16   # 2B config, 1036/1456 px, batch 1 and 8

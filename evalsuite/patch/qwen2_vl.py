@@ -78,7 +78,8 @@ def tower_with_unit_drop(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw
                 value = cut.cu_seqlens(value)
             elif key == "max_seqlen" and value is not None:
                 longest = max(cut.units) * UNIT
-                value = torch.tensor(longest, dtype=value.dtype, device=value.device) if torch.is_tensor(value) else longest
+                value = (torch.tensor(longest, dtype=value.dtype, device=value.device) if torch.is_tensor(value)
+                         else longest)
             elif torch.is_tensor(value) and value.dim() and value.shape[0] == full_rows:
                 value = value[cut.rows]
             elif isinstance(value, tuple) and all(torch.is_tensor(v) and v.shape[0] == full_rows for v in value):

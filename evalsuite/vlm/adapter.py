@@ -159,7 +159,8 @@ class Qwen2VLAdapter:
         visual = self.model.model.visual
         tower_patch.check_supported(visual)
         depth = len(visual.blocks)
-        layers = list(method.params.get("layers") or sorted(set(default_layers(depth))))  # a shallow tower: fewer stages
+        # default: three stages spread over the depth (fewer in a tower too shallow for three)
+        layers = list(method.params.get("layers") or sorted(set(default_layers(depth))))
         if any(not 0 <= layer < depth for layer in layers) or sorted(set(layers)) != layers:
             raise ValueError(f"method {method.name!r}: layers {layers} must be increasing block indices < {depth}")
         counts = [stage_counts(im.num_tokens, method.keep, len(layers)) for im in images]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -190,7 +190,8 @@ def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, b
             visual = _timed(adapter.device, run.vision_seconds, lambda: adapter.vision(encoded[batch]))
             run.compression_seconds.append(0.0)  # the resize is part of the processor's work
             slots, sizes = None, [torch.ones(len(v), device=v.device) for v in visual]
-            planned = [len(x) - e.num_tokens + (e.planned_tokens or e.num_tokens) for x, e in zip(ids[batch], encoded[batch])]
+            planned = [len(x) - e.num_tokens + (e.planned_tokens or e.num_tokens)
+                       for x, e in zip(ids[batch], encoded[batch])]
         elif method.point == "vision":
             visual, slots = _timed(adapter.device, run.vision_seconds,
                                    lambda: adapter.vision_with_unit_drop(encoded[batch], method, generator))
@@ -310,7 +311,8 @@ def _kpis(records: list[SampleRecord], run: _Pass, full: _Pass) -> dict[str, flo
                                                          run.prefill_seconds)], 50),
         "decode_ms_per_token_p50": ms(run.decode_seconds, 50),
         "generation_ms_p50": ms(run.generation_seconds, 50),
-        "prefill_speedup": similarity.percentile(full.prefill_seconds, 50) / similarity.percentile(run.prefill_seconds, 50),
+        "prefill_speedup": (similarity.percentile(full.prefill_seconds, 50)
+                            / similarity.percentile(run.prefill_seconds, 50)),
     }
     for name in ("wer", "cer"):
         weight = "truth_words" if name == "wer" else "truth_chars"
