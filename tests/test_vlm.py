@@ -187,6 +187,7 @@ def test_bad_samples_fail_alone_and_the_case_goes_on():
         empty = engine.evaluate(CaseSpec(model, "none", {}, "none", again, {}, "test"))
         by_id = {r.sample_id: r for r in empty.samples}
         assert by_id["bad/ok2"].error == "bad/ok2: empty answer"
+        assert by_id["bad/ok2"].kpis["tokens_before"] == 6  # 84 x 56 px: 3 x 2 merge units, answered or not
         assert len(empty.samples) == len(samples)  # every sample has its row, failed or not
     finally:
         torch.set_num_threads(threads)

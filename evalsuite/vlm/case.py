@@ -250,13 +250,15 @@ def _records(adapter: Qwen2VLAdapter, ref: VLMReference, run: _Pass, errors: dic
             continue
         answer = adapter.decode_text(run.answers[i])
         uncompressed = adapter.decode_text(full.answers[i])
+        # what the compression did holds whatever the answer: the token counts are kept on a failed sample
+        tokens = {"tokens_before": float(full.encoded[i].num_tokens), "tokens_after": float(len(run.visual[i])),
+                  "lm_tokens": float(run.lm_tokens[i])}
         if not answer.strip():
-            records.append(SampleRecord(sample.sample_id, sample.doc_type, info={"answer": answer},
+            records.append(SampleRecord(sample.sample_id, sample.doc_type, tokens, info={"answer": answer},
                                         error=f"{sample.sample_id}: empty answer"))
             continue
-        before, after = full.encoded[i].num_tokens, len(run.visual[i])
         kpis = {
-            "tokens_before": float(before), "tokens_after": float(after), "lm_tokens": float(run.lm_tokens[i]),
+            **tokens,
             "answer_agreement": token_agreement(run.answers[i], full.answers[i]),
             "answer_exact_match": float(run.answers[i] == full.answers[i]),
             "feature_cosine": float(similarity.pooled_cosine(_pool(run.visual[i], run.sizes[i])[None],
@@ -283,8 +285,8 @@ def _records(adapter: Qwen2VLAdapter, ref: VLMReference, run: _Pass, errors: dic
 def _kpis(records: list[SampleRecord], run: _Pass, full: _Pass) -> dict[str, float]:
     ok = [r for r in records if r.error is None]
 
-    def mean(key):
-        values = [r.kpis[key] for r in ok if key in r.kpis]
+    def mean(key, among=ok):
+        values = [r.kpis[key] for r in among if key in r.kpis]
         return float(np.mean(values)) if values else float("nan")
 
     def weighted(key, weight):  # corpus-level: errors over all ground-truth words (characters)
@@ -293,12 +295,12 @@ def _kpis(records: list[SampleRecord], run: _Pass, full: _Pass) -> dict[str, flo
         return sum(v * w for v, w in pairs) / total if total else None
 
     ms = lambda xs, q: similarity.percentile([x * 1e3 for x in xs], q)  # noqa: E731
-    before, after = mean("tokens_before"), mean("tokens_after")
+    before, after = mean("tokens_before", records), mean("tokens_after", records)  # empty answers included
     kpis = {
         "tokens_before": before,
         "tokens_after": after,
         "tokens_reduction_pct": 100.0 * (1.0 - after / before) if before else float("nan"),
-        "lm_tokens": mean("lm_tokens"),
+        "lm_tokens": mean("lm_tokens", records),
         "feature_cosine_mean": mean("feature_cosine"),
         "feature_cosine_p5": similarity.percentile([r.kpis["feature_cosine"] for r in ok], 5),
         "answer_agreement": mean("answer_agreement"),
