@@ -12,6 +12,7 @@ Qwen2-VL's config uses (``image_token_id`` 151655, ``vision_start_token_id``
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from ..paths import cache_dir
@@ -69,7 +70,8 @@ def _built_tokenizer_json() -> Path:
     if backend.get_vocab_size() != FIRST_SPECIAL_ID:
         raise RuntimeError(f"{source}: expected {FIRST_SPECIAL_ID} BPE ranks, found {backend.get_vocab_size()}")
     backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in QWEN2_SPECIALS])
-    partial = path.with_suffix(".tmp")  # written whole, then renamed: parallel workers never read half a file
+    # written whole under a name of this process, then renamed: parallel workers never read half a file
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
     backend.save(str(partial))
     partial.replace(path)
     return path
