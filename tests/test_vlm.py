@@ -178,6 +178,7 @@ def test_bad_samples_fail_alone_and_the_case_goes_on():
         by_id = {r.sample_id: r for r in random.samples}
         assert by_id["bad/ok"].error is None and by_id["bad/ok"].kpis["tokens_after"] == 2
         assert random.kpis["tokens_reduction_pct"] == 50.0
+        assert random.env["insertion"] == "pre_llm" and none.env["model_source"] == "config:qwen2_vl"
 
         adapter = engine.model(model)
         first = engine.vlm_references[(model.id, dataset.id)].full.answers[1][0]

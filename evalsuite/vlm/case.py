@@ -119,9 +119,9 @@ def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
     result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in engine.stage_seconds.items()
                             if v - started.get(k, 0.0) > 0}
     result.env = {
-        "device": str(adapter.device), "dtype": str(adapter.dtype).removeprefix("torch."),
+        **adapter.env(), "device": str(adapter.device), "dtype": str(adapter.dtype).removeprefix("torch."),
         "batch_size": str(engine.settings.batch_size), "seed": str(engine.settings.seed),
-        "insertion": method.point, **adapter.env(),
+        "insertion": method.point,  # where this method ran (downscale: image, whatever the model's point)
         **({"gpu_name": torch.cuda.get_device_name(adapter.device)} if adapter.device.type == "cuda" else {}),
     }
     if "random-weights" in adapter.labels:
