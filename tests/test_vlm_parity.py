@@ -107,10 +107,11 @@ def test_zero_compression_answers_as_generate(tiny, generated, name, params):
     assert all(len(a) == tiny.max_new_tokens for a in answers)  # random weights: no early end, all 8 compared
 
 
-TOWER_ZERO = [("random", {"keep": 1.0}), ("v2drop", {"keep": 1.0}), ("random", {"keep": 1.0, "layers": [0]})]
+TOWER_ZERO = [("random", {"keep": 1.0}), ("v2drop", {"keep": 1.0}), ("random", {"keep": 1.0, "layers": [0]}),
+              ("avit", {"sparsity": 0.0})]
 
 
-@pytest.mark.parametrize("name,params", TOWER_ZERO, ids=["random", "v2drop", "random_layer0"])
+@pytest.mark.parametrize("name,params", TOWER_ZERO, ids=["random", "v2drop", "random_layer0", "avit"])
 def test_zero_compression_in_the_tower_answers_as_generate(tiny, generated, name, params):
     answers, lm_tokens, _, ids = _answers(tiny, _images(), name, params, point="vision")
     assert answers == generated and lm_tokens == [len(x) for x in ids]
@@ -127,10 +128,38 @@ def test_dropping_units_after_the_last_block_equals_selecting_them_before_the_la
     for k, u, f, e in zip(kept, units, full, encoded):
         assert len(u) == kept_count(e.num_tokens, 0.5)
         assert torch.allclose(k, f[u], atol=1e-5)
-    early = resolve("v2drop", {"keep": 0.5, "layers": [0]}, "vision")
-    kept, units = tiny.vision_with_unit_drop(encoded, early, torch.Generator())
-    assert [len(u) for u in units] == [kept_count(e.num_tokens, 0.5) for e in encoded]
-    assert not torch.allclose(kept[0], full[0][units[0]], atol=1e-3)  # later blocks saw fewer units
+    for early in (resolve("v2drop", {"keep": 0.5, "layers": [0]}, "vision"),
+                  resolve("avit", {"sparsity": 0.5, "layers": [0]}, "vision")):
+        kept, units = tiny.vision_with_unit_drop(encoded, early, torch.Generator())
+        assert [len(u) for u in units] == [kept_count(e.num_tokens, 0.5) for e in encoded]
+        assert not torch.allclose(kept[0], full[0][units[0]], atol=1e-3)  # later blocks saw fewer units
+
+
+def test_a_vit_scores_use_the_attention_the_tower_computes(tiny):
+    """The recomputed probabilities, applied to the values and projected, give the attention's own output."""
+    from evalsuite.patch.qwen2_vl import attention_probs
+
+    encoded = [tiny.encode(image) for image in _images()]
+    visual = tiny.model.model.visual
+    seen = {}
+
+    def capture(module, args, kwargs, output):
+        seen.update(hidden=args[0] if args else kwargs["hidden_states"], kwargs=kwargs, output=output)
+
+    handle = visual.blocks[1].attn.register_forward_hook(capture, with_kwargs=True)
+    try:
+        tiny.vision(encoded)
+    finally:
+        handle.remove()
+    attn, hidden, kwargs = visual.blocks[1].attn, seen["hidden"], seen["kwargs"]
+    with torch.inference_mode():
+        probs = attention_probs(attn, hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"])
+        v = attn.qkv(hidden).reshape(hidden.shape[0], 3, attn.num_heads, -1)[:, 2].transpose(0, 1)  # [H, R, d]
+        bounds = kwargs["cu_seqlens"].tolist()
+        out = torch.cat([(p @ v[:, s:e]).transpose(0, 1).reshape(e - s, -1) for p, s, e in
+                         zip(probs, bounds[:-1], bounds[1:])])
+        assert torch.allclose(attn.proj(out), seen["output"], atol=1e-5)
+    assert all(torch.allclose(p.sum(-1), torch.ones(())) for p in probs)
 
 
 def test_compression_changes_what_the_language_model_sees(tiny):

@@ -7,7 +7,7 @@ vision tower, compression step, language-model prefill, one decode step (median 
 uncompressed model beside the ideal ones from a FLOP model of tower and language model
 (``ideal_prefill``: the LM's prefill FLOPs; ``ideal_ttft``: tower + prefill FLOPs).
 Pre-LLM methods run the same tower as the uncompressed model; ``downscale`` runs it on
-the smaller image; ``NAME@vision`` (random, v2drop) drops merge units inside the tower, after
+the smaller image; ``NAME@vision`` (random, v2drop, avit) drops merge units inside the tower, after
 its default blocks (``vision`` is the tower's time with the drop). Every time is
 CUDA-synchronised on a GPU, the median of ``--repeats``.
 
@@ -35,13 +35,15 @@ from ..vlm.generate import greedy
 from ..vlm.methods import resolve
 from ..vlm.select import kept_count
 
-METHODS = ("random", "tome", "visionzip", "divprune", "downscale", "random@vision", "v2drop@vision")
+METHODS = ("random", "tome", "visionzip", "divprune", "downscale", "random@vision", "v2drop@vision", "avit@vision")
 HEADER = (f"{'size':>5} {'batch':>5} {'method':<10} {'keep':>4} {'vis_tok':>7} {'vision':>8} {'comp':>7} "
           f"{'prefill':>8} {'dec/tok':>8} {'e2e':>9} {'prefill_x':>9} {'ideal':>6} {'ttft_x':>6} {'ideal':>6}  label")
 
 
 def params_for(method: str, keep: float) -> dict:
-    return {"merge_factor": round(1.0 - keep, 6)} if method == "tome" else {"keep": keep}
+    if method in ("tome", "avit"):
+        return {"merge_factor" if method == "tome" else "sparsity": round(1.0 - keep, 6)}
+    return {"keep": keep}
 
 
 def page(size: int) -> Image.Image:

@@ -112,9 +112,17 @@ def tower_with_unit_drop(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw
             return x[local]
         return hook
 
+    def attention_hook(index):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            scores.observe(index, module, hidden, kwargs.get("cu_seqlens"), kwargs.get("position_embeddings"))
+        return hook
+
     for index, block in enumerate(visual.blocks):
         handles.append(block.register_forward_pre_hook(pre_block, with_kwargs=True))
         handles.append(block.register_forward_hook(post_block(index), with_kwargs=True))
+        if getattr(scores, "needs_attention", False) and index in targets:
+            handles.append(block.attn.register_forward_pre_hook(attention_hook(index), with_kwargs=True))
     try:
         out = visual(pixels, grid_thw=grid_thw)
     finally:
@@ -128,6 +136,55 @@ def v2drop_scores(index: int, x: torch.Tensor, x_in: torch.Tensor, units: list[i
     """Encoder V2Drop on units: how much a unit's four rows changed in the block (L2 norm of the
     difference, summed over the rows); the least-changed units are dropped."""
     return (x.float() - x_in.float()).norm(dim=-1).view(-1, UNIT).sum(dim=1)
+
+
+class AttentionReceived:
+    """A-ViT-style unit scores: the attention a unit's four rows receive in the dropping block,
+    averaged over heads and over the queries of its image (the tower has no class token).
+
+    The block's attention runs in a fused kernel, so its probabilities are recomputed here from
+    the attention module's input: ``qkv``, the rotary embedding, ``softmax(q k^T / sqrt(d))`` per
+    image (``cu_seqlens``), in float32; only the dropping blocks pay for it.
+    """
+
+    needs_attention = True
+
+    def __init__(self):
+        self._importance: dict[int, torch.Tensor] = {}
+
+    def observe(self, index: int, attn: torch.nn.Module, hidden: torch.Tensor, cu_seqlens: torch.Tensor,
+                position_embeddings) -> None:
+        probs = attention_probs(attn, hidden, cu_seqlens, position_embeddings)
+        self._importance[index] = torch.cat([p.mean(dim=(0, 1)) for p in probs])  # [R] attention each row receives
+
+    def __call__(self, index, x, x_in, units):
+        return self._importance.pop(index).view(-1, UNIT).sum(dim=1)
+
+
+def attention_probs(attn: torch.nn.Module, hidden: torch.Tensor, cu_seqlens: torch.Tensor,
+                    position_embeddings) -> list[torch.Tensor]:
+    """The attention probabilities of a Qwen2-VL tower attention on ``hidden`` [R, E]: per image of
+    ``cu_seqlens`` a [H, n, n] float32 tensor (rows: queries), as its fused kernel computes them."""
+    if position_embeddings is None or cu_seqlens is None:
+        raise UnsupportedTower("A-ViT-style scores need the tower attention's position_embeddings and "
+                               "cu_seqlens (this transformers version passes neither)")
+    rows = hidden.shape[0]
+    q, k = attn.qkv(hidden).reshape(rows, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)[:2]
+    cos, sin = (t.float().unsqueeze(-2) for t in position_embeddings)
+    q, k = q.float(), k.float()
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    bounds = cu_seqlens.tolist()
+    probs = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        qi, ki = q[start:end].transpose(0, 1), k[start:end].transpose(0, 1)  # [H, n, d]
+        probs.append(torch.softmax(qi @ ki.transpose(1, 2) / qi.shape[-1] ** 0.5, dim=-1))
+    return probs
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def random_scores(generator: torch.Generator) -> UnitScores:

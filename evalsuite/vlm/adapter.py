@@ -165,7 +165,8 @@ class Qwen2VLAdapter:
             raise ValueError(f"method {method.name!r}: layers {layers} must be increasing block indices < {depth}")
         counts = [stage_counts(im.num_tokens, method.keep, len(layers)) for im in images]
         targets = {layer: [c[i] for c in counts] for i, layer in enumerate(layers)}
-        scores = (tower_patch.random_scores(generator) if method.tower == "random" else tower_patch.v2drop_scores)
+        scores = {"random": lambda: tower_patch.random_scores(generator), "v2drop": lambda: tower_patch.v2drop_scores,
+                  "avit": tower_patch.AttentionReceived}[method.tower]()
         pixels = torch.cat([im.pixel_values for im in images]).to(self.device, self.dtype)
         grid = torch.stack([im.grid_thw for im in images]).to(self.device)
         merged, unit_ids = tower_patch.tower_with_unit_drop(visual, pixels, grid, targets, scores)
