@@ -87,7 +87,8 @@ def cache_kwarg(module: torch.nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def new_cache(lm: torch.nn.Module):
+def new_cache():
+    """An empty ``DynamicCache`` (built without a config: its constructor's arguments differ across versions)."""
     from transformers import DynamicCache
 
     return DynamicCache()
@@ -96,7 +97,7 @@ def new_cache(lm: torch.nn.Module):
 def eager_prefill(parts: LanguageModel, inputs: PrefillInputs) -> PrefillResult:
     """The unpatched language model's prefill into a fresh ``DynamicCache``."""
     lm = parts.language_model
-    cache = new_cache(lm)
+    cache = new_cache()
     out = lm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
              position_ids=inputs.position_ids, use_cache=True, **{cache_kwarg(lm): cache})
     logits = parts.lm_head(out.last_hidden_state[:, -1])
