@@ -51,8 +51,9 @@ def test_methods_refuse_points_they_cannot_run_at():
         resolve("avit", {"sparsity": 0.5}, "pre_llm")
     with pytest.raises(VLMUsageError, match="visionzip.*cannot run at insertion point 'vision'"):
         resolve("visionzip", {"keep": 0.5}, "vision")
-    with pytest.raises(VLMUsageError, match="not yet supported"):
-        resolve("tome", {"merge_factor": 0.5}, "vision")
+    assert resolve("tome", {"merge_factor": 0.5}, "vision").tower == "tome"
+    with pytest.raises(VLMUsageError, match="divprune.*cannot run at insertion point 'vision'"):
+        resolve("divprune", {"keep": 0.5}, "vision")
     assert resolve("v2drop", {"keep": 0.5, "layers": [1, 3]}, "vision").tower == "v2drop"
     with pytest.raises(VLMUsageError, match="layers applies inside the vision tower only"):
         resolve("random", {"keep": 0.5, "layers": [1]}, "pre_llm")

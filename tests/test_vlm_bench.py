@@ -29,7 +29,7 @@ def test_bench_rows_per_method_with_stage_times_and_ideal_speedups(one_thread, c
         assert r["ideal_prefill_speedup"] > 1.0 and r["ideal_ttft_speedup"] > 1.0
         assert (r["compression_ms"] > 0) == ("@" not in r["method"] and r["method"] != "downscale")
     tower = [r for r in rows if r["method"].endswith("@vision")]
-    assert len(tower) == 3 and all(r["ideal_ttft_speedup"] > rows[1]["ideal_ttft_speedup"] for r in tower)
+    assert len(tower) == 4 and all(r["ideal_ttft_speedup"] > rows[1]["ideal_ttft_speedup"] for r in tower)
     assert "visionzip" in capsys.readouterr().out
 
 

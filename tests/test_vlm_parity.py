@@ -63,7 +63,7 @@ def _answers(adapter, images, name, params, prompt="Read all the text.", point="
     ids = [adapter.prompt_ids(prompt, e.num_tokens) for e in encoded]
     slots = None
     if method.point == "vision":
-        visual, slots = adapter.vision_with_unit_drop(encoded, method, torch.Generator().manual_seed(0))
+        visual, slots, _ = adapter.vision_with_unit_drop(encoded, method, torch.Generator().manual_seed(0))
     else:
         visual = adapter.vision(encoded)
     if method.select is not None and method.point == "pre_llm":
@@ -96,7 +96,7 @@ def generated(tiny):
 
 def test_every_vlm_method_is_listed_for_parity():
     assert {name for name, _ in ZERO} | {"avit", "v2drop"} == set(TABLE)
-    assert {name for name, _ in TOWER_ZERO} == {n for n, e in TABLE.items() if e.tower}
+    assert {name for name, _ in TOWER_ZERO} == {n for n, e in TABLE.items() if e.tower is not None}
 
 
 @pytest.mark.parametrize("name,params", ZERO, ids=[n for n, _ in ZERO])
@@ -108,10 +108,10 @@ def test_zero_compression_answers_as_generate(tiny, generated, name, params):
 
 
 TOWER_ZERO = [("random", {"keep": 1.0}), ("v2drop", {"keep": 1.0}), ("random", {"keep": 1.0, "layers": [0]}),
-              ("avit", {"sparsity": 0.0})]
+              ("avit", {"sparsity": 0.0}), ("tome", {"merge_factor": 0.0})]
 
 
-@pytest.mark.parametrize("name,params", TOWER_ZERO, ids=["random", "v2drop", "random_layer0", "avit"])
+@pytest.mark.parametrize("name,params", TOWER_ZERO, ids=["random", "v2drop", "random_layer0", "avit", "tome"])
 def test_zero_compression_in_the_tower_answers_as_generate(tiny, generated, name, params):
     answers, lm_tokens, _, ids = _answers(tiny, _images(), name, params, point="vision")
     assert answers == generated and lm_tokens == [len(x) for x in ids]
@@ -123,16 +123,21 @@ def test_dropping_units_after_the_last_block_equals_selecting_them_before_the_la
     encoded = [tiny.encode(image) for image in _images()]
     depth = len(tiny.model.model.visual.blocks)
     method = resolve("random", {"keep": 0.5, "layers": [depth - 1]}, "vision")
-    kept, units = tiny.vision_with_unit_drop(encoded, method, torch.Generator().manual_seed(0))
+    kept, units, _ = tiny.vision_with_unit_drop(encoded, method, torch.Generator().manual_seed(0))
     full = tiny.vision(encoded)
     for k, u, f, e in zip(kept, units, full, encoded):
         assert len(u) == kept_count(e.num_tokens, 0.5)
         assert torch.allclose(k, f[u], atol=1e-5)
     for early in (resolve("v2drop", {"keep": 0.5, "layers": [0]}, "vision"),
                   resolve("avit", {"sparsity": 0.5, "layers": [0]}, "vision")):
-        kept, units = tiny.vision_with_unit_drop(encoded, early, torch.Generator())
+        kept, units, sizes = tiny.vision_with_unit_drop(encoded, early, torch.Generator())
         assert [len(u) for u in units] == [kept_count(e.num_tokens, 0.5) for e in encoded]
         assert not torch.allclose(kept[0], full[0][units[0]], atol=1e-3)  # later blocks saw fewer units
+        assert all(torch.equal(s, torch.ones(len(u))) for s, u in zip(sizes, units))
+    merge = resolve("tome", {"merge_factor": 0.5, "layers": [0, 1]}, "vision")
+    kept, units, sizes = tiny.vision_with_unit_drop(encoded, merge, torch.Generator())
+    assert [len(u) for u in units] == [kept_count(e.num_tokens, 0.5) for e in encoded]
+    assert [float(s.sum()) for s in sizes] == [float(e.num_tokens) for e in encoded]  # every unit is in one
 
 
 def test_a_vit_scores_use_the_attention_the_tower_computes(tiny):

@@ -7,7 +7,7 @@ vision tower, compression step, language-model prefill, one decode step (median 
 uncompressed model beside the ideal ones from a FLOP model of tower and language model
 (``ideal_prefill``: the LM's prefill FLOPs; ``ideal_ttft``: tower + prefill FLOPs).
 Pre-LLM methods run the same tower as the uncompressed model; ``downscale`` runs it on
-the smaller image; ``NAME@vision`` (random, v2drop, avit) drops merge units inside the tower, after
+the smaller image; ``NAME@vision`` (random, v2drop, avit; tome merges) drops merge units inside the tower, after
 its default blocks (``vision`` is the tower's time with the drop). Every time is
 CUDA-synchronised on a GPU, the median of ``--repeats``.
 
@@ -35,7 +35,8 @@ from ..vlm.generate import greedy
 from ..vlm.methods import resolve
 from ..vlm.select import kept_count
 
-METHODS = ("random", "tome", "visionzip", "divprune", "downscale", "random@vision", "v2drop@vision", "avit@vision")
+METHODS = ("random", "tome", "visionzip", "divprune", "downscale", "random@vision", "v2drop@vision", "avit@vision",
+           "tome@vision")
 HEADER = (f"{'size':>5} {'batch':>5} {'method':<10} {'keep':>4} {'vis_tok':>7} {'vision':>8} {'comp':>7} "
           f"{'prefill':>8} {'dec/tok':>8} {'e2e':>9} {'prefill_x':>9} {'ideal':>6} {'ttft_x':>6} {'ideal':>6}  label")
 
@@ -104,7 +105,7 @@ def measure(adapter, images, method: str, keep: float, decode_tokens: int, repea
         start = time.perf_counter()
         slots = None
         if spec.point == "vision":
-            t_vis, (visual, slots) = _timed(device, lambda: adapter.vision_with_unit_drop(encoded, spec, generator))
+            t_vis, (visual, slots, _) = _timed(device, lambda: adapter.vision_with_unit_drop(encoded, spec, generator))
         else:
             t_vis, visual = _timed(device, lambda: adapter.vision(encoded))
         t_comp = 0.0

@@ -13,6 +13,8 @@ for the kept rows; ``cu_seqlens`` and ``max_seqlen`` are recomputed per image fr
 kept counts). The hooks are removed when the forward returns. With nothing to drop no
 hook changes anything, so the tower equals the unpatched one (parity).
 
+ToMe merges whole units instead (:class:`UnitMerge`), each merged unit keeping one slot.
+
 Qwen2.5-VL's tower reorders rows into attention windows and alternates windowed and
 full attention; unit dropping there is not supported yet (:func:`check_supported`).
 """
@@ -47,6 +49,7 @@ class _Cut:
     def __init__(self, units: list[int], device: torch.device):
         self.units = list(units)  # units per image, now
         self.unit_ids = [torch.arange(n, device=device) for n in units]  # original unit index of each kept unit
+        self.sizes = [torch.ones(n, device=device) for n in units]  # original units each kept unit stands for
         self.rows: torch.Tensor | None = None  # kept rows in original indexing (None: all)
         self.block_input: torch.Tensor | None = None
 
@@ -56,12 +59,15 @@ class _Cut:
 
 
 def tower_with_unit_drop(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw: torch.Tensor,
-                         targets: dict[int, list[int]], scores: UnitScores) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                         targets: dict[int, list[int]],
+                         scores: UnitScores) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Run the tower, keeping ``targets[block][b]`` units of image ``b`` after each listed block.
 
-    ``pixels`` [P, C*T*p*p] and ``grid_thw`` [B, 3] as the processor gives them. Returns the merged
+    ``pixels`` [P, C*T*p*p] and ``grid_thw`` [B, 3] as the processor gives them. ``scores`` ranks
+    units to keep, or (with ``merges = True``) merges them: ``scores.merge(units [n, 4*E], k, sizes [n])
+    -> (kept unit indices [k] ascending, merged units [k, 4*E], sizes [k])``. Returns the merged
     visual tokens [sum K_b, D] and, per image, the original unit index of each kept token [K_b]
-    (ascending: the image's pad slots in the prompt they fill).
+    (ascending: the image's pad slots in the prompt they fill) and the units each stands for [K_b].
     """
     check_supported(visual)
     units = [int(g.prod()) // UNIT for g in grid_thw]
@@ -97,19 +103,27 @@ def tower_with_unit_drop(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw
             if wanted is None or all(w >= n for w, n in zip(wanted, cut.units)):
                 return output
             x = output
-            unit_scores = scores(index, x, cut.block_input, cut.units)  # [sum units]
-            keep_rows, new_units, new_ids, offset = [], [], [], 0
+            merging = getattr(scores, "merges", False)
+            unit_scores = None if merging else scores(index, x, cut.block_input, cut.units)  # [sum units]
+            keep_rows, new_units, new_ids, new_sizes, merged_rows, offset = [], [], [], [], [], 0
             for b, n in enumerate(cut.units):
                 k = min(n, wanted[b])
-                chosen = unit_scores[offset:offset + n].topk(k).indices.sort().values  # keep the units' order
+                if merging:  # a unit's four rows merge row by row into another unit's (its slot and positions)
+                    units_x = x[offset * UNIT:(offset + n) * UNIT].reshape(n, -1)
+                    chosen, kept, sizes = scores.merge(units_x, k, cut.sizes[b])
+                    merged_rows.append(kept.reshape(k * UNIT, -1))
+                else:
+                    chosen = unit_scores[offset:offset + n].topk(k).indices.sort().values  # keep the units' order
+                    sizes = cut.sizes[b][chosen]
                 keep_rows.append(((offset + chosen)[:, None] * UNIT + torch.arange(UNIT, device=x.device)).flatten())
                 new_ids.append(cut.unit_ids[b][chosen])
                 new_units.append(k)
+                new_sizes.append(sizes)
                 offset += n
             local = torch.cat(keep_rows)
             cut.rows = local if cut.rows is None else cut.rows[local]
-            cut.units, cut.unit_ids = new_units, new_ids
-            return x[local]
+            cut.units, cut.unit_ids, cut.sizes = new_units, new_ids, new_sizes
+            return torch.cat(merged_rows) if merging else x[local]
         return hook
 
     def attention_hook(index):
@@ -129,7 +143,7 @@ def tower_with_unit_drop(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw
         for handle in handles:
             handle.remove()
     merged = out if isinstance(out, torch.Tensor) else out.pooler_output
-    return merged, cut.unit_ids
+    return merged, cut.unit_ids, cut.sizes
 
 
 def v2drop_scores(index: int, x: torch.Tensor, x_in: torch.Tensor, units: list[int]) -> torch.Tensor:
@@ -185,6 +199,21 @@ def attention_probs(attn: torch.nn.Module, hidden: torch.Tensor, cu_seqlens: tor
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class UnitMerge:
+    """ToMe on whole units: bipartite soft matching of the units' four rows taken together (cosine of
+    the block's output, ToMe's keys being inside the fused attention), merged row by row as
+    size-weighted means (:func:`evalsuite.vlm.select.tome_merge`). Without proportional attention:
+    SDPA takes no per-key bias here, so a merged unit pulls like one unit (ToMe's ``_nopa``)."""
+
+    merges = True
+
+    @staticmethod
+    def merge(units: torch.Tensor, k: int, sizes: torch.Tensor):
+        from ..vlm.select import tome_merge
+
+        return tome_merge(units, k, sizes)
 
 
 def random_scores(generator: torch.Generator) -> UnitScores:

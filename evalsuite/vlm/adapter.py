@@ -150,9 +150,10 @@ class Qwen2VLAdapter:
 
     @torch.inference_mode()
     def vision_with_unit_drop(self, images: list[EncodedImage], method,
-                              generator: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The tower dropping whole merge units (``method``: a resolved ``vision``-point method) ->
-        per image the kept visual tokens [K_b, D] and their unit indices [K_b] (the slots they fill)."""
+                              generator: torch.Generator) -> tuple[list, list, list]:
+        """The tower dropping (or merging) whole merge units (``method``: a resolved ``vision``-point
+        method) -> per image the kept visual tokens [K_b, D], their unit indices [K_b] (the slots they
+        fill) and the original units each stands for [K_b]."""
         from ..methods.state import default_layers, stage_counts
         from ..patch import qwen2_vl as tower_patch
 
@@ -166,11 +167,11 @@ class Qwen2VLAdapter:
         counts = [stage_counts(im.num_tokens, method.keep, len(layers)) for im in images]
         targets = {layer: [c[i] for c in counts] for i, layer in enumerate(layers)}
         scores = {"random": lambda: tower_patch.random_scores(generator), "v2drop": lambda: tower_patch.v2drop_scores,
-                  "avit": tower_patch.AttentionReceived}[method.tower]()
+                  "avit": tower_patch.AttentionReceived, "tome": tower_patch.UnitMerge}[method.tower]()
         pixels = torch.cat([im.pixel_values for im in images]).to(self.device, self.dtype)
         grid = torch.stack([im.grid_thw for im in images]).to(self.device)
-        merged, unit_ids = tower_patch.tower_with_unit_drop(visual, pixels, grid, targets, scores)
-        return list(merged.split([len(u) for u in unit_ids])), unit_ids
+        merged, unit_ids, sizes = tower_patch.tower_with_unit_drop(visual, pixels, grid, targets, scores)
+        return list(merged.split([len(u) for u in unit_ids])), unit_ids, sizes
 
     @torch.inference_mode()
     def prefill_inputs(self, ids: list[list[int]], images: list[EncodedImage], tokens: list[torch.Tensor],

@@ -193,10 +193,9 @@ def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, b
             planned = [len(x) - e.num_tokens + (e.planned_tokens or e.num_tokens)
                        for x, e in zip(ids[batch], encoded[batch])]
         elif method.point == "vision":
-            visual, slots = _timed(adapter.device, run.vision_seconds,
-                                   lambda: adapter.vision_with_unit_drop(encoded[batch], method, generator))
+            visual, slots, sizes = _timed(adapter.device, run.vision_seconds,
+                                          lambda: adapter.vision_with_unit_drop(encoded[batch], method, generator))
             run.compression_seconds.append(0.0)  # inside the tower: its cost is in the tower's time
-            sizes = [torch.ones(len(v), device=v.device) for v in visual]  # a dropped unit stands for nothing
             planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
         else:
             # the tower computes what the reference's did: its tokens and time are reused

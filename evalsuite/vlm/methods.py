@@ -4,8 +4,8 @@ Insertion points, in the order an image meets them:
 
 - ``image``: before the model, on the image itself (``downscale`` to the same visual-token budget);
 - ``vision``: inside the vision tower, on whole 2x2 merge units (:mod:`evalsuite.patch.qwen2_vl`:
-  ``random``, the encoder ``v2drop`` and the A-ViT-style ``avit`` after the blocks of ``layers``,
-  default three spread over the depth; Qwen2-VL's tower only, ToMe there not yet);
+  ``random``, the encoder ``v2drop`` and the A-ViT-style ``avit`` drop units, ``tome`` merges
+  them, after the blocks of ``layers`` (default three spread over the depth); Qwen2-VL's tower only);
 - ``pre_llm``: between the vision tower and the language model, on the visual tokens
   (:mod:`evalsuite.vlm.select`).
 
@@ -48,14 +48,15 @@ class Entry:
     # a method that acts inside the language model: (params, adapter) -> a prefill callable of
     # evalsuite.vlm.generate (its PrefillResult carries the cut cache); None: the unpatched prefill
     prefill: Callable[[dict[str, Any], Any], Callable] | None = None
-    tower: str | None = None  # vision: the unit scores of evalsuite.patch.qwen2_vl ("random", "v2drop", "avit")
+    tower: str | None = None  # vision: the unit scores of evalsuite.patch.qwen2_vl (random, v2drop, avit, tome)
 
 
 TABLE: dict[str, Entry] = {
     "none": Entry(frozenset(INSERTION_POINTS), lambda p: 1.0, params=frozenset()),
     "random": Entry(frozenset({"pre_llm", "vision"}), select=select.random_select,
                     params=frozenset({"keep", "layers"}), tower="random"),
-    "tome": Entry(frozenset({"pre_llm", "vision"}), _tome_keep, select.tome_merge, frozenset({"merge_factor"})),
+    "tome": Entry(frozenset({"pre_llm", "vision"}), _tome_keep, select.tome_merge,
+                  frozenset({"merge_factor", "layers"}), tower="tome"),
     "visionzip": Entry(frozenset({"pre_llm"}), select=select.visionzip_select,
                        params=frozenset({"keep", "contextual_ratio"})),
     "divprune": Entry(frozenset({"pre_llm"}), select=select.divprune_select),
@@ -101,7 +102,7 @@ def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm") -> VL
                             f"allowed: {sorted(entry.params)}")
     if point == "vision" and name != "none" and entry.tower is None:
         raise VLMUsageError(f"method {name!r}: compression inside the Qwen2-VL vision tower is not yet supported "
-                            "(random, v2drop and avit are); use insertion = \"pre_llm\" on the model")
+                            "(random, v2drop, avit and tome are); use insertion = \"pre_llm\" on the model")
     if point != "vision" and "layers" in params:
         raise VLMUsageError(f"method {name!r}: layers applies inside the vision tower only (insertion = \"vision\")")
     keep = entry.keep(params)

@@ -40,8 +40,11 @@ def random_select(tokens: torch.Tensor, k: int, generator: torch.Generator | Non
     return _selected(tokens, order[:k].to(tokens.device))
 
 
-def tome_merge(tokens: torch.Tensor, k: int, **_) -> tuple:
+def tome_merge(tokens: torch.Tensor, k: int, sizes: torch.Tensor | None = None, **_) -> tuple:
     """ToMe-style bipartite soft matching on the tokens themselves, repeated until ``k`` remain.
+
+    ``sizes`` [N]: how many inputs each token already stands for (default 1 each), the weights of
+    the means and the sizes returned.
 
     Each round splits the current tokens into A (even) and B (odd), matches every A token to its
     most cosine-similar B token and merges the ``r = min(N_cur - k, |A|)`` best-matched A tokens into
@@ -49,9 +52,11 @@ def tome_merge(tokens: torch.Tensor, k: int, **_) -> tuple:
     """
     n = tokens.shape[0]
     if k >= n:
-        return _identity(tokens)
+        index, kept, ones = _identity(tokens)
+        return index, kept, ones if sizes is None else sizes
     index = torch.arange(n, device=tokens.device)
-    sizes = torch.ones(n, device=tokens.device, dtype=torch.float32)
+    sizes = (torch.ones(n, device=tokens.device, dtype=torch.float32) if sizes is None
+             else sizes.to(tokens.device, torch.float32))
     x = tokens.float()
     while x.shape[0] > k:
         r = min(x.shape[0] - k, (x.shape[0] + 1) // 2)
