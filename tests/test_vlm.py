@@ -216,3 +216,37 @@ def test_a_compression_that_did_not_fire_fails_the_case():
             engine.evaluate(CaseSpec(model, "downscale", {"keep": 0.5}, "downscale_k0.5", dataset, {}, "test"))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_method_inside_the_language_model_brings_its_own_prefill(monkeypatch):
+    """The hook an in-LM method (V2Drop, FastV) plugs into: its prefill replaces the eager one, the
+    visual tokens all enter the language model, and a prefill that changes nothing answers as `none`."""
+    from evalsuite.engine import Engine, EngineSettings
+    from evalsuite.matrix import CaseSpec, DatasetSpec, ModelSpec
+    from evalsuite.vlm.generate import eager_prefill
+    from evalsuite.vlm.methods import TABLE, Entry
+
+    calls = []
+
+    def prefill(parts, inputs):
+        calls.append(inputs.visual_mask.sum(dim=1).tolist())
+        return eager_prefill(parts, inputs)
+
+    monkeypatch.setitem(TABLE, "lm_probe", Entry(frozenset({"lm"}), lambda p: 1.0, params=frozenset(),
+                                                 prefill=lambda params, adapter: prefill))
+    assert resolve("lm_probe", {}, "pre_llm").point == "lm"
+    model = ModelSpec("tiny_lm", "qwen2_vl", 224, "cpu", "float32",
+                      {"config": "tiny", "min_pixels": 3136, "max_pixels": 50176, "max_new_tokens": 3})
+    dataset = DatasetSpec("pages", "samples")
+    engine = Engine(EngineSettings(ocr_engine=None, batch_size=2))
+    engine._datasets[dataset.id] = [Sample("pages/a", "pages", "document", load=lambda: _page((112, 56))),
+                                    Sample("pages/b", "pages", "document", load=lambda: _page((56, 56)))]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine.evaluate(CaseSpec(model, "none", {}, "none", dataset, {}, "test"))
+        probe = engine.evaluate(CaseSpec(model, "lm_probe", {}, "lm_probe", dataset, {}, "test"))
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [[8, 4]]  # one batch, every visual token of each page
+    assert probe.env["insertion"] == "lm" and probe.kpis["answer_exact_match"] == 1.0

@@ -197,6 +197,13 @@ def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, b
                                           lambda: adapter.vision_with_unit_drop(encoded[batch], method, generator))
             run.compression_seconds.append(0.0)  # inside the tower: its cost is in the tower's time
             planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
+        elif method.point == "lm":  # all visual tokens enter; the method's prefill drops inside the LM
+            visual = full.visual[batch]
+            run.vision_seconds.append(full.vision_seconds[start // batch_size])
+            t0 -= run.vision_seconds[-1]
+            run.compression_seconds.append(0.0)  # inside the prefill: its cost is in the prefill's time
+            slots, sizes = None, full.sizes[batch]
+            planned = [len(x) for x in ids[batch]]
         else:
             # the tower computes what the reference's did: its tokens and time are reused
             visual = full.visual[batch]

@@ -7,12 +7,13 @@ Insertion points, in the order an image meets them:
   ``random``, the encoder ``v2drop`` and the A-ViT-style ``avit`` drop units, ``tome`` merges
   them, after the blocks of ``layers`` (default three spread over the depth); Qwen2-VL's tower only);
 - ``pre_llm``: between the vision tower and the language model, on the visual tokens
-  (:mod:`evalsuite.vlm.select`).
+  (:mod:`evalsuite.vlm.select`);
+- ``lm``: inside the language model's prefill (V2Drop, FastV: an entry's ``prefill``).
 
 :data:`TABLE` maps a method name to the points it can run at and, for ``pre_llm``, its
 selection function and how its matrix parameters give the keep ratio. A case runs a
-method at the model's ``insertion`` point (default ``pre_llm``); a method that has only
-the ``image`` point runs there on any model. Anything else is a :class:`VLMUsageError`.
+method at the model's ``insertion`` point (default ``pre_llm``); a method whose only point
+is ``image`` or ``lm`` runs there on any model. Anything else is a :class:`VLMUsageError`.
 This table is what a method spec's ``insertion`` set will hold once methods are specs.
 """
 
@@ -24,7 +25,9 @@ from typing import Any, Callable
 from ..methods.base import Compressor, fmt
 from . import select
 
-INSERTION_POINTS = ("image", "vision", "pre_llm")
+INSERTION_POINTS = ("image", "vision", "pre_llm", "lm")
+# points a method runs at whatever the model's insertion point: before the model, inside the LM's prefill
+FIXED_POINTS = ("image", "lm")
 
 
 class VLMUsageError(ValueError):
@@ -92,7 +95,8 @@ def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm") -> VL
     entry = TABLE.get(name)
     if entry is None:
         raise VLMUsageError(f"method {name!r} has no VLM insertion point; VLM methods: {', '.join(TABLE)}")
-    point = insertion if insertion in entry.points else "image" if entry.points == {"image"} else None
+    only = next(iter(entry.points)) if len(entry.points) == 1 else None
+    point = insertion if insertion in entry.points else only if only in FIXED_POINTS else None
     if point is None:
         raise VLMUsageError(f"method {name!r} cannot run at insertion point {insertion!r}; "
                             f"it runs at {', '.join(sorted(entry.points))}")
@@ -100,6 +104,8 @@ def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm") -> VL
     if unknown:
         raise VLMUsageError(f"method {name!r}: parameter(s) {sorted(unknown)} are not used in a VLM case; "
                             f"allowed: {sorted(entry.params)}")
+    if point == "lm" and entry.prefill is None and name != "none":
+        raise VLMUsageError(f"method {name!r}: declares the lm point but brings no prefill")
     if point == "vision" and name != "none" and entry.tower is None:
         raise VLMUsageError(f"method {name!r}: compression inside the Qwen2-VL vision tower is not yet supported "
                             "(random, v2drop, avit and tome are); use insertion = \"pre_llm\" on the model")
