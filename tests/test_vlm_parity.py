@@ -209,10 +209,44 @@ def test_qwen2_5_vl_answers_as_generate():
         for name, params in [("none", {}), ("divprune", {"keep": 1.0})]:
             answers, _, encoded, ids = _answers(adapter, _images(), name, params)
             assert answers == _reference_generate(adapter, encoded, ids)
-        with pytest.raises(ValueError, match="Qwen2.5-VL vision tower"):
-            _answers(adapter, _images(), "random", {"keep": 0.5}, point="vision")
+        for name, params in TOWER_ZERO:
+            answers, _, encoded, ids = _answers(adapter, _images(), name, params, point="vision")
+            assert answers == _reference_generate(adapter, encoded, ids), name
     finally:
         torch.set_num_threads(threads)
+
+
+def test_windowed_tower_drops_keep_the_other_windows_exact():
+    """Qwen2.5-VL with windowed attention in every block: dropping a whole window after block 0 leaves
+    every other window's tokens exactly as uncompressed (windows never see each other), which holds
+    only if the windows' cu_seqlens were recomputed for the kept units."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from evalsuite.patch.qwen2_vl import tower_with_unit_drop
+    from evalsuite.vlm.configs import named
+
+    config = named("tiny_qwen2_5_vl")
+    config["vision_config"].update(depth=3, fullatt_block_indexes=[])
+    torch.manual_seed(0)
+    visual = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(config)).model.visual.eval()
+    from transformers import Qwen2VLImageProcessor
+
+    processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=224 * 224)
+    out = processor(images=_images(((196, 112), (112, 112))), return_tensors="pt")
+    pixels, grid = out["pixel_values"], out["image_grid_thw"]
+    units = [int(g.prod()) // 4 for g in grid]
+
+    def first_window_lowest(index, x, x_in, counts):
+        return torch.arange(sum(counts), dtype=torch.float32)  # window order: units 0-3 are image 0's first window
+
+    with torch.inference_mode():
+        full = visual(pixels, grid_thw=grid)
+        full = full if isinstance(full, torch.Tensor) else full.pooler_output
+        kept, ids, _ = tower_with_unit_drop(visual, pixels, grid, {0: [units[0] - 4, units[1]]}, first_window_lowest)
+    assert [len(i) for i in ids] == [units[0] - 4, units[1]]
+    raster = torch.cat([ids[0], ids[1] + units[0]])
+    assert torch.allclose(kept, full[raster], atol=1e-5)
+    assert len(set(range(units[0])) - set(ids[0].tolist())) == 4
 
 
 @pytest.mark.gpu

@@ -15,8 +15,10 @@ hook changes anything, so the tower equals the unpatched one (parity).
 
 ToMe merges whole units instead (:class:`UnitMerge`), each merged unit keeping one slot.
 
-Qwen2.5-VL's tower reorders rows into attention windows and alternates windowed and
-full attention; unit dropping there is not supported yet (:func:`check_supported`).
+Qwen2.5-VL's tower reorders units into attention windows (of whole units) and attends within
+windows except in its full-attention blocks: the windows' ``cu_seqlens`` are recomputed from
+the kept units of each window, and the merger's output is put back in window order before
+the tower restores raster order, so each kept token returns with its raster unit index.
 """
 
 from __future__ import annotations
@@ -36,11 +38,29 @@ class UnsupportedTower(ValueError):
 
 
 def check_supported(visual: torch.nn.Module) -> None:
-    if getattr(visual.config, "fullatt_block_indexes", None) is not None or hasattr(visual, "get_window_index"):
-        raise UnsupportedTower("unit dropping inside the Qwen2.5-VL vision tower (windowed attention) is not "
-                               "supported yet; use insertion = \"pre_llm\"")
     if getattr(visual, "spatial_merge_size", 2) != 2:
         raise UnsupportedTower("the vision tower does not merge 2x2 patches")
+    full = _full_attention_blocks(visual)
+    if full is not None and 0 in full:
+        raise UnsupportedTower("a windowed tower whose first block attends fully: its windows cannot be read")
+
+
+def _full_attention_blocks(visual: torch.nn.Module) -> set[int] | None:
+    """Qwen2.5-VL: the blocks attending over the whole image (the others attend within windows);
+    None for a tower without windows (Qwen2-VL)."""
+    blocks = getattr(visual, "fullatt_block_indexes", None)
+    if blocks is None:
+        blocks = getattr(visual.config, "fullatt_block_indexes", None)
+    return None if blocks is None else set(blocks)
+
+
+def _window_index(visual: torch.nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
+    """[U] the raster unit index at each position of the tower's window order (the model's own helper)."""
+    if hasattr(visual, "get_window_index"):  # older transformers: a method of the tower
+        return visual.get_window_index(grid_thw)[0]
+    from transformers.vision_utils import get_vision_window_index
+
+    return get_vision_window_index(grid_thw, visual.spatial_merge_size, visual.window_size, visual.patch_size)[0]
 
 
 class _Cut:
@@ -48,6 +68,7 @@ class _Cut:
 
     def __init__(self, units: list[int], device: torch.device):
         self.units = list(units)  # units per image, now
+        self.original_units = list(units)
         self.unit_ids = [torch.arange(n, device=device) for n in units]  # original unit index of each kept unit
         self.sizes = [torch.ones(n, device=device) for n in units]  # original units each kept unit stands for
         self.rows: torch.Tensor | None = None  # kept rows in original indexing (None: all)
@@ -56,6 +77,21 @@ class _Cut:
     def cu_seqlens(self, like: torch.Tensor) -> torch.Tensor:
         lengths = torch.tensor([0] + [n * UNIT for n in self.units], device=like.device)
         return lengths.cumsum(0).to(like.dtype)
+
+    def kept_positions(self) -> torch.Tensor:
+        """[K] window-order (global) positions of the kept units."""
+        offsets = [0]
+        for n in self.original_units[:-1]:
+            offsets.append(offsets[-1] + n)
+        return torch.cat([ids + off for ids, off in zip(self.unit_ids, offsets)])
+
+    def window_seqlens(self, windows: torch.Tensor) -> torch.Tensor:
+        """``cu_window_seqlens`` for the kept units, from the original one ``windows`` [W + 1]."""
+        bounds = (windows // UNIT).to(torch.long)
+        window = torch.bucketize(self.kept_positions(), bounds[1:], right=True)  # window of each kept unit
+        counts = torch.bincount(window, minlength=len(bounds) - 1)
+        cu = torch.cat([windows.new_zeros(1), (counts * UNIT).cumsum(0).to(windows.dtype)])
+        return torch.unique_consecutive(cu)  # a window left empty is no segment (the model drops them too)
 
 
 def tower_with_unit_drop(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw: torch.Tensor,
@@ -73,17 +109,23 @@ def tower_with_unit_drop(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw
     units = [int(g.prod()) // UNIT for g in grid_thw]
     cut = _Cut(units, pixels.device)
     full_rows = sum(units) * UNIT
+    full_blocks = _full_attention_blocks(visual)
+    windows: dict[str, torch.Tensor] = {}  # the original cu_window_seqlens, read at the first block
     handles = []
 
-    def fix_kwargs(kwargs: dict) -> dict:
+    def fix_kwargs(index: int, kwargs: dict) -> dict:
+        windowed = full_blocks is not None and index not in full_blocks
+        if windowed and "cu_seqlens" in kwargs and "cu" not in windows:
+            windows["cu"] = kwargs["cu_seqlens"]
         if cut.rows is None:
             return kwargs
         fixed = {}
+        cu = cut.window_seqlens(windows["cu"]) if windowed else None
         for key, value in kwargs.items():
             if key == "cu_seqlens":
-                value = cut.cu_seqlens(value)
+                value = cu.to(value.dtype) if windowed else cut.cu_seqlens(value)
             elif key == "max_seqlen" and value is not None:
-                longest = max(cut.units) * UNIT
+                longest = int((cu[1:] - cu[:-1]).max()) if windowed else max(cut.units) * UNIT
                 value = (torch.tensor(longest, dtype=value.dtype, device=value.device) if torch.is_tensor(value)
                          else longest)
             elif torch.is_tensor(value) and value.dim() and value.shape[0] == full_rows:
@@ -93,9 +135,20 @@ def tower_with_unit_drop(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw
             fixed[key] = value
         return fixed
 
-    def pre_block(module, args, kwargs):
-        cut.block_input = args[0] if args else kwargs.get("hidden_states")
-        return args, fix_kwargs(kwargs)
+    def pre_block(index):
+        def hook(module, args, kwargs):
+            cut.block_input = args[0] if args else kwargs.get("hidden_states")
+            return args, fix_kwargs(index, kwargs)
+        return hook
+
+    def scatter_merged(module, args, output):
+        """Windowed tower: the model reorders the merger's output back to raster order by indexing all
+        units, so the kept ones go back in their window-order places (the rest are never read)."""
+        if cut.rows is None:
+            return output
+        full = output.new_zeros(sum(cut.original_units), output.shape[-1])
+        full[cut.kept_positions()] = output
+        return full
 
     def post_block(index):
         def hook(module, args, kwargs, output):
@@ -133,17 +186,31 @@ def tower_with_unit_drop(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw
         return hook
 
     for index, block in enumerate(visual.blocks):
-        handles.append(block.register_forward_pre_hook(pre_block, with_kwargs=True))
+        handles.append(block.register_forward_pre_hook(pre_block(index), with_kwargs=True))
         handles.append(block.register_forward_hook(post_block(index), with_kwargs=True))
         if getattr(scores, "needs_attention", False) and index in targets:
             handles.append(block.attn.register_forward_pre_hook(attention_hook(index), with_kwargs=True))
+    if full_blocks is not None:
+        handles.append(visual.merger.register_forward_hook(scatter_merged))
     try:
         out = visual(pixels, grid_thw=grid_thw)
     finally:
         for handle in handles:
             handle.remove()
     merged = out if isinstance(out, torch.Tensor) else out.pooler_output
-    return merged, cut.unit_ids, cut.sizes
+    if full_blocks is None:
+        return merged, cut.unit_ids, cut.sizes
+    # windowed: ``merged`` is in raster order over all units; the kept ones, by raster index, per image
+    raster = _window_index(visual, grid_thw).to(merged.device)[cut.kept_positions()]
+    tokens, ids, sizes, start, offset = [], [], [], 0, 0
+    for n_now, n_all, size in zip(cut.units, cut.original_units, cut.sizes):
+        local = raster[start:start + n_now] - offset
+        order = local.argsort()
+        ids.append(local[order])
+        sizes.append(size[order])
+        tokens.append(merged[offset + local[order]])
+        start, offset = start + n_now, offset + n_all
+    return torch.cat(tokens), ids, sizes
 
 
 def v2drop_scores(index: int, x: torch.Tensor, x_in: torch.Tensor, units: list[int]) -> torch.Tensor:

@@ -5,7 +5,8 @@ Insertion points, in the order an image meets them:
 - ``image``: before the model, on the image itself (``downscale`` to the same visual-token budget);
 - ``vision``: inside the vision tower, on whole 2x2 merge units (:mod:`evalsuite.patch.qwen2_vl`:
   ``random``, the encoder ``v2drop`` and the A-ViT-style ``avit`` drop units, ``tome`` merges
-  them, after the blocks of ``layers`` (default three spread over the depth); Qwen2-VL's tower only);
+  them, after the blocks of ``layers`` (default three spread over the depth), Qwen2.5-VL's
+  attention windows kept);
 - ``pre_llm``: between the vision tower and the language model, on the visual tokens
   (:mod:`evalsuite.vlm.select`);
 - ``lm``: inside the language model's prefill (V2Drop, FastV: an entry's ``prefill``).
