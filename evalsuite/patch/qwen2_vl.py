@@ -221,7 +221,8 @@ def v2drop_scores(index: int, x: torch.Tensor, x_in: torch.Tensor, units: list[i
 
 class AttentionReceived:
     """A-ViT-style unit scores: the attention a unit's four rows receive in the dropping block,
-    averaged over heads and over the queries of its image (the tower has no class token).
+    averaged over heads and over the queries that attend to them (the tower has no class token): its
+    image, or its window in a windowed block of Qwen2.5-VL.
 
     The block's attention runs in a fused kernel, so its probabilities are recomputed here from
     the attention module's input: ``qkv``, the rotary embedding, ``softmax(q k^T / sqrt(d))`` per
