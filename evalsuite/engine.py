@@ -62,6 +62,7 @@ class Engine:
         self._started: set[torch.device] = set()  # GPUs this worker has initialised
         self._datasets: dict[str, list[Sample]] = {}
         self._references: dict[tuple[str, str], Reference] = {}
+        self.vlm_references: dict[tuple[str, str], object] = {}  # evalsuite.vlm.case.VLMReference per model x dataset
         self._ocr = None
         self._read_ahead: set[str] = set()  # datasets whose originals the OCR stage was sent ahead
         self.stage_seconds: dict[str, float] = {}
@@ -161,6 +162,10 @@ class Engine:
             samples = self.samples(case.dataset)
             self.last_artifacts = [(sample, TokenPlan.identity((1, 1))) for sample in samples]  # for the reports
             return evaluate_api_case(case, samples, self.settings)
+        if getattr(MODELS.get(case.model.factory), "kind", "encoder") == "vlm":  # asks a VLM; no OCR stage
+            from .vlm.case import evaluate_vlm_case
+
+            return evaluate_vlm_case(self, case, self.model(case.model))
         started = dict(self.stage_seconds)
         ocr = self.start_ocr()  # started with the run, or now
         reading_ahead = 0

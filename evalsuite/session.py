@@ -251,8 +251,11 @@ class EvalSession:
             raise
         result.env["worker"] = self.worker_id or "main"  # which xdist worker ran it (benchmarks.scaling)
         self.config.hook.pytest_evalsuite_result(result=result, case=case)
+        from .vlm.case import not_applicable as vlm_not_applicable  # answer KPIs: VLM cases only, real weights
+
         result.breaches = self.thresholds.check(result.kpis, case.model.id, case.method, case.dataset.id,
-                                                case.id, not_applicable(result.kpis), result.intervals)
+                                                case.id, not_applicable(result.kpis) | vlm_not_applicable(result),
+                                                result.intervals)
         _explain_missing_samples(result)
         scored = sample_counts(result.samples).scored
         if scored < self.thresholds.intervals.min_samples:  # said, not failed: the verdict is partly luck

@@ -161,6 +161,6 @@ def test_a_method_is_refused_where_its_model_offers_none_of_its_insertion_points
     meta = dict(MODELS.meta("dinov2_s14"), insertion=frozenset({"in_llm"}))
     monkeypatch.setitem(MODELS._meta, "dinov2_s14", meta)
     path = write(tmp_path, "[models.dinov2_s14]\n[methods.tome]\nr = 2\n[datasets.samples]\n")
-    with pytest.raises(matrix.MatrixError, match=r"m\.toml: \[methods\.tome\]: tome runs at encoder; "
+    with pytest.raises(matrix.MatrixError, match=r"m\.toml: \[methods\.tome\]: tome runs at encoder, pre_llm, vision_tower; "
                                                  r"model dinov2_s14 \(dinov2_s14\) offers in_llm"):
         matrix.load([path])

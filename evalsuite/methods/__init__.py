@@ -26,6 +26,8 @@ METHODS.register("v2drop", "evalsuite.methods.spec:V2DropSpec")
 METHODS.register("avit", "evalsuite.methods.spec:AViTSpec")
 METHODS.register("random", "evalsuite.methods.spec:RandomSpec")
 METHODS.register("downscale", "evalsuite.methods.spec:DownscaleSpec")
+METHODS.register("visionzip", "evalsuite.methods.spec:VisionZipSpec")  # VLM cases only: before the language model
+METHODS.register("divprune", "evalsuite.methods.spec:DivPruneSpec")  # VLM cases only: before the language model
 METHODS.register("crop", "evalsuite.methods.spec:CropSpec")  # image-side: what is sent to a hosted model
 METHODS.register("slim", "evalsuite.methods.spec:SlimSpec")
 METHODS.register("pack", "evalsuite.methods.spec:PackSpec")

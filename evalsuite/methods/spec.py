@@ -184,11 +184,13 @@ class StagedSpec(MethodSpec):
 class V2DropSpec(StagedSpec):
     name = "v2drop"
     hooks = "evalsuite.methods.v2drop:V2Drop"
+    insertion = frozenset({"encoder", "vision_tower"})
 
 
 class RandomSpec(StagedSpec):
     name = "random"
     hooks = "evalsuite.methods.random_drop:RandomDrop"
+    insertion = frozenset({"encoder", "vision_tower", "pre_llm"})
 
 
 class AViTSpec(StagedSpec):
@@ -196,6 +198,7 @@ class AViTSpec(StagedSpec):
 
     name = "avit"
     hooks = "evalsuite.methods.avit:AViT"
+    insertion = frozenset({"encoder", "vision_tower"})
     keep_param = "sparsity"
     PARAMS = Schema({
         "sparsity": Param(float, REQUIRED, min=0.0, max=1.0, open_max=True, doc="total fraction pruned"),
@@ -250,6 +253,38 @@ class NoneSpec(MethodSpec):
     local or hosted, has its uncompressed case)."""
 
     insertion = INSERTION_POINTS
+
+
+class PreLLMSpec(MethodSpec):
+    """Selection of a VLM's visual tokens between its vision tower and its language model
+    (:mod:`evalsuite.vlm.select`); ``keep`` is the fraction of visual tokens kept per image."""
+
+    insertion = frozenset({"pre_llm"})
+    PARAMS = Schema({"keep": Param(float, REQUIRED, min=0.0, max=1.0, open_min=True,
+                                   doc="fraction of visual tokens kept per image")})
+    zero_params = ({"keep": 1.0},)
+
+    @property
+    def id_part(self) -> str:
+        return f"{self.name}_k{fmt(self.params['keep'])}"
+
+    @property
+    def is_zero(self) -> bool:
+        return self.params["keep"] == 1.0
+
+
+class VisionZipSpec(PreLLMSpec):
+    """VisionZip-style: dominant tokens by attention received, the rest merged into contextual ones."""
+
+    name = "visionzip"
+    PARAMS = PreLLMSpec.PARAMS | {"contextual_ratio": Param(float, None, min=0.0, max=1.0,
+                                                              doc="share of the kept tokens that are contextual")}
+
+
+class DivPruneSpec(PreLLMSpec):
+    """DivPrune: the kept tokens of maximal minimum pairwise distance."""
+
+    name = "divprune"
 
 
 class ImageSideSpec(MethodSpec):

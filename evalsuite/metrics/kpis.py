@@ -481,11 +481,42 @@ register("api_latency_s_p50", False, "s", "latency of the hosted VLM's call for 
          applies=MEASURED)
 register("api_estimate_gap_pct", None, "%", "measured prompt-token saving vs the cost model's image-token saving, in % of the estimate",
          applies=MEASURED)
-register("answer_wer", False, "", "word error rate of the hosted VLM's answer (image sent) against the ground-truth text, mean",
+register("answer_wer", False, "", "word error rate of the VLM's answer (local: corpus-level; hosted: the image sent, mean) against the ground truth",
          applies=MEASURED)
-register("answer_cer", False, "", "character error rate of the hosted VLM's answer (image sent) against the ground-truth text, mean",
+register("answer_cer", False, "", "character error rate of the VLM's answer (local: corpus-level; hosted: the image sent, mean) against the ground truth",
          applies=MEASURED)
 register("answer_wer_original", None, "", "word error rate of the hosted VLM's answer for the original image, mean",
          applies=MEASURED)
 register("answer_fields_found", True, "", "fraction of SROIE key fields found in the hosted VLM's answer (image sent)",
+         applies=MEASURED)
+# VLM cases (evalsuite.vlm.case computes them): tokens_* and compression_latency_* above count the visual
+# tokens into the language model and the pre-LLM selection step; the answers below gate (not from random
+# weights). answer_wer/answer_cer are also the hosted VLM's (evalsuite.api.case) in API cases.
+register("lm_tokens", None, "tokens", "VLM: tokens into the language model per sample (text + visual), mean",
+         applies=MEASURED)
+register("answer_wer_uncompressed", None, "", "VLM: answer_wer of the uncompressed model's answers",
+         applies=MEASURED)
+register("answer_cer_uncompressed", None, "", "VLM: answer_cer of the uncompressed model's answers",
+         applies=MEASURED)
+register("answer_wer_drift", False, "", "VLM: answer_wer - answer_wer_uncompressed",
+         applies=MEASURED)
+register("answer_cer_drift", False, "", "VLM: answer_cer - answer_cer_uncompressed",
+         applies=MEASURED)
+register("answer_agreement", True, "", "VLM: 1 - token edit distance / longer length, answer vs uncompressed answer, mean",
+         applies=MEASURED)
+register("answer_exact_match", True, "", "VLM: fraction of answers token-for-token equal to the uncompressed answer",
+         applies=MEASURED)
+register("answer_sroie_fields_found", True, "", "VLM: fraction of SROIE key fields found in the answer",
+         applies=MEASURED)
+register("vision_ms_p50", False, "ms", "VLM: vision tower (PatchMerger included) per batch, median",
+         applies=MEASURED)
+register("prefill_ms_p50", False, "ms", "VLM: language-model prefill per batch, median",
+         applies=MEASURED)
+register("ttft_ms_p50", False, "ms", "VLM: time to first token per batch (tower + compression + prefill), median",
+         applies=MEASURED)
+register("decode_ms_per_token_p50", False, "ms", "VLM: one eager decode step of the batch, median",
+         applies=MEASURED)
+register("generation_ms_p50", False, "ms", "VLM: image in to last token per batch, median",
+         applies=MEASURED)
+register("prefill_speedup", None, "x", "VLM: uncompressed prefill time / this case's, medians",
          applies=MEASURED)

@@ -54,3 +54,15 @@ MODELS.register("openai_compat", "evalsuite.api.case:openai_compat", insertion=f
 MODELS.register("gigachat", "evalsuite.api.case:gigachat", insertion=frozenset({"image"}), params=Schema({
     **API, "credentials_env": Param(str, "GIGACHAT_CREDENTIALS", doc="the NAME of the variable holding the key"),
     "auth_url": Param(str, None), "scope": Param(str, None), "verify_ssl_certs": Param(bool, None)}))
+# Vision-language models (evalsuite.vlm): methods run in the vision tower, between it and the language
+# model, inside the language model, or on the image; the model's ``insertion`` key picks the point.
+MODELS.register("qwen2_vl", "evalsuite.models.qwen2_vl:create",
+                insertion=frozenset({"vision_tower", "pre_llm", "in_llm", "image"}), params=Schema({
+    "min_pixels": Param(int, REQUIRED, min=1, doc="the processor's pixel floor (pinned: recorded on every row)"),
+    "max_pixels": Param(int, REQUIRED, min=1, doc="the processor's pixel cap"),
+    "max_new_tokens": Param(int, 64, min=1), "insertion": Param(str, "pre_llm", choices=("pre_llm", "vision", "lm")),
+    "repo": Param(str, None, doc="hub id"), "revision": Param(str, None), "path": Param(str, None, doc="local folder"),
+    "manifest": Param(str, None, doc="the folder's manifest (default: manifest.toml in it)"),
+    "config": Param(object, None, doc="random weights: a named config (tiny, qwen2_vl_2b, ...) or a table"),
+    "attn_implementation": Param(str, "sdpa", choices=("sdpa", "eager")),
+    "decoder": Param(str, "eager", doc="decode path: eager, or static (static KV cache, CUDA graph on a GPU)")}))

@@ -31,6 +31,7 @@ from ..spec import MethodSpec, fmt
 class ToMeSpec(MethodSpec):
     name = "tome"
     hooks = "evalsuite.methods.tome.hooks:ToMe"
+    insertion = frozenset({"encoder", "vision_tower", "pre_llm"})
     PARAMS = Schema({
         "merge_factor": Param(float, None, min=0.0, max=1.0, open_max=True,
                               doc="fraction of patch tokens merged away by the last block"),

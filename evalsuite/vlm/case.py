@@ -1,0 +1,398 @@
+"""One VLM case: ask the VLM about every sample, compressed and not, and score its answers.
+
+The engine hands a case whose model family is a VLM (its factory says ``kind = "vlm"``)
+to :func:`evaluate_vlm_case`. The uncompressed pass (images encoded, vision tower,
+greedy answers) runs once per model x dataset (:class:`VLMReference`, kept by the
+engine) and every method of the pair is compared with it. A ``pre_llm`` method reuses
+the reference's visual tokens (the tower computes the same thing) and times its own
+selection; an ``image`` method re-encodes the resized images and runs the tower again.
+
+Per sample: an image the processor refuses, a prompt longer than the context or an
+empty answer fails that sample, named; the rest of the case goes on. A case where the
+language model did not see the planned number of tokens (the compression did not
+fire) fails as a whole (:class:`CompressionNotFired`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..data.sample import Sample, SampleError
+from ..metrics import kpis, similarity
+from ..metrics.latency import synchronize
+from ..ocr.fields import field_hits
+from ..ocr.wer import char_error_rate, word_error_rate
+from ..results import CaseResult, SampleRecord
+from ..workers import thread_map
+from . import prompts
+from .adapter import EncodedImage, InputError, Qwen2VLAdapter
+from .generate import Generation, PrefillInputs, eager_prefill, greedy
+from .methods import VLMMethod, VLMUsageError, resolve
+from .select import kept_count
+
+# KPIs that only a VLM case has: the gate skips them where absent (encoder cases) ...
+VLM_KPIS = ("answer_wer", "answer_cer", "answer_wer_uncompressed", "answer_cer_uncompressed", "answer_wer_drift",
+            "answer_cer_drift", "answer_agreement", "answer_exact_match", "answer_sroie_fields_found")
+# ... and those that judge answer quality, meaningless from random weights: reported, never gated there.
+ANSWER_QUALITY = VLM_KPIS
+# Encoder-feature KPIs a VLM case reports for information only: its answers gate, not its features.
+FEATURE_KPIS = ("feature_cosine_mean", "feature_cosine_p5", "emd")
+
+
+class CompressionNotFired(RuntimeError):
+    """The language model saw another sequence length than the method planned."""
+
+
+def not_applicable(result: CaseResult) -> set[str]:
+    """KPIs the thresholds must not check on ``result`` (the session adds these to its own)."""
+    skipped = {k for k in VLM_KPIS if k not in result.kpis}
+    if "vlm" in result.labels:
+        skipped |= set(FEATURE_KPIS)
+        if "random-weights" in result.labels:
+            skipped |= set(ANSWER_QUALITY)
+    return skipped
+
+
+@dataclass
+class _Pass:
+    """One pass over the answerable samples, in batch order (lists are per sample unless noted)."""
+
+    encoded: list[EncodedImage]
+    prompt_ids: list[list[int]]
+    visual: list[torch.Tensor]  # [N_b, D] visual tokens into the LM (kept ones for a compressed pass)
+    sizes: list[torch.Tensor]  # [N_b] input tokens each stands for
+    answers: list[list[int]]
+    lm_tokens: list[int]
+    planned: list[int]
+    vision_seconds: list[float] = field(default_factory=list)  # per batch
+    compression_seconds: list[float] = field(default_factory=list)  # per batch
+    prefill_seconds: list[float] = field(default_factory=list)  # per batch
+    decode_seconds: list[float] = field(default_factory=list)  # per decode step, all batches
+    generation_seconds: list[float] = field(default_factory=list)  # per batch, image in to last token
+
+
+@dataclass
+class VLMReference:
+    """The uncompressed pass of one model x dataset, shared by every method."""
+
+    samples: list[Sample]
+    errors: list[SampleRecord]
+    images: list  # PIL images of ``samples``
+    full: _Pass
+
+
+def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
+    """Run ``case`` (a :class:`~evalsuite.matrix.CaseSpec` of a VLM model) -> :class:`CaseResult`."""
+    method = resolve(case.method, case.params, adapter.insertion)  # a usage error before any work
+    if method.point == "vision" and method.tower is not None:
+        from ..patch.qwen2_vl import UnsupportedTower, check_supported
+
+        try:
+            check_supported(adapter.model.model.visual)
+        except UnsupportedTower as exc:
+            raise VLMUsageError(f"model {case.model.id}: {exc}") from None
+    started = dict(engine.stage_seconds)
+    key = (case.model.id, case.dataset.id)
+    if key not in engine.vlm_references:
+        samples = engine.samples(case.dataset)
+        with engine._stage("uncompressed_pass"):
+            engine.vlm_references[key] = _reference(adapter, samples, engine.settings.batch_size)
+    ref = engine.vlm_references[key]
+    result = CaseResult(case.id, case.model.id, case.method, dict(case.params), case.dataset.id,
+                        labels=["vlm", *adapter.labels])
+    result.samples.extend(ref.errors)
+    with engine._stage("compressed_pass"):
+        if case.method == "none":
+            run, errors = ref.full, {}
+        else:
+            run, errors = _compressed(adapter, ref, method, engine.settings.batch_size, engine.settings.seed)
+    _check_fired(case.id, ref, run, errors)
+    records = _records(adapter, ref, run, errors)
+    result.samples.extend(records)
+    result.kpis = _kpis(records, run, ref.full)
+    every = ref.errors + records  # the samples themselves, as every case counts them (no pass on missing data)
+    counted = kpis.CaseData([r for r in every if r.error is None], failed=[r for r in every if r.error is not None])
+    for name in ("scored_share", "samples_scored", "samples_failed"):
+        result.kpis[name] = kpis.KPIS.get(name).aggregate(counted)
+    result.stage_seconds = {k: v - started.get(k, 0.0) for k, v in engine.stage_seconds.items()
+                            if v - started.get(k, 0.0) > 0}
+    result.env = {
+        **adapter.env(), "device": str(adapter.device), "dtype": str(adapter.dtype).removeprefix("torch."),
+        "batch_size": str(engine.settings.batch_size), "seed": str(engine.settings.seed),
+        "insertion": method.point,  # where this method ran (downscale: image, whatever the model's point)
+        **({"gpu_name": torch.cuda.get_device_name(adapter.device)} if adapter.device.type == "cuda" else {}),
+    }
+    if "random-weights" in adapter.labels:
+        result.env["note"] = "random weights: answer WER/CER, drift and agreement are meaningless"
+    engine.last_artifacts = []
+    return result
+
+
+# -- passes ----------------------------------------------------------------------------------
+def _reference(adapter: Qwen2VLAdapter, samples: list[Sample], batch_size: int) -> VLMReference:
+    kept, errors, images, encoded, ids = [], [], [], [], []
+    for sample, image in zip(samples, thread_map(_load_or_error, samples)):
+        try:
+            if isinstance(image, SampleError):
+                raise image
+            enc = adapter.encode(image)
+            prompt = adapter.prompt_ids(prompts.prompt_for(sample), enc.num_tokens)
+        except (SampleError, InputError) as exc:
+            errors.append(SampleRecord(sample.sample_id, sample.doc_type, error=f"{sample.sample_id}: {exc}"))
+            continue
+        kept.append(sample)
+        images.append(image)
+        encoded.append(enc)
+        ids.append(prompt)
+    run = _Pass(encoded, ids, [], [], [], [], [])
+    for start in range(0, len(encoded), batch_size):
+        batch = slice(start, start + batch_size)
+        t0 = _now(adapter.device)
+        visual = _timed(adapter.device, run.vision_seconds, lambda: adapter.vision(encoded[batch]))
+        run.compression_seconds.append(0.0)
+        inputs = adapter.prefill_inputs(ids[batch], encoded[batch], visual)
+        gen = _generate(adapter, inputs, run)
+        run.generation_seconds.append(_now(adapter.device) - t0)
+        run.visual += visual
+        run.sizes += [torch.ones(len(v), device=v.device) for v in visual]
+        run.planned += [len(x) for x in ids[batch]]
+        run.answers += [gen.answer_ids(b, adapter.end_ids) for b in range(len(visual))]
+    return VLMReference(kept, errors, images, run)
+
+
+def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, batch_size: int,
+                seed: int) -> tuple[_Pass, dict[int, str]]:
+    """The method's pass over the reference's samples; sample errors by index into ``ref.samples``."""
+    full = ref.full
+    errors: dict[int, str] = {}
+    if method.point == "image":
+        scale = math.sqrt(method.keep)
+        encoded, ids = [], []
+        for i, (sample, image) in enumerate(zip(ref.samples, ref.images)):
+            try:
+                enc = adapter.encode(image, scale)
+                encoded.append(enc)
+                ids.append(adapter.prompt_ids(prompts.prompt_for(sample), enc.num_tokens))
+            except InputError as exc:
+                errors[i] = f"{sample.sample_id}: {exc}"
+                encoded.append(full.encoded[i])  # kept in step with the samples; the answer is dropped
+                ids.append(full.prompt_ids[i])
+    else:
+        encoded, ids = full.encoded, full.prompt_ids
+    run = _Pass(encoded, ids, [], [], [], [], [])
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(encoded), batch_size):
+        batch = slice(start, start + batch_size)
+        t0 = _now(adapter.device)
+        if method.point == "image":
+            visual = _timed(adapter.device, run.vision_seconds, lambda: adapter.vision(encoded[batch]))
+            run.compression_seconds.append(0.0)  # the resize is part of the processor's work
+            slots, sizes = None, [torch.ones(len(v), device=v.device) for v in visual]
+            planned = [len(x) - e.num_tokens + (e.planned_tokens or e.num_tokens)
+                       for x, e in zip(ids[batch], encoded[batch])]
+        elif method.point == "vision":
+            visual, slots, sizes = _timed(adapter.device, run.vision_seconds,
+                                          lambda: adapter.vision_with_unit_drop(encoded[batch], method, generator))
+            run.compression_seconds.append(0.0)  # inside the tower: its cost is in the tower's time
+            planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
+        elif method.point == "lm":  # all visual tokens enter; the method's prefill drops inside the LM
+            visual = full.visual[batch]
+            run.vision_seconds.append(full.vision_seconds[start // batch_size])
+            t0 -= run.vision_seconds[-1]
+            run.compression_seconds.append(0.0)  # inside the prefill: its cost is in the prefill's time
+            slots, sizes = None, full.sizes[batch]
+            planned = [len(x) for x in ids[batch]]
+        else:
+            # the tower computes what the reference's did: its tokens and time are reused
+            visual = full.visual[batch]
+            run.vision_seconds.append(full.vision_seconds[start // batch_size])
+            t0 -= run.vision_seconds[-1]
+            with _one_thread_on_cpu(adapter.device):
+                picks = _timed(adapter.device, run.compression_seconds,
+                               lambda: [method.select(v, kept_count(len(v), method.keep), generator=generator,
+                                                      **method.options) for v in visual])
+            slots = [index for index, _, _ in picks]
+            visual = [kept for _, kept, _ in picks]
+            sizes = [s for _, _, s in picks]
+            planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
+        inputs = adapter.prefill_inputs(ids[batch], encoded[batch], visual, slots)
+        gen = _generate(adapter, inputs, run, method)
+        run.generation_seconds.append(_now(adapter.device) - t0)
+        run.visual += visual
+        run.sizes += sizes
+        run.planned += planned
+        run.answers += [gen.answer_ids(b, adapter.end_ids) for b in range(len(visual))]
+    return run, errors
+
+
+def _generate(adapter: Qwen2VLAdapter, inputs: PrefillInputs, run: _Pass,
+              method: VLMMethod | None = None) -> Generation:
+    """Greedy answers; a method acting inside the language model brings its own prefill."""
+    prefill = method.prefill(method.params, adapter) if method is not None and method.prefill else eager_prefill
+    gen = greedy(adapter.parts, inputs, adapter.max_new_tokens, adapter.end_ids, adapter.pad_id,
+                 prefill=prefill, decoder=adapter.decoder)
+    run.prefill_seconds.append(gen.prefill_seconds)
+    run.decode_seconds += gen.decode_seconds
+    run.lm_tokens += gen.lm_tokens
+    return gen
+
+
+def _check_fired(case_id: str, ref: VLMReference, run: _Pass, errors: dict[int, str]) -> None:
+    for i, (seen, planned) in enumerate(zip(run.lm_tokens, run.planned)):
+        if i not in errors and seen != planned:
+            raise CompressionNotFired(f"{case_id}: sample {ref.samples[i].sample_id}: the language model saw "
+                                      f"{seen} tokens, the method planned {planned}")
+
+
+# -- scoring ---------------------------------------------------------------------------------
+def _records(adapter: Qwen2VLAdapter, ref: VLMReference, run: _Pass, errors: dict[int, str]) -> list[SampleRecord]:
+    records = []
+    full = ref.full
+    for i, sample in enumerate(ref.samples):
+        if i in errors:
+            records.append(SampleRecord(sample.sample_id, sample.doc_type, error=errors[i]))
+            continue
+        answer = adapter.decode_text(run.answers[i])
+        uncompressed = adapter.decode_text(full.answers[i])
+        # what the compression did holds whatever the answer: the token counts are kept on a failed sample
+        tokens = {"tokens_before": float(full.encoded[i].num_tokens), "tokens_after": float(len(run.visual[i])),
+                  "lm_tokens": float(run.lm_tokens[i])}
+        if not answer.strip():
+            records.append(SampleRecord(sample.sample_id, sample.doc_type, tokens, info={"answer": answer},
+                                        error=f"{sample.sample_id}: empty answer"))
+            continue
+        kpis = {
+            **tokens,
+            "answer_agreement": token_agreement(run.answers[i], full.answers[i]),
+            "answer_exact_match": float(run.answers[i] == full.answers[i]),
+            "feature_cosine": float(similarity.pooled_cosine(_pool(run.visual[i], run.sizes[i])[None],
+                                                             _pool(full.visual[i], full.sizes[i])[None])[0]),
+        }
+        truth = prompts.ground_truth(sample)
+        info = {"answer": answer, "answer_uncompressed": uncompressed}
+        if truth is not None:
+            kpis["answer_wer"] = word_error_rate(answer, truth)
+            kpis["answer_cer"] = char_error_rate(answer, truth)
+            kpis["answer_wer_uncompressed"] = word_error_rate(uncompressed, truth)
+            kpis["answer_cer_uncompressed"] = char_error_rate(uncompressed, truth)
+            info["truth_words"] = len(truth.split())
+            info["truth_chars"] = len(truth)
+        if sample.fields:
+            hits = field_hits(answer, sample.fields)
+            if hits:
+                kpis["answer_sroie_fields_found"] = sum(hits.values()) / len(hits)
+                info["field_hits"] = hits
+        records.append(SampleRecord(sample.sample_id, sample.doc_type, kpis, info))
+    return records
+
+
+def _kpis(records: list[SampleRecord], run: _Pass, full: _Pass) -> dict[str, float]:
+    ok = [r for r in records if r.error is None]
+
+    def mean(key, among=ok):
+        values = [r.kpis[key] for r in among if key in r.kpis]
+        return float(np.mean(values)) if values else float("nan")
+
+    def weighted(key, weight):  # corpus-level: errors over all ground-truth words (characters)
+        pairs = [(r.kpis[key], r.info.get(weight, 0)) for r in ok if key in r.kpis]
+        total = sum(w for _, w in pairs)
+        return sum(v * w for v, w in pairs) / total if total else None
+
+    ms = lambda xs, q: similarity.percentile([x * 1e3 for x in xs], q)  # noqa: E731
+    before, after = mean("tokens_before", records), mean("tokens_after", records)  # empty answers included
+    kpis = {
+        "tokens_before": before,
+        "tokens_after": after,
+        "tokens_reduction_pct": 100.0 * (1.0 - after / before) if before else float("nan"),
+        "lm_tokens": mean("lm_tokens", records),
+        "feature_cosine_mean": mean("feature_cosine"),
+        "feature_cosine_p5": similarity.percentile([r.kpis["feature_cosine"] for r in ok], 5),
+        "answer_agreement": mean("answer_agreement"),
+        "answer_exact_match": mean("answer_exact_match"),
+        "compression_latency_ms_p50": ms(run.compression_seconds, 50),
+        "compression_latency_ms_p95": ms(run.compression_seconds, 95),
+        "vision_ms_p50": ms(run.vision_seconds, 50),
+        "prefill_ms_p50": ms(run.prefill_seconds, 50),
+        "ttft_ms_p50": ms([v + c + p for v, c, p in zip(run.vision_seconds, run.compression_seconds,
+                                                         run.prefill_seconds)], 50),
+        "decode_ms_per_token_p50": ms(run.decode_seconds, 50),
+        "generation_ms_p50": ms(run.generation_seconds, 50),
+        "prefill_speedup": (similarity.percentile(full.prefill_seconds, 50)
+                            / similarity.percentile(run.prefill_seconds, 50)),
+    }
+    for name in ("wer", "cer"):
+        weight = "truth_words" if name == "wer" else "truth_chars"
+        mine, base = weighted(f"answer_{name}", weight), weighted(f"answer_{name}_uncompressed", weight)
+        if mine is not None:
+            kpis[f"answer_{name}"] = mine
+            kpis[f"answer_{name}_uncompressed"] = base
+            kpis[f"answer_{name}_drift"] = mine - base
+    if not math.isnan(mean("answer_sroie_fields_found")):
+        kpis["answer_sroie_fields_found"] = mean("answer_sroie_fields_found")
+    return {k: v for k, v in kpis.items() if not (isinstance(v, float) and math.isnan(v)) or k.startswith("tokens")}
+
+
+def token_agreement(answer: list[int], reference: list[int]) -> float:
+    """Normalised edit similarity of two token sequences: ``1 - levenshtein / max(len)`` (1.0 when both
+    are empty). 1.0 is the same answer token for token; 0.0 shares nothing in place.
+
+    >>> token_agreement([1, 2, 3, 4], [1, 2, 3, 4]), token_agreement([1, 2, 3, 4], [1, 2, 4]), token_agreement([], [5])
+    (1.0, 0.75, 0.0)
+    """
+    if not answer and not reference:
+        return 1.0
+    previous = list(range(len(reference) + 1))
+    for i, a in enumerate(answer, 1):
+        current = [i]
+        for j, b in enumerate(reference, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b)))
+        previous = current
+    return 1.0 - previous[-1] / max(len(answer), len(reference))
+
+
+def _pool(tokens: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """[N, D], [N] -> [D] size-weighted mean (a merged token counts for the tokens it stands for)."""
+    w = sizes.to(tokens.device, torch.float32)[:, None]
+    return ((tokens.float() * w).sum(0) / w.sum()).cpu()
+
+
+def _timed(device: torch.device, sink: list[float], fn):
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    sink.append(time.perf_counter() - start)
+    return out
+
+
+@contextmanager
+def _one_thread_on_cpu(device: torch.device):
+    """The selection is dozens of small ops: on the CPU, handing each to a second thread costs
+    far more than the op (and the figure would measure the host's load, not the method)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _now(device: torch.device) -> float:
+    synchronize(device)
+    return time.perf_counter()
+
+
+def _load_or_error(sample: Sample):
+    try:
+        return sample.load()
+    except SampleError as exc:
+        return exc
