@@ -269,6 +269,8 @@ class Engine:
                     "emd": float(emd[b]),
                 }))
                 index += 1
+        if not outputs:  # no sample could be loaded: nothing to retrieve
+            return records
         # retrieval among the dataset's uncompressed embeddings (evalsuite.metrics.retrieval)
         hits = retrieval.self_hits(torch.cat([out.pooled.cpu() for out in outputs]),
                                    torch.cat([ref_out.pooled for ref_out in ref.outputs]))

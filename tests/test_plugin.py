@@ -215,13 +215,13 @@ def test_a_reader_killed_during_a_case_costs_no_kpi(tmp_path, monkeypatch):
     monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path))  # the reconstruction is read, not found cached
     submit, killed, stages = OcrStage.submit, [], []
 
-    def kill_then_submit(stage, *args):
+    def kill_then_submit(stage, *args, **kwargs):
         stages.append(stage)
         for pid in stage.reader.pids():
             assert str(pid) in Path(f"/proc/{pid}/stat").read_text() and _parent(pid) == os.getpid()
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-        return submit(stage, *args)
+        return submit(stage, *args, **kwargs)
 
     monkeypatch.setattr(OcrStage, "submit", kill_then_submit)
     result = evaluate_once(small_case("tome", {"merge_factor": 0.5}, "tome_f0.5"))
