@@ -29,7 +29,7 @@ def token_emd(
     ``ref_self`` is ``OT(a, a)`` from :func:`self_transport` when the caller
     keeps it (it is the same for every method compared with ``ref``).
     """
-    with _one_thread_on_cpu(ref):
+    with one_thread_on_cpu(ref.device):
         ref = torch.nn.functional.normalize(ref.float(), dim=-1)
         out = torch.nn.functional.normalize(out.float(), dim=-1)
         log_a = _uniform_log_mass(ref)
@@ -44,17 +44,18 @@ def token_emd(
 
 def self_transport(ref: torch.Tensor, epsilon: float = 0.02, iterations: int = 100) -> torch.Tensor:
     """``OT(a, a)`` of uncompressed tokens ``ref`` [B, N, C] -> [B], the ``ref_self`` of :func:`token_emd`."""
-    with _one_thread_on_cpu(ref):
+    with one_thread_on_cpu(ref.device):
         ref = torch.nn.functional.normalize(ref.float(), dim=-1)
         log_a = _uniform_log_mass(ref)
         return _sinkhorn(ref, ref, log_a, log_a, epsilon, iterations)
 
 
 @contextmanager
-def _one_thread_on_cpu(t: torch.Tensor):
-    """Hundreds of small ops: on CPU, thread hand-offs cost far more than the work."""
+def one_thread_on_cpu(device: torch.device):
+    """Hundreds of small ops on ``device``: on the CPU, handing each to another thread costs far more
+    than the op (and a timing would measure the host's load, not the work)."""
     threads = torch.get_num_threads()
-    if t.device.type != "cpu" or threads == 1:
+    if device.type != "cpu" or threads == 1:
         yield
         return
     torch.set_num_threads(1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -213,7 +212,7 @@ def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, b
             visual = full.visual[batch]
             run.vision_seconds.append(full.vision_seconds[start // batch_size])
             t0 -= run.vision_seconds[-1]
-            with _one_thread_on_cpu(adapter.device):
+            with similarity.one_thread_on_cpu(adapter.device):
                 picks = _timed(adapter.device, run.compression_seconds,
                                lambda: [method.select(v, kept_count(len(v), method.keep), generator=generator,
                                                       **method.options) for v in visual])
@@ -369,21 +368,6 @@ def _timed(device: torch.device, sink: list[float], fn):
     synchronize(device)
     sink.append(time.perf_counter() - start)
     return out
-
-
-@contextmanager
-def _one_thread_on_cpu(device: torch.device):
-    """The selection is dozens of small ops: on the CPU, handing each to a second thread costs
-    far more than the op (and the figure would measure the host's load, not the method)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _now(device: torch.device) -> float:
