@@ -271,3 +271,34 @@ def test_the_gpu_matrix_shows_the_encoder_the_whole_page():
     assert cases and all(c.model.needs_gpu for c in cases)
     for case in cases:
         assert all(case.model.image_size >= mode for mode in case.dataset.params["modes"])
+
+
+def test_a_vlm_case_on_text_pages_reports_its_own_read_back_and_ratio(tmp_path):
+    """A VLM case counts the visual tokens into its language model and reads the page back itself:
+    char_accuracy_vlm is 1 - its answer's CER and the ratio is the page's text tokens over them."""
+    import json
+    import subprocess
+    import sys
+
+    matrix = tmp_path / "m.toml"
+    matrix.write_text('[models.qwen2_vl_tiny]\nfactory = "qwen2_vl"\nconfig = "tiny"\nmin_pixels = 3136\n'
+                      'max_pixels = 50176\nmax_new_tokens = 8\n[methods.none]\n[methods.random]\nkeep = 0.5\n'
+                      '[datasets.text_pixels]\npages = 2\nmodes = [512]\nfont_sizes = [24]\n')
+    spool = tmp_path / "spool"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "cases", "-q", "-p", "no:cacheprovider",
+                           "--evalsuite-matrix", str(matrix), "--evalsuite-no-ocr", f"--evalsuite-dsn=spool://{spool}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cases = {}
+    for line in next(spool.glob("*.jsonl")).read_text().splitlines():
+        entry = json.loads(line)
+        if entry["type"] == "case":
+            cases[entry["case"]["method"]] = entry["case"]
+    for case in cases.values():
+        pages = [s for s in case["samples"] if s["error"] is None]
+        assert all(s["kpis"]["char_accuracy_vlm"] == 1 - s["kpis"]["answer_cer"] for s in pages)
+        text = sum(s["kpis"]["text_tokens"] for s in pages)
+        vision = sum(s["kpis"]["tokens_after"] for s in pages)
+        assert abs(case["kpis"]["optical_compression_ratio"] - text / vision) < 1e-9
+        assert all(s["info"]["text_tokenizer"] == "the VLM's own" for s in pages)
+    assert cases["random"]["kpis"]["optical_compression_ratio"] > 1.9 * cases["none"]["kpis"]["optical_compression_ratio"]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data.sample import Sample, SampleError
-from ..metrics import kpis, similarity
+from ..metrics import kpis, similarity, text_tokens
 from ..metrics.latency import synchronize
 from ..ocr.fields import field_hits
 from ..ocr.wer import char_error_rate, word_error_rate
@@ -113,8 +113,10 @@ def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
             run, errors = _compressed(adapter, ref, method, engine.settings.batch_size, engine.settings.seed)
     _check_fired(case.id, ref, run, errors)
     records = _records(adapter, ref, run, errors)
+    _text_pixels_kpis(engine.samples(case.dataset), records, adapter)
     result.samples.extend(records)
     result.kpis = _kpis(records, run, ref.full)
+    result.kpis.update(text_tokens.case_kpis(records))
     every = ref.errors + records  # the samples themselves, as every case counts them (no pass on missing data)
     counted = kpis.CaseData([r for r in every if r.error is None], failed=[r for r in every if r.error is not None])
     for name in ("scored_share", "samples_scored", "samples_failed"):
@@ -368,6 +370,22 @@ def _timed(device: torch.device, sink: list[float], fn):
     synchronize(device)
     sink.append(time.perf_counter() - start)
     return out
+
+
+def _text_pixels_kpis(samples: list[Sample], records: list[SampleRecord], adapter: Qwen2VLAdapter) -> None:
+    """On text_pixels pages: the VLM's own read-back (``vlm_cer`` = its answer's CER) against the visual
+    tokens into its language model, counted with its own tokenizer (evalsuite.metrics.text_tokens)."""
+    by_id = {sample.sample_id: sample for sample in samples}
+    aligned = [(by_id[r.sample_id], r) for r in records if r.sample_id in by_id]
+    for _, record in aligned:
+        if "answer_cer" in record.kpis:
+            record.kpis["vlm_cer"] = record.kpis["answer_cer"]
+        if "tokens_after" in record.kpis:
+            record.kpis["vision_tokens"] = record.kpis["tokens_after"]
+    text_tokens.add_sample_kpis([s for s, _ in aligned], [r for _, r in aligned],
+                                int(adapter.model.config.get_text_config().hidden_size), adapter.dtype.itemsize,
+                                tokenizer=lambda text: adapter.tokenizer(text, add_special_tokens=False)["input_ids"],
+                                tokenizer_name="the VLM's own")
 
 
 def _now(device: torch.device) -> float:
