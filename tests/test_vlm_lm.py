@@ -72,6 +72,7 @@ def test_zero_drop_answers_as_the_unpatched_model(lm_cases, name):
     assert result.kpis["answer_exact_match"] == 1.0 and len(ref.answers[0]) == 6  # all 6 tokens compared
     assert result.kpis["tokens_after"] == result.kpis["tokens_before"] == result.kpis["lm_visual_tokens_layer_avg"]
     assert result.kpis["lm_kv_cache_reduction_pct"] == 0.0 and result.env["insertion"] == "lm"
+    assert run["none"].kpis["lm_kv_cache_bytes"] == result.kpis["lm_kv_cache_bytes"]  # lm_* of the unpatched one
 
 
 def test_dropping_in_the_lm_reports_layer_averaged_tokens_and_the_cut_cache(lm_cases):
