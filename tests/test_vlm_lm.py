@@ -137,6 +137,21 @@ def test_bad_schedules_are_refused_when_the_matrix_is_read(tmp_path, method, par
         read([path])
 
 
+@pytest.mark.parametrize("method,params,message", [
+    ("v2drop", 'preset = "qwen2_vl"', r"layers: layer 3 is not in 1\.\.1: the language model has 2 layers \(model m\)"),
+    ("fastv", "k = 2", r"k: layer 2 is not in 1\.\.1"),
+])
+def test_a_schedule_beyond_a_known_depth_is_refused_when_the_matrix_is_read(tmp_path, method, params, message):
+    """A random-weights config says its depth without loading: the matrix refuses at collection."""
+    path = tmp_path / "lm.toml"
+    path.write_text(f"[models.m]\nfactory = \"qwen2_vl\"\nconfig = \"tiny\"\nmin_pixels = 3136\nmax_pixels = 50176\n"
+                    f"insertion = \"lm\"\n[methods.{method}]\n{params}\n[datasets.samples]\n")
+    with pytest.raises(MatrixError, match=rf"lm\.toml: \[methods\.{method}\] {message}"):
+        load([path])
+    path.write_text(path.read_text().replace('config = "tiny"', 'config = "tiny_deep"'))
+    assert len(load([path])) == 1
+
+
 def test_in_lm_settings_pair_with_language_models_only():
     from evalsuite.vlm.lm_drop import V2DROP_PRESETS
     from evalsuite.methods.spec import V2DROP_PRESET_NAMES

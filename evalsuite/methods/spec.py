@@ -69,6 +69,10 @@ class MethodSpec:
     def check_depth(self, num_layers: int) -> None:
         """Checks that need the model's depth (``num_layers`` blocks); raise :class:`ParamError`."""
 
+    def check_lm_depth(self, num_layers: int) -> None:
+        """Checks of an in-LM setting against a language model of ``num_layers`` layers (the matrix runs
+        them where the model's depth is known without loading it); raise :class:`ParamError`."""
+
     # -- what the controller and the reports read --------------------------------------
     @property
     def id_part(self) -> str:
@@ -181,9 +185,23 @@ class StagedSpec(MethodSpec):
         return out
 
 
-# The published in-LM V2Drop schedules by name; the values are in evalsuite.vlm.lm_drop.V2DROP_PRESETS
-# (torch), a test keeps the two lists equal.
-V2DROP_PRESET_NAMES = ("llava", "qwen2_vl")
+# The published in-LM V2Drop schedules: (LM layers before which visual tokens drop, keep ratios relative
+# to the visual tokens still present). Here, torch-free, so the matrix checks them against a model's depth;
+# evalsuite.vlm.lm_drop runs them.
+V2DROP_PRESETS: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
+    "llava": ((3, 17, 22), (0.5, 0.5, 0.0)),  # the paper's LLaVA-1.5 setting (llava/.../V2Drop.py)
+    "qwen2_vl": ((3, 16, 22), (0.25, 0.05, 0.0)),  # the authors' Qwen2-VL code (Qwen2VL_V2Drop)
+}
+V2DROP_PRESET_NAMES = tuple(V2DROP_PRESETS)
+
+
+def check_lm_layers(key: str, layers: list[int], num_layers: int) -> None:
+    """In-LM drop layers must lie in ``1 .. num_layers - 1`` (the score needs the layer before; a drop at
+    the depth would change nothing); else :class:`ParamError` naming ``key``."""
+    for layer in layers:
+        if not 1 <= layer < num_layers:
+            raise ParamError(key, f"layer {layer} is not in 1..{num_layers - 1}: the language model has "
+                                  f"{num_layers} layers")
 
 
 class V2DropSpec(StagedSpec):
@@ -228,6 +246,12 @@ class V2DropSpec(StagedSpec):
                              "an in-LM schedule runs inside a VLM's language model only (insertion in_llm)")
         super().check_depth(num_layers)
 
+    def check_lm_depth(self, num_layers: int) -> None:
+        layers = self.params.get("layers")
+        if layers is None and "preset" in self.params:
+            layers = V2DROP_PRESETS[self.params["preset"]][0]
+        check_lm_layers("layers", list(layers or []), num_layers)
+
     @property
     def keep_fraction(self) -> float:
         keep = self.params.get("keep", 0.0)
@@ -264,10 +288,8 @@ class FastVSpec(MethodSpec):
                                    doc="fraction of each image's visual tokens kept (the paper's 1 - R)")})
     zero_params = ({"keep": 1.0},)
 
-    def check_depth(self, num_layers: int) -> None:
-        k = self.params.get("k", 2)
-        if k >= num_layers:
-            raise ParamError("k", f"layer {k} is not below the language model's depth {num_layers}")
+    def check_lm_depth(self, num_layers: int) -> None:
+        check_lm_layers("k", [self.params.get("k", 2)], num_layers)
 
     @property
     def id_part(self) -> str:
