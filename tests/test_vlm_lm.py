@@ -197,3 +197,16 @@ def test_a_matrix_with_insertion_lm_runs_end_to_end(tmp_path, one_thread):
     assert v2drop.kpis["tokens_after"] == pytest.approx(expected)
     assert results["fastv"].kpis["answer_exact_match"] == 1.0
     assert all(r.error is None for r in v2drop.samples) and v2drop.kpis["samples_scored"] == 2
+
+
+def test_an_in_lm_drop_that_did_not_fire_fails_the_case(monkeypatch, one_thread):
+    """Every token enters the LM either way: the last layer's visual-token count is what tells."""
+    from evalsuite.vlm import lm_drop
+    from evalsuite.vlm.case import CompressionNotFired
+
+    unpatched = lm_drop.prefill
+    monkeypatch.setattr(lm_drop, "prefill", lambda model, inputs, schedule=lm_drop.NO_DROP: unpatched(model, inputs))
+    engine, model = _engine(), _model("tiny_unfired")
+    with pytest.raises(CompressionNotFired, match=r"v2drop: the last language-model layer saw \[12, 4\] visual "
+                                                  r"tokens per sample, the schedule planned \[6, 2\]"):
+        engine.evaluate(_case(model, "v2drop", {"layers": [1], "keep": [0.5]}))

@@ -18,7 +18,8 @@ answers and the ``*_p50`` timings stay eager (``env``: ``decode_path``, ``lm_dec
 Per sample: an image the processor refuses, a prompt longer than the context or an
 empty answer fails that sample, named; the rest of the case goes on. A case where the
 language model did not see the planned number of tokens (the compression did not
-fire) fails as a whole (:class:`CompressionNotFired`).
+fire; for an ``lm`` method: the last LM layer did not see the visual tokens its schedule
+leaves) fails as a whole (:class:`CompressionNotFired`).
 """
 
 from __future__ import annotations
@@ -319,8 +320,23 @@ def _lm_generate(adapter: Qwen2VLAdapter, inputs: PrefillInputs, schedule: lm_dr
     run.decode_seconds += gen.decode_seconds
     run.lm_tokens += gen.lm_tokens
     layers = torch.tensor(result.visual_tokens_by_sample, dtype=torch.float64)  # [num_layers, B]
+    planned = _planned_last_layer(inputs.visual_mask.sum(dim=1).tolist(), schedule)
+    if layers[-1].long().tolist() != planned:  # the input length is unchanged: the last layer tells whether it fired
+        raise CompressionNotFired(f"{schedule.method}: the last language-model layer saw {layers[-1].long().tolist()} "
+                                  f"visual tokens per sample, the schedule planned {planned}")
     run.lm_visual_avg = (run.lm_visual_avg or []) + layers.mean(dim=0).tolist()
     return gen
+
+
+def _planned_last_layer(visual: list[int], schedule: lm_drop.DropSchedule) -> list[int]:
+    """Visual tokens per sample (one image each) the schedule leaves for the last layer: each drop keeps
+    ``floor(n * ratio)`` of the ``n`` still present (lm_drop's rule)."""
+    out = []
+    for n in visual:
+        for ratio in schedule.keep:
+            n = math.floor(n * ratio + 1e-9)
+        out.append(n)
+    return out
 
 
 def _lm_baseline(adapter: Qwen2VLAdapter, ref: VLMReference, index: int, decode: str) -> lm_drop.GenerationResult:
