@@ -81,4 +81,4 @@ MODELS.register("qwen2_vl", "evalsuite.models.qwen2_vl:create", lm_depth=_qwen2_
     "manifest": Param(str, None, doc="the folder's manifest (default: manifest.toml in it)"),
     "config": Param(object, None, doc="random weights: a named config (tiny, qwen2_vl_2b, ...) or a table"),
     "attn_implementation": Param(str, "sdpa", choices=("sdpa", "eager")),
-    "decoder": Param(str, "eager", doc="decode path: eager, or static (lm_* timings on a static KV cache, CUDA graph on a GPU)")}))
+    "decoder": Param(str, "eager", doc="eager, or static: lm_* timings on a static KV cache (CUDA graph on a GPU)")}))

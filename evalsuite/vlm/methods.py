@@ -109,9 +109,8 @@ class VLMMethod:
 def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm", num_layers: int | None = None) -> VLMMethod:
     """Method ``name`` with matrix ``params`` at the model's ``insertion`` point, or :class:`VLMUsageError`.
 
-    An in-LM dropping method (an entry's ``lm_drop``) gets its schedule checked against ``num_layers``,
-    the language model's depth (a :class:`ScheduleError` naming the key); without it the schedule is
-    left for the caller (``schedule`` None)."""
+    An in-LM dropping method (an entry's ``lm_drop``) needs ``num_layers``, the language model's depth:
+    its schedule is checked against it (a :class:`ScheduleError` naming the key)."""
     if insertion not in INSERTION_POINTS:
         raise VLMUsageError(f"insertion {insertion!r} is not one of {', '.join(INSERTION_POINTS)}")
     entry = TABLE.get(name)
@@ -145,16 +144,15 @@ def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm", num_l
 
 def _in_lm(name: str, entry: Entry, params: dict[str, Any], num_layers: int | None) -> VLMMethod:
     """An in-LM dropping method: its schedule (evalsuite.vlm.lm_drop) replaces the kept fraction."""
-    schedule = None
-    keep = 1.0
-    if num_layers is not None:
-        from .lm_drop import parse_schedule
+    if num_layers is None:  # never run it unpatched for want of a schedule
+        raise VLMUsageError(f"method {name!r}: an in-LM schedule needs the language model's depth (num_layers)")
+    from .lm_drop import parse_schedule
 
-        try:
-            schedule = parse_schedule(entry.lm_drop, params, num_layers)
-        except ValueError as exc:
-            raise ScheduleError(str(exc)) from None
-        keep = 1.0
-        for ratio in schedule.keep:  # what is left after the last drop layer, per image
-            keep *= ratio
+    try:
+        schedule = parse_schedule(entry.lm_drop, params, num_layers)
+    except ValueError as exc:
+        raise ScheduleError(str(exc)) from None
+    keep = 1.0
+    for ratio in schedule.keep:  # what is left after the last drop layer, per image
+        keep *= ratio
     return VLMMethod(name, "lm", keep, None, {}, tower=None, params=dict(params), schedule=schedule)
