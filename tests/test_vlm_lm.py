@@ -82,6 +82,7 @@ def test_dropping_in_the_lm_reports_layer_averaged_tokens_and_the_cut_cache(lm_c
     assert v2drop.kpis["tokens_before"] == 8.0
     assert v2drop.kpis["tokens_after"] == pytest.approx(((12 + 6) / 2 + (4 + 2) / 2) / 2)
     assert fastv.kpis["tokens_after"] == pytest.approx(((12 + 3) / 2 + (4 + 1) / 2) / 2)
+    assert v2drop.env["lm_visual_tokens_per_layer"] == "8,4"  # layer 0: (12 + 4) / 2, layer 1: (6 + 2) / 2
     for result in (v2drop, fastv):
         assert result.kpis["lm_tokens"] == run["none"].kpis["lm_tokens"]  # every token enters: fired, not refused
         assert result.kpis["lm_kv_cache_bytes"] < run["v2drop_zero"].kpis["lm_kv_cache_bytes"]

@@ -157,7 +157,8 @@ def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
         "batch_size": str(engine.settings.batch_size), "seed": str(engine.settings.seed),
         "insertion": method.point,  # where this method ran (downscale: image, whatever the model's point)
         "decode_path": "eager",  # answers, decode_ms_per_token_p50 and the other *_p50 timings
-        **({"lm_decode_path": run.lm_results[0].decode_path} if run.lm_results else {}),  # the lm_* KPIs
+        **({"lm_decode_path": run.lm_results[0].decode_path,  # the lm_* KPIs
+            "lm_visual_tokens_per_layer": _per_layer(run.lm_results)} if run.lm_results else {}),
         **({"gpu_name": torch.cuda.get_device_name(adapter.device)} if adapter.device.type == "cuda" else {}),
     }
     if "random-weights" in adapter.labels:
@@ -347,6 +348,12 @@ def _lm_baseline(adapter: Qwen2VLAdapter, ref: VLMReference, index: int, decode:
         inputs = adapter.prefill_inputs(full.prompt_ids[batch], full.encoded[batch], full.visual[batch])
         ref.lm_baselines[key] = _lm_run(adapter, inputs, lm_drop.NO_DROP, decode)
     return ref.lm_baselines[key]
+
+
+def _per_layer(results: list) -> str:
+    """Visual tokens each LM layer saw, mean per sample over the case's batches: ``"55,55,55,14,..."``."""
+    by_layer = torch.cat([torch.tensor(r.visual_tokens_by_sample, dtype=torch.float64) for r in results], dim=1)
+    return ",".join(f"{v:.4g}" for v in by_layer.mean(dim=1).tolist())
 
 
 def _lm_kpis(run: _Pass) -> dict[str, float]:
