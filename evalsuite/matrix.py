@@ -162,6 +162,7 @@ def expand(files: list[MatrixFile]) -> list[CaseSpec]:
             if not method.spec.insertion & offered:
                 raise MatrixError(f"{method.where}: {method.name} runs at {', '.join(sorted(method.spec.insertion))}; "
                                   f"model {model.id} ({model.factory}) offers {', '.join(sorted(offered))}")
+            _check_lm_depth(model, method)
             case = CaseSpec(model, method.name, method.spec.params, method.spec.id_part, dataset,
                             dict(file.settings), str(file.path))
             case.__dict__["spec"] = method.spec  # the checked spec (cached_property's slot)
@@ -169,6 +170,23 @@ def expand(files: list[MatrixFile]) -> list[CaseSpec]:
                 raise MatrixError(f"{file.path}: case {case.id} is also declared in {cases[case.id].source}")
             cases[case.id] = case
     return list(cases.values())
+
+
+def _check_lm_depth(model: ModelSpec, method: MethodEntry) -> None:
+    """An in-LM setting against the model's language-model depth where its registration can tell it
+    without loading (``lm_depth``); elsewhere the case checks it once the model is loaded."""
+    from .models import MODELS
+
+    spec = method.spec
+    runs_in_lm = "in_llm" in spec.insertion and (model.params.get("insertion") == "lm" or spec.insertion == {"in_llm"})
+    depth_of = MODELS.meta(model.factory).get("lm_depth")
+    depth = depth_of(model.params) if runs_in_lm and depth_of is not None else None
+    if depth is None:
+        return
+    try:
+        spec.check_lm_depth(depth)
+    except ParamError as exc:
+        raise MatrixError(f"{method.where} {exc} (model {model.id})") from None
 
 
 def _read_file(path: Path, settings: dict[str, int]) -> MatrixFile:

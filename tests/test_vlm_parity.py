@@ -95,7 +95,8 @@ def generated(tiny):
 
 
 def test_every_vlm_method_is_listed_for_parity():
-    assert {name for name, _ in ZERO} | {"avit", "v2drop"} == set(TABLE)
+    assert {name for name, _ in ZERO} | {"avit", "v2drop", "fastv"} == set(TABLE)
+    assert {name for name, _ in LM_ZERO} == {n for n, e in TABLE.items() if e.lm_drop is not None}
     assert {name for name, _ in TOWER_ZERO} == {n for n, e in TABLE.items() if e.tower is not None}
 
 
@@ -263,3 +264,19 @@ def test_zero_compression_answers_as_generate_2b_bf16(name, params):
     images = _images(((448, 336), (336, 336)))
     answers, _, encoded, ids = _answers(adapter, images, name, params)
     assert answers == _reference_generate(adapter, encoded, ids)
+
+
+LM_ZERO = [("v2drop", {"layers": [1], "keep": 1.0}), ("fastv", {"k": 1, "keep": 1.0})]
+
+
+@pytest.mark.parametrize("name,params", LM_ZERO, ids=[n for n, _ in LM_ZERO])
+def test_zero_drop_inside_the_language_model_answers_as_generate(tiny, generated, name, params):
+    """The VLM case's in-LM path (lm_drop's own layer loop and KV cache, from the adapter's inputs) at zero."""
+    from evalsuite.vlm.case import _lm_run
+
+    method = resolve(name, params, "lm", tiny.num_layers)
+    encoded = [tiny.encode(image) for image in _images()]
+    ids = [tiny.prompt_ids("Read all the text.", e.num_tokens) for e in encoded]
+    inputs = tiny.prefill_inputs(ids, encoded, tiny.vision(encoded))
+    result = _lm_run(tiny, inputs, method.schedule, "eager")
+    assert [_trim(row, tiny.end_ids) for row in result.tokens.tolist()] == generated

@@ -23,6 +23,7 @@ METHODS: Registry[type[MethodSpec]] = Registry("method", "evalsuite.methods")
 METHODS.register("none", "evalsuite.methods.spec:NoneSpec")
 METHODS.register("tome", "evalsuite.methods.tome.spec:ToMeSpec")
 METHODS.register("v2drop", "evalsuite.methods.spec:V2DropSpec")
+METHODS.register("fastv", "evalsuite.methods.spec:FastVSpec")  # VLM cases only: inside the language model
 METHODS.register("avit", "evalsuite.methods.spec:AViTSpec")
 METHODS.register("random", "evalsuite.methods.spec:RandomSpec")
 METHODS.register("downscale", "evalsuite.methods.spec:DownscaleSpec")

@@ -69,6 +69,10 @@ class MethodSpec:
     def check_depth(self, num_layers: int) -> None:
         """Checks that need the model's depth (``num_layers`` blocks); raise :class:`ParamError`."""
 
+    def check_lm_depth(self, num_layers: int) -> None:
+        """Checks of an in-LM setting against a language model of ``num_layers`` layers (the matrix runs
+        them where the model's depth is known without loading it); raise :class:`ParamError`."""
+
     # -- what the controller and the reports read --------------------------------------
     @property
     def id_part(self) -> str:
@@ -181,10 +185,119 @@ class StagedSpec(MethodSpec):
         return out
 
 
+# The published in-LM V2Drop schedules: (LM layers before which visual tokens drop, keep ratios relative
+# to the visual tokens still present). Here, torch-free, so the matrix checks them against a model's depth;
+# evalsuite.vlm.lm_drop runs them.
+V2DROP_PRESETS: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
+    "llava": ((3, 17, 22), (0.5, 0.5, 0.0)),  # the paper's LLaVA-1.5 setting (llava/.../V2Drop.py)
+    "qwen2_vl": ((3, 16, 22), (0.25, 0.05, 0.0)),  # the authors' Qwen2-VL code (Qwen2VL_V2Drop)
+}
+V2DROP_PRESET_NAMES = tuple(V2DROP_PRESETS)
+
+
+def check_lm_layers(key: str, layers: list[int], num_layers: int) -> None:
+    """In-LM drop layers must lie in ``1 .. num_layers - 1`` (the score needs the layer before; a drop at
+    the depth would change nothing); else :class:`ParamError` naming ``key``."""
+    for layer in layers:
+        if not 1 <= layer < num_layers:
+            raise ParamError(key, f"layer {layer} is not in 1..{num_layers - 1}: the language model has "
+                                  f"{num_layers} layers")
+
+
 class V2DropSpec(StagedSpec):
+    """V2Drop in an encoder or a VLM's vision tower (``keep`` a total fraction, ``layers`` optional), or
+    inside a VLM's language model (:mod:`evalsuite.vlm.lm_drop`): there ``layers`` are the LM layers
+    before which tokens drop and ``keep`` one ratio for all or one per layer (each relative to the
+    visual tokens still present, 0 allowed), or ``preset`` a published schedule. A ``preset`` or a
+    list of ratios is an in-LM schedule only."""
+
     name = "v2drop"
     hooks = "evalsuite.methods.v2drop:V2Drop"
-    insertion = frozenset({"encoder", "vision_tower"})
+    insertion = frozenset({"encoder", "vision_tower", "in_llm"})
+    PARAMS = Schema({
+        "keep": Param(object, None, doc="total fraction kept (encoder, tower), or in-LM ratios per layer"),
+        "layers": StagedSpec.PARAMS.params["layers"],
+        "preset": Param(str, None, choices=V2DROP_PRESET_NAMES, doc="in-LM: a published schedule"),
+    })
+    _LM_RATIOS = Param(list, items=float, min=0.0, max=1.0)
+
+    def validate(self) -> None:
+        keep, preset = self.params.get("keep"), self.params.get("preset")
+        if keep is None and preset is None:
+            raise ParamError("keep", "is required (or give an in-LM preset: " + ", ".join(V2DROP_PRESET_NAMES) + ")")
+        if isinstance(keep, list):
+            self.params["keep"] = self._LM_RATIOS.check("keep", keep)
+            if len(keep) != len(self.params.get("layers") or []) and preset is None:
+                raise ParamError("keep", f"{len(keep)} ratios need as many layers, got layers = "
+                                         f"{self.params.get('layers')}")
+        elif keep is not None:
+            self.params["keep"] = StagedSpec.PARAMS.params["keep"].check("keep", keep)
+        super().validate()
+        if self.in_llm_only:  # an instance attribute: the matrix pairs this setting with in-LM models only
+            self.insertion = frozenset({"in_llm"})
+
+    @property
+    def in_llm_only(self) -> bool:
+        return "preset" in self.params or isinstance(self.params.get("keep"), list)
+
+    def check_depth(self, num_layers: int) -> None:
+        if self.in_llm_only:
+            raise ParamError("preset" if "preset" in self.params else "keep",
+                             "an in-LM schedule runs inside a VLM's language model only (insertion in_llm)")
+        super().check_depth(num_layers)
+
+    def check_lm_depth(self, num_layers: int) -> None:
+        layers = self.params.get("layers")
+        if layers is None and "preset" in self.params:
+            layers = V2DROP_PRESETS[self.params["preset"]][0]
+        check_lm_layers("layers", list(layers or []), num_layers)
+
+    @property
+    def keep_fraction(self) -> float:
+        keep = self.params.get("keep", 0.0)
+        return math.prod(keep) if isinstance(keep, list) else keep
+
+    @property
+    def is_zero(self) -> bool:
+        keep = self.params.get("keep")
+        if "preset" in self.params and keep is None:
+            return False
+        return all(k == 1.0 for k in keep) if isinstance(keep, list) else keep == 1.0
+
+    @property
+    def id_part(self) -> str:
+        if not self.in_llm_only:
+            return super().id_part
+        keep = self.params.get("keep")
+        parts = [self.name] + ([self.params["preset"]] if "preset" in self.params else [])
+        if self.params.get("layers"):
+            parts.append("l" + "-".join(map(str, self.params["layers"])))
+        if keep is not None:
+            parts.append("k" + "-".join(fmt(k) for k in (keep if isinstance(keep, list) else [keep])))
+        return "_".join(parts)
+
+
+class FastVSpec(MethodSpec):
+    """FastV inside a VLM's language model (:mod:`evalsuite.vlm.lm_drop`): before LM layer ``k`` keep the
+    fraction ``keep`` of each image's visual tokens that the last token attended to most at layer ``k - 1``."""
+
+    name = "fastv"
+    insertion = frozenset({"in_llm"})
+    PARAMS = Schema({"k": Param(int, 2, min=1, doc="the LM layer before which tokens drop (the paper's K)"),
+                     "keep": Param(float, 0.5, min=0.0, max=1.0, open_min=True,
+                                   doc="fraction of each image's visual tokens kept (the paper's 1 - R)")})
+    zero_params = ({"keep": 1.0},)
+
+    def check_lm_depth(self, num_layers: int) -> None:
+        check_lm_layers("k", [self.params.get("k", 2)], num_layers)
+
+    @property
+    def id_part(self) -> str:
+        return f"fastv_l{self.params.get('k', 2)}_k{fmt(self.params.get('keep', 0.5))}"
+
+    @property
+    def is_zero(self) -> bool:
+        return self.params.get("keep", 0.5) == 1.0
 
 
 class RandomSpec(StagedSpec):

@@ -56,7 +56,23 @@ MODELS.register("gigachat", "evalsuite.api.case:gigachat", insertion=frozenset({
     "auth_url": Param(str, None), "scope": Param(str, None), "verify_ssl_certs": Param(bool, None)}))
 # Vision-language models (evalsuite.vlm): methods run in the vision tower, between it and the language
 # model, inside the language model, or on the image; the model's ``insertion`` key picks the point.
-MODELS.register("qwen2_vl", "evalsuite.models.qwen2_vl:create",
+def _qwen2_vl_lm_depth(params: dict) -> int | None:
+    """The language model's depth where the matrix table says it without loading (random weights from a
+    named config or a table); None otherwise (a hub id or folder: checked when the case loads the model)."""
+    config = params.get("config")
+    if config is None:
+        return None
+    from ..vlm import configs  # no torch
+
+    try:
+        raw = configs.named(config) if isinstance(config, str) else dict(config)
+    except ValueError:
+        return None  # an unknown name: the factory says so with the known ones
+    depth = raw.get("text_config", raw).get("num_hidden_layers")
+    return depth if isinstance(depth, int) else None
+
+
+MODELS.register("qwen2_vl", "evalsuite.models.qwen2_vl:create", lm_depth=_qwen2_vl_lm_depth,
                 insertion=frozenset({"vision_tower", "pre_llm", "in_llm", "image"}), params=Schema({
     "min_pixels": Param(int, REQUIRED, min=1, doc="the processor's pixel floor (pinned: recorded on every row)"),
     "max_pixels": Param(int, REQUIRED, min=1, doc="the processor's pixel cap"),
@@ -65,4 +81,4 @@ MODELS.register("qwen2_vl", "evalsuite.models.qwen2_vl:create",
     "manifest": Param(str, None, doc="the folder's manifest (default: manifest.toml in it)"),
     "config": Param(object, None, doc="random weights: a named config (tiny, qwen2_vl_2b, ...) or a table"),
     "attn_implementation": Param(str, "sdpa", choices=("sdpa", "eager")),
-    "decoder": Param(str, "eager", doc="decode path: eager, or static (static KV cache, CUDA graph on a GPU)")}))
+    "decoder": Param(str, "eager", doc="eager, or static: lm_* timings on a static KV cache (CUDA graph on a GPU)")}))

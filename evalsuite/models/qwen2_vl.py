@@ -10,10 +10,11 @@ Matrix parameters (one source):
 
 and, always: ``min_pixels``, ``max_pixels`` (the image processor's resize bounds, pinned:
 published comparisons differ by them), ``max_new_tokens`` (default 64), ``insertion``
-(``pre_llm`` or ``vision``, default ``pre_llm``: where hidden-state methods run),
-``attn_implementation`` (default ``sdpa``), ``decoder`` (a name of
-:data:`evalsuite.vlm.generate.DECODERS`, default ``eager``). ``image_size`` is not used: the processor's
-bounds set the resolution.
+(``pre_llm``, ``vision`` or ``lm``, default ``pre_llm``: where hidden-state methods run; ``lm``:
+inside the language model, V2Drop and FastV), ``attn_implementation`` (default ``sdpa``), ``decoder``
+(a name of :data:`evalsuite.vlm.generate.DECODERS`, default ``eager``; ``static``: the ``lm_*``
+latency KPIs come from a static KV cache, a CUDA graph on a GPU, answers still eager).
+``image_size`` is not used: the processor's bounds set the resolution.
 """
 
 from __future__ import annotations

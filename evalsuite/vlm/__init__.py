@@ -5,6 +5,8 @@
   random-weight configurations: :mod:`.configs`, offline tokenizer: :mod:`.tokenizer`);
 - :mod:`.generate` evalsuite's greedy loop with a swappable prefill and decoder;
 - :mod:`.select` pure-torch visual-token selections between the tower and the language model;
+- :mod:`.lm_drop` V2Drop and FastV inside the language model (its own layer loop and KV cache),
+  :mod:`.static_decode` decoding on a static KV cache (a captured CUDA graph on a GPU);
 - :mod:`.methods` which method runs at which insertion point;
 - :mod:`.prompts` what each dataset asks; :mod:`.case` one VLM case through the engine.
 """

@@ -6,17 +6,27 @@ greedy answers) runs once per model x dataset (:class:`VLMReference`, kept by th
 engine) and every method of the pair is compared with it. A ``pre_llm`` method reuses
 the reference's visual tokens (the tower computes the same thing) and times its own
 selection; an ``image`` method re-encodes the resized images and runs the tower again.
+An ``lm`` method (V2Drop, FastV inside the language model) gets every visual token and
+generates with :func:`evalsuite.vlm.lm_drop.generate` on its schedule; its ``lm_*`` KPIs
+are against the same model's unpatched run through the same code on the same batches
+(``lm_drop.kpis``; run once per model x dataset and decode path, kept in the reference),
+and ``tokens_after`` is the layer-averaged visual-token count. With ``decoder = "static"``
+on the model every case also times generation on the static-cache path
+(:mod:`evalsuite.vlm.static_decode`, a CUDA graph on a GPU) for its ``lm_*`` figures;
+answers and the ``*_p50`` timings stay eager (``env``: ``decode_path``, ``lm_decode_path``).
 
 Per sample: an image the processor refuses, a prompt longer than the context or an
 empty answer fails that sample, named; the rest of the case goes on. A case where the
 language model did not see the planned number of tokens (the compression did not
-fire) fails as a whole (:class:`CompressionNotFired`).
+fire; for an ``lm`` method: the last LM layer did not see the visual tokens its schedule
+leaves) fails as a whole (:class:`CompressionNotFired`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +39,10 @@ from ..ocr.fields import field_hits
 from ..ocr.wer import char_error_rate, word_error_rate
 from ..results import CaseResult, SampleRecord
 from ..workers import thread_map
-from . import prompts
+from . import lm_drop, prompts
 from .adapter import EncodedImage, InputError, Qwen2VLAdapter
-from .generate import Generation, PrefillInputs, eager_prefill, greedy
-from .methods import VLMMethod, VLMUsageError, resolve
+from .generate import Generation, PrefillInputs, _lengths, eager_prefill, greedy
+from .methods import ScheduleError, VLMMethod, VLMUsageError, resolve
 from .select import kept_count
 
 # KPIs that only a VLM case has: the gate skips them where absent (encoder cases) ...
@@ -74,6 +84,11 @@ class _Pass:
     prefill_seconds: list[float] = field(default_factory=list)  # per batch
     decode_seconds: list[float] = field(default_factory=list)  # per decode step, all batches
     generation_seconds: list[float] = field(default_factory=list)  # per batch, image in to last token
+    # lm_drop runs timed for the lm_* KPIs (per batch: this pass's, the unpatched model's), and per sample
+    # the layer-averaged visual tokens of an in-LM method (None: the tokens into the LM are what it saw)
+    lm_results: list = field(default_factory=list)
+    lm_baselines: list = field(default_factory=list)
+    lm_visual_avg: list[float] | None = None
 
 
 @dataclass
@@ -84,11 +99,20 @@ class VLMReference:
     errors: list[SampleRecord]
     images: list  # PIL images of ``samples``
     full: _Pass
+    batch_size: int = 8
+    # (decode path, batch index) -> lm_drop.GenerationResult of the unpatched model on that batch
+    lm_baselines: dict = field(default_factory=dict)
 
 
 def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
     """Run ``case`` (a :class:`~evalsuite.matrix.CaseSpec` of a VLM model) -> :class:`CaseResult`."""
-    method = resolve(case.method, case.params, adapter.insertion)  # a usage error before any work
+    try:  # a usage error before any work; an in-LM schedule is checked against the LM's depth
+        method = resolve(case.method, case.params, adapter.insertion, adapter.num_layers)
+    except ScheduleError as exc:
+        from ..matrix import MatrixError
+
+        raise MatrixError(f"{case.source}: [methods.{case.method}] {exc} "
+                          f"(model {case.model.id} has {adapter.num_layers} language-model layers)") from None
     if method.point == "vision" and method.tower is not None:
         from ..patch.qwen2_vl import UnsupportedTower, check_supported
 
@@ -102,6 +126,7 @@ def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
         samples = engine.samples(case.dataset)
         with engine._stage("uncompressed_pass"):
             engine.vlm_references[key] = _reference(adapter, samples, engine.settings.batch_size)
+            engine.vlm_references[key].batch_size = engine.settings.batch_size
     ref = engine.vlm_references[key]
     result = CaseResult(case.id, case.model.id, case.method, dict(case.params), case.dataset.id,
                         labels=["vlm", *adapter.labels])
@@ -109,6 +134,11 @@ def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
     with engine._stage("compressed_pass"):
         if case.method == "none":
             run, errors = ref.full, {}
+            if _timing(adapter) != "eager" or adapter.insertion == "lm":  # the unpatched model's lm_* figures
+                run = _Pass(**{**ref.full.__dict__, "lm_results": [], "lm_baselines": []})
+                for index in range(math.ceil(len(run.encoded) / ref.batch_size)):
+                    run.lm_baselines.append(_lm_baseline(adapter, ref, index, _timing(adapter)))
+                run.lm_results = list(run.lm_baselines)
         else:
             run, errors = _compressed(adapter, ref, method, engine.settings.batch_size, engine.settings.seed)
     _check_fired(case.id, ref, run, errors)
@@ -127,6 +157,9 @@ def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
         **adapter.env(), "device": str(adapter.device), "dtype": str(adapter.dtype).removeprefix("torch."),
         "batch_size": str(engine.settings.batch_size), "seed": str(engine.settings.seed),
         "insertion": method.point,  # where this method ran (downscale: image, whatever the model's point)
+        "decode_path": "eager",  # answers, decode_ms_per_token_p50 and the other *_p50 timings
+        **({"lm_decode_path": run.lm_results[0].decode_path,  # the lm_* KPIs
+            "lm_visual_tokens_per_layer": _per_layer(run.lm_results)} if run.lm_results else {}),
         **({"gpu_name": torch.cuda.get_device_name(adapter.device)} if adapter.device.type == "cuda" else {}),
     }
     if "random-weights" in adapter.labels:
@@ -223,7 +256,14 @@ def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, b
             sizes = [s for _, _, s in picks]
             planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
         inputs = adapter.prefill_inputs(ids[batch], encoded[batch], visual, slots)
-        gen = _generate(adapter, inputs, run, method)
+        if method.schedule is not None:  # V2Drop, FastV: lm_drop's prefill and decode
+            gen = _lm_generate(adapter, inputs, method.schedule, run)
+        else:
+            gen = _generate(adapter, inputs, run, method)
+            if _timing(adapter) != "eager":  # the same inputs timed on the static path
+                run.lm_results.append(_lm_run(adapter, inputs, lm_drop.NO_DROP, _timing(adapter)))
+        if run.lm_results:
+            run.lm_baselines.append(_lm_baseline(adapter, ref, start // batch_size, _timing(adapter)))
         run.generation_seconds.append(_now(adapter.device) - t0)
         run.visual += visual
         run.sizes += sizes
@@ -244,6 +284,93 @@ def _generate(adapter: Qwen2VLAdapter, inputs: PrefillInputs, run: _Pass,
     return gen
 
 
+def _timing(adapter: Qwen2VLAdapter) -> str:
+    """The lm_drop decode path of the lm_* latency KPIs: the model's decoder's ``timing`` (eager or static)."""
+    return getattr(adapter.decoder, "timing", "eager")
+
+
+_WARM: "weakref.WeakKeyDictionary[Qwen2VLAdapter, set[str]]" = weakref.WeakKeyDictionary()  # warmed decode paths
+
+
+def _lm_run(adapter: Qwen2VLAdapter, inputs: PrefillInputs, schedule: lm_drop.DropSchedule,
+            decode: str) -> lm_drop.GenerationResult:
+    """lm_drop's greedy generation on the batch ``inputs`` (one image per sample: its visual tokens are group 1)."""
+    lm_inputs = lm_drop.LMInputs(inputs.inputs_embeds, inputs.position_ids, inputs.attention_mask.bool(),
+                                 inputs.visual_mask.long())
+    warm = _WARM.setdefault(adapter, set())
+    with torch.inference_mode():
+        if decode not in warm:  # the first run of a path pays lazy inits and allocations: untimed, else the
+            warm.add(decode)    # baseline (usually run first) would look slow and every speedup too good
+            lm_drop.generate(adapter.model, lm_inputs, schedule, adapter.max_new_tokens, decode=decode,
+                             eos_token_id=sorted(adapter.end_ids), pad_token_id=adapter.pad_id)
+        return lm_drop.generate(adapter.model, lm_inputs, schedule, adapter.max_new_tokens, decode=decode,
+                                eos_token_id=sorted(adapter.end_ids), pad_token_id=adapter.pad_id)
+
+
+def _lm_generate(adapter: Qwen2VLAdapter, inputs: PrefillInputs, schedule: lm_drop.DropSchedule,
+                 run: _Pass) -> Generation:
+    """An in-LM method's batch: answers (and the eager timings) from lm_drop's eager path; the lm_* timings
+    from the model's timing path (the eager run itself, or a second run on the static path)."""
+    result = _lm_run(adapter, inputs, schedule, "eager")
+    timed = result if _timing(adapter) == "eager" else _lm_run(adapter, inputs, schedule, _timing(adapter))
+    run.lm_results.append(timed)
+    steps = result.tokens.shape[1] - 1  # the first token comes from the prefill
+    lm_tokens = inputs.attention_mask.sum(dim=1).tolist()
+    gen = Generation(result.tokens, _lengths(result.tokens, adapter.end_ids), lm_tokens, result.prefill_s,
+                     [result.decode_s_per_token] * steps)
+    run.prefill_seconds.append(gen.prefill_seconds)
+    run.decode_seconds += gen.decode_seconds
+    run.lm_tokens += gen.lm_tokens
+    layers = torch.tensor(result.visual_tokens_by_sample, dtype=torch.float64)  # [num_layers, B]
+    planned = _planned_last_layer(inputs.visual_mask.sum(dim=1).tolist(), schedule)
+    if layers[-1].long().tolist() != planned:  # the input length is unchanged: the last layer tells whether it fired
+        raise CompressionNotFired(f"{schedule.method}: the last language-model layer saw {layers[-1].long().tolist()} "
+                                  f"visual tokens per sample, the schedule planned {planned}")
+    run.lm_visual_avg = (run.lm_visual_avg or []) + layers.mean(dim=0).tolist()
+    return gen
+
+
+def _planned_last_layer(visual: list[int], schedule: lm_drop.DropSchedule) -> list[int]:
+    """Visual tokens per sample (one image each) the schedule leaves for the last layer: each drop keeps
+    ``floor(n * ratio)`` of the ``n`` still present (lm_drop's rule)."""
+    out = []
+    for n in visual:
+        for ratio in schedule.keep:
+            n = math.floor(n * ratio + 1e-9)
+        out.append(n)
+    return out
+
+
+def _lm_baseline(adapter: Qwen2VLAdapter, ref: VLMReference, index: int, decode: str) -> lm_drop.GenerationResult:
+    """The unpatched model's lm_drop run on the reference's batch ``index`` (once per decode path)."""
+    key = (decode, index)
+    if key not in ref.lm_baselines:
+        full, batch = ref.full, slice(index * ref.batch_size, (index + 1) * ref.batch_size)
+        inputs = adapter.prefill_inputs(full.prompt_ids[batch], full.encoded[batch], full.visual[batch])
+        ref.lm_baselines[key] = _lm_run(adapter, inputs, lm_drop.NO_DROP, decode)
+    return ref.lm_baselines[key]
+
+
+def _per_layer(results: list) -> str:
+    """Visual tokens each LM layer saw, mean per sample over the case's batches: ``"55,55,55,14,..."``."""
+    by_layer = torch.cat([torch.tensor(r.visual_tokens_by_sample, dtype=torch.float64) for r in results], dim=1)
+    return ",".join(f"{v:.4g}" for v in by_layer.mean(dim=1).tolist())
+
+
+def _lm_kpis(run: _Pass) -> dict[str, float]:
+    """lm_drop's KPIs of each batch against the unpatched model's run of that batch, median over batches;
+    the layer-averaged visual tokens as a mean per sample."""
+    if not run.lm_results:
+        return {}
+    per_batch = [lm_drop.kpis(result, base) for result, base in zip(run.lm_results, run.lm_baselines)]
+    out = {key: float(np.median([k[key] for k in per_batch])) for key in per_batch[0]
+           if key != "lm_visual_tokens_per_layer"}  # a list per layer: in the case's env, not a KPI value
+    per_sample = [v for r in run.lm_results for v in torch.tensor(r.visual_tokens_by_sample, dtype=torch.float64)
+                  .mean(dim=0).tolist()]
+    out["lm_visual_tokens_layer_avg"] = float(np.mean(per_sample))
+    return out
+
+
 def _check_fired(case_id: str, ref: VLMReference, run: _Pass, errors: dict[int, str]) -> None:
     for i, (seen, planned) in enumerate(zip(run.lm_tokens, run.planned)):
         if i not in errors and seen != planned:
@@ -262,7 +389,8 @@ def _records(adapter: Qwen2VLAdapter, ref: VLMReference, run: _Pass, errors: dic
         answer = adapter.decode_text(run.answers[i])
         uncompressed = adapter.decode_text(full.answers[i])
         # what the compression did holds whatever the answer: the token counts are kept on a failed sample
-        tokens = {"tokens_before": float(full.encoded[i].num_tokens), "tokens_after": float(len(run.visual[i])),
+        after = run.lm_visual_avg[i] if run.lm_visual_avg is not None else len(run.visual[i])  # in-LM: layer-averaged
+        tokens = {"tokens_before": float(full.encoded[i].num_tokens), "tokens_after": float(after),
                   "lm_tokens": float(run.lm_tokens[i])}
         if not answer.strip():
             records.append(SampleRecord(sample.sample_id, sample.doc_type, tokens, info={"answer": answer},
@@ -327,6 +455,7 @@ def _kpis(records: list[SampleRecord], run: _Pass, full: _Pass) -> dict[str, flo
         "prefill_speedup": (similarity.percentile(full.prefill_seconds, 50)
                             / similarity.percentile(run.prefill_seconds, 50)),
     }
+    kpis.update(_lm_kpis(run))
     for name in ("wer", "cer"):
         weight = "truth_words" if name == "wer" else "truth_chars"
         mine, base = weighted(f"answer_{name}", weight), weighted(f"answer_{name}_uncompressed", weight)

@@ -83,11 +83,15 @@ TINY_QWEN2_5_VL = {
     },
 }
 
-NAMED = {"qwen2_vl_2b": QWEN2_VL_2B, "tiny": TINY, "tiny_qwen2_5_vl": TINY_QWEN2_5_VL}
+# As deep as the 2B model's language model (28 layers) but as narrow as TINY: the published in-LM
+# V2Drop schedules (drops before layers 3/16/22) fit, and it still runs in seconds on a CPU.
+TINY_DEEP = {**TINY, "num_hidden_layers": 28, "max_window_layers": 28}
+
+NAMED = {"qwen2_vl_2b": QWEN2_VL_2B, "tiny": TINY, "tiny_deep": TINY_DEEP, "tiny_qwen2_5_vl": TINY_QWEN2_5_VL}
 
 
 def named(name: str) -> dict:
-    """A copy of configuration ``name`` (``qwen2_vl_2b`` or ``tiny``)."""
+    """A copy of configuration ``name`` (a key of :data:`NAMED`)."""
     if name not in NAMED:
         raise ValueError(f"unknown Qwen2-VL configuration {name!r}; known: {', '.join(NAMED)}")
     return copy.deepcopy(NAMED[name])

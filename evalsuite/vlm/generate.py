@@ -124,10 +124,21 @@ class EagerDecoder:
         return parts.lm_head(out.last_hidden_state[:, -1])
 
 
+class StaticTimedDecoder(EagerDecoder):
+    """``decoder = "static"``: answers come from the eager loop as ever (the parity the gate checks), and
+    the case times generation again on :mod:`evalsuite.vlm.static_decode` (a static KV cache, a captured
+    CUDA graph on a GPU) for its ``lm_*`` latency KPIs; eager decoding is bound by the host, so its
+    per-token time hides what fewer cached tokens save. The eager figures stay beside them."""
+
+    timing = "static"
+
+
 # Decode paths by name (the model's ``decoder`` matrix parameter): a class built with no arguments
-# whose ``step`` follows :class:`Decoder`. A static KV cache with a captured CUDA graph registers here.
+# whose ``step`` follows :class:`Decoder`; its ``timing`` attribute (default ``"eager"``) is the
+# evalsuite.vlm.lm_drop decode path the case's lm_* latency KPIs use.
 DECODERS: Registry = Registry("decoder")
 DECODERS.register("eager", EagerDecoder)
+DECODERS.register("static", StaticTimedDecoder)
 
 
 @dataclass

@@ -39,11 +39,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-# The published schedules: (layers, keep ratios relative to the visual tokens still present).
-V2DROP_PRESETS: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
-    "llava": ((3, 17, 22), (0.5, 0.5, 0.0)),  # the paper's LLaVA-1.5 setting (llava/.../V2Drop.py)
-    "qwen2_vl": ((3, 16, 22), (0.25, 0.05, 0.0)),  # the authors' Qwen2-VL code (Qwen2VL_V2Drop)
-}
+from ..methods.spec import V2DROP_PRESETS  # the published schedules: torch-free there, so the matrix checks them
+
 FASTV_DEFAULT = {"k": 2, "keep": 0.5}  # the paper's K=2, R=50%
 
 

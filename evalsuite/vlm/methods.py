@@ -9,7 +9,9 @@ Insertion points, in the order an image meets them:
   attention windows kept);
 - ``pre_llm``: between the vision tower and the language model, on the visual tokens
   (:mod:`evalsuite.vlm.select`);
-- ``lm``: inside the language model's prefill (V2Drop, FastV: an entry's ``prefill``).
+- ``lm``: inside the language model (V2Drop, FastV: an entry's ``lm_drop``, run by
+  :func:`evalsuite.vlm.lm_drop.generate` with the schedule the matrix gives; or an entry's
+  ``prefill``, a :data:`evalsuite.vlm.generate.Prefill` in evaluate's own greedy loop).
 
 :data:`TABLE` maps a method name to the points it can run at and, for ``pre_llm``, its
 selection function and how its matrix parameters give the keep ratio. A case runs a
@@ -34,6 +36,18 @@ class VLMUsageError(ValueError):
     """A method asked to run where it cannot, or with parameters it does not take."""
 
 
+class ScheduleError(VLMUsageError):
+    """An in-LM schedule that does not fit the loaded language model (the message names the key)."""
+
+
+def _scalar_keep(name: str, params: dict[str, Any]) -> float:
+    keep = params.get("keep", 1.0)
+    if isinstance(keep, list) or "preset" in params:
+        raise VLMUsageError(f"method {name!r}: a preset or per-layer keep ratios are an in-LM schedule "
+                            "(insertion = \"lm\" on the model)")
+    return float(keep)
+
+
 def _keep(params: dict[str, Any]) -> float:
     return float(params.get("keep", 1.0))
 
@@ -52,6 +66,7 @@ class Entry:
     # evalsuite.vlm.generate (its PrefillResult carries the cut cache); None: the unpatched prefill
     prefill: Callable[[dict[str, Any], Any], Callable] | None = None
     tower: str | None = None  # vision: the unit scores of evalsuite.patch.qwen2_vl (random, v2drop, avit, tome)
+    lm_drop: str | None = None  # lm: the method of evalsuite.vlm.lm_drop.parse_schedule (v2drop, fastv)
 
 
 TABLE: dict[str, Entry] = {
@@ -66,7 +81,9 @@ TABLE: dict[str, Entry] = {
     "downscale": Entry(frozenset({"image"})),
     "avit": Entry(frozenset({"vision"}), lambda p: 1.0 - float(p.get("sparsity", 0.0)),
                   params=frozenset({"sparsity", "layers"}), tower="avit"),
-    "v2drop": Entry(frozenset({"vision"}), params=frozenset({"keep", "layers"}), tower="v2drop"),
+    "v2drop": Entry(frozenset({"vision", "lm"}), lambda p: _scalar_keep("v2drop", p),
+                    params=frozenset({"keep", "layers", "preset"}), tower="v2drop", lm_drop="v2drop"),
+    "fastv": Entry(frozenset({"lm"}), params=frozenset({"k", "keep"}), lm_drop="fastv"),
 }
 
 
@@ -82,14 +99,18 @@ class VLMMethod:
     prefill: Callable | None = None  # see Entry.prefill
     tower: str | None = None  # see Entry.tower
     params: dict[str, Any] | None = None  # the matrix parameters as given
+    schedule: Any = None  # lm: the evalsuite.vlm.lm_drop.DropSchedule (resolved with the model's depth)
 
     @property
     def is_zero(self) -> bool:
         return self.keep >= 1.0
 
 
-def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm") -> VLMMethod:
-    """Method ``name`` with matrix ``params`` at the model's ``insertion`` point, or :class:`VLMUsageError`."""
+def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm", num_layers: int | None = None) -> VLMMethod:
+    """Method ``name`` with matrix ``params`` at the model's ``insertion`` point, or :class:`VLMUsageError`.
+
+    An in-LM dropping method (an entry's ``lm_drop``) needs ``num_layers``, the language model's depth:
+    its schedule is checked against it (a :class:`ScheduleError` naming the key)."""
     if insertion not in INSERTION_POINTS:
         raise VLMUsageError(f"insertion {insertion!r} is not one of {', '.join(INSERTION_POINTS)}")
     entry = TABLE.get(name)
@@ -104,8 +125,10 @@ def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm") -> VL
     if unknown:
         raise VLMUsageError(f"method {name!r}: parameter(s) {sorted(unknown)} are not used in a VLM case; "
                             f"allowed: {sorted(entry.params)}")
-    if point == "lm" and entry.prefill is None and name != "none":
+    if point == "lm" and entry.prefill is None and entry.lm_drop is None and name != "none":
         raise VLMUsageError(f"method {name!r}: declares the lm point but brings no prefill")
+    if point == "lm" and entry.lm_drop is not None:
+        return _in_lm(name, entry, params, num_layers)
     if point == "vision" and name != "none" and entry.tower is None:
         raise VLMUsageError(f"method {name!r}: compression inside the Qwen2-VL vision tower is not yet supported "
                             "(random, v2drop, avit and tome are); use insertion = \"pre_llm\" on the model")
@@ -117,3 +140,19 @@ def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm") -> VL
     options = {k: v for k, v in params.items() if k not in ("keep", "merge_factor", "sparsity", "layers")}
     return VLMMethod(name, point, keep, entry.select, options, prefill=entry.prefill, tower=entry.tower,
                      params=dict(params))
+
+
+def _in_lm(name: str, entry: Entry, params: dict[str, Any], num_layers: int | None) -> VLMMethod:
+    """An in-LM dropping method: its schedule (evalsuite.vlm.lm_drop) replaces the kept fraction."""
+    if num_layers is None:  # never run it unpatched for want of a schedule
+        raise VLMUsageError(f"method {name!r}: an in-LM schedule needs the language model's depth (num_layers)")
+    from .lm_drop import parse_schedule
+
+    try:
+        schedule = parse_schedule(entry.lm_drop, params, num_layers)
+    except ValueError as exc:
+        raise ScheduleError(str(exc)) from None
+    keep = 1.0
+    for ratio in schedule.keep:  # what is left after the last drop layer, per image
+        keep *= ratio
+    return VLMMethod(name, "lm", keep, None, {}, tower=None, params=dict(params), schedule=schedule)
