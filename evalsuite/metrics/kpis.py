@@ -380,7 +380,7 @@ register("ideal_speedup", None, "x", "speedup implied by the method's token sche
 # OCR: not on samples whose original holds no text and that have no ground truth (the OCR stage
 # writes no values there), so not on a dataset of such photos at all.
 register("ocr_wer", False, "",
-         "word error rate of OCR(reconstruction) against the reference, corpus-level (weighted by reference words)",
+         "word error rate of OCR of the masked image that would be sent (dropped patches blank, merged groups one colour; not what a VLM reads inside itself) against the reference, corpus-level (weighted by reference words)",
          aggregate=CorpusRate("ocr_wer", "ocr_reference_words"), applies=MEASURED, column=("WER", "{:.3f}"),
          db_column="ocr_wer")
 register("ocr_cer", False, "",

@@ -354,7 +354,7 @@ def plot_pareto(case_rows: list[Row], path: Path, limits: Limits = Limits(), sam
         ax.text(0.5, 0.5, "no case has both token reduction and OCR WER drift", ha="center",
                 transform=ax.transAxes)
     ax.set_xlabel("token reduction (%)  ->  better")
-    ax.set_ylabel("OCR WER drift (compressed - baseline)  <-  better")
+    ax.set_ylabel("OCR WER drift of the masked image sent (compressed - baseline)  <-  better")
     ax.set_title("Token reduction vs OCR WER drift (one point per case, bars: 95% intervals)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -434,7 +434,10 @@ def render(case_rows: list[Row], sample_rows: list[Row], recommendation: Recomme
         f"Limits: token reduction >= {limits.min_reduction_pct:g}% in every case of a candidate; OCR WER drift "
         f"(compressed minus uncompressed WER) <= {limits.max_wer_drift:g} in every case that ran OCR"
         + (f" (informational only on {', '.join(sorted(limits.drift_informational))})"
-           if limits.drift_informational else "") + ".",
+           if limits.drift_informational else "") + ". The OCR WER is PP-OCR's reading of the masked image "
+        "that would be sent (dropped patches blank, merged groups one flat colour): what a model receives only "
+        "when that image itself is sent, not what a VLM reads from its compressed tokens; VLM cases are judged "
+        "by the VLM's own answers (answer_* KPIs).",
         "",
     ]
     if any("random-weights" in (r.get("labels") or []) for r in case_rows):

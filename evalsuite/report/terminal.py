@@ -119,6 +119,10 @@ def write_summary(terminalreporter, session) -> None:
         tr.write_line(line)
     tr.write_line("n, skip, fail: samples scored; skipped by a KPI that does not apply to them "
                   "(OCR: no text); that could not be scored. cos_ci95: 95% paired bootstrap interval of cos")
+    # the pixel reading is of the masked image a team would send, not of what a model reads inside
+    # itself: a merged token is a mean of features, not of pixels (issue: ToMe keeps cosine 0.999)
+    tr.write_line("WER, WERdrift, CERdrift: PP-OCR of the masked image that would be sent (dropped patches "
+                  "blank, merged groups one colour), not what a VLM reads; VLM cases gate on answer_* KPIs")
     if any("random-weights" in r.labels for r in session.results):
         tr.write_line("[random-weights]: figures from randomly initialised weights measure speed only")
     few = [f"{r.case_id}: {r.env['few_samples']}" for r in sorted(session.results, key=lambda r: r.case_id)
