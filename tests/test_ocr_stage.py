@@ -347,3 +347,24 @@ def test_readers_end_with_their_worker_when_it_is_killed(tmp_path):
 
 def stage_module_check_s() -> float:
     return reader_module.PARENT_CHECK_S
+
+
+def test_a_job_left_pending_by_an_ended_pool_is_failed_not_waited_for(monkeypatch):
+    """A pool that broke (or was shut down) as a job was submitted to it can leave that job pending
+    with no manager to complete it: the reader fails it, so the read is retried instead of hanging."""
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    reader = reader_module.OcrReader(workers=1)
+    try:
+        ended = ProcessPoolExecutor(max_workers=1)
+        ended.shutdown()
+        orphan, live = Future(), reader.run_in_pool(time.sleep, 0.2)
+        monkeypatch.setattr(reader, "_submitted", [(ended, orphan), (reader._pool, live)])
+        started = time.monotonic()
+        with pytest.raises(BrokenProcessPool):
+            reader.result(orphan, poll_s=0.05)
+        assert time.monotonic() - started < 5
+        assert live.result(timeout=30) is None  # a job of the running pool is left to it
+    finally:
+        reader.close()

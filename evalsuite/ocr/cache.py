@@ -140,13 +140,25 @@ def _stale(path: Path) -> bool:
     if age > CLAIM_STALE_S:
         return True
     if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, another user's
-            pass
+        return not _running(int(pid))
     return False
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs: a killed reader that its parent has not reaped yet is a zombie,
+    which signal 0 still finds, but it holds its claim no more (waiting on it would wait forever when
+    the parent reaps its pool's processes only as the pool shuts down)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):  # no /proc (not Linux), or it ended between the two looks
+        return True
 
 
 def _root(directory: Path | None) -> Path:

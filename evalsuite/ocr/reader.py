@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Callable, Iterable
@@ -277,6 +277,7 @@ class OcrReader:
         self._lock = threading.Lock()
         self._ahead: list[threading.Thread] = []  # read_ahead's threads, each with its reads
         self._ahead_jobs: list[Future] = []
+        self._submitted: list[tuple[ProcessPoolExecutor, Future]] = []  # pool jobs not seen done yet
         self._closed = False
         self.restarts = 0  # pools built again after one of their processes ended mid-read
 
@@ -326,6 +327,9 @@ class OcrReader:
             self._rebuild(pool)
             return self.read_in_pool(image, key, retries - 1)
 
+        with self._lock:
+            self._submitted.append((pool, job))
+
         def settle(job: Future) -> None:
             error = None if job.cancelled() else job.exception()
             if isinstance(error, BrokenProcessPool) and retries > 0:
@@ -341,6 +345,34 @@ class OcrReader:
 
         job.add_done_callback(settle)
         return future
+
+    def result(self, future: Future, poll_s: float = 2.0):
+        """``future.result()`` of a read of this reader's, failing on the way the pool jobs that a
+        broken pool left behind (:meth:`fail_orphans`), so that their reads are retried, or fail,
+        instead of being waited for forever."""
+        while not wait([future], timeout=poll_s).done:
+            self.fail_orphans()
+        return future.result()
+
+    def fail_orphans(self) -> int:
+        """Fail with :class:`BrokenProcessPool` the jobs still pending on a pool whose manager has
+        ended (broken, or shut down by :meth:`_rebuild`): a reader killed just as its pool was found
+        broken can leave a job submitted in between that the executor never completes. Returns how
+        many were failed."""
+        with self._lock:
+            self._submitted = [(pool, job) for pool, job in self._submitted if not job.done()]
+            pending = list(self._submitted)
+        failed = 0
+        for pool, job in pending:
+            manager = getattr(pool, "_executor_manager_thread", None)
+            ended = getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False)
+            if ended and (manager is None or not manager.is_alive()):
+                try:
+                    job.set_exception(BrokenProcessPool("the OCR pool broke before this read was run"))
+                    failed += 1
+                except InvalidStateError:  # completed meanwhile
+                    pass
+        return failed
 
     def _rebuild(self, broken: ProcessPoolExecutor) -> None:
         """Replace the pool ``broken`` (one of its processes ended mid-read: killed, or out of
@@ -396,7 +428,11 @@ class OcrReader:
         self.wait_loaded()
         for thread in self._ahead:
             thread.join()
-        wait_all(self._ahead_jobs)
+        for job in self._ahead_jobs:  # their errors are reported where their results are used
+            try:
+                self.result(job)
+            except Exception:
+                pass
         self._ahead, self._ahead_jobs = [], []
 
     def in_flight(self) -> int:

@@ -114,8 +114,8 @@ class OcrStage:
         """Wait for the reads queued by :meth:`submit` and fill in the OCR KPIs."""
         for record, sample, original_job, seen_job in jobs:
             try:
-                original_text = original_job.result()
-                seen_text = original_text if seen_job is None else seen_job.result()
+                original_text = self.reader.result(original_job)
+                seen_text = original_text if seen_job is None else self.reader.result(seen_job)
             except Exception as exc:  # one unreadable page must not end the case
                 record.error = f"OCR failed on sample {sample.sample_id}: {describe(exc)}"
                 record.info[ERROR_STAGE] = "ocr"  # its tokens and cosine were measured: they still count
