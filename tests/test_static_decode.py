@@ -60,7 +60,7 @@ def test_cuda_graph_replay_equals_eager():
     for schedule in SCHEDULES:
         eager = lm_drop.generate(model, batch, schedule, max_new_tokens=8, stop_at_eos=False)
         graph = lm_drop.generate(model, batch, schedule, max_new_tokens=8, stop_at_eos=False, decode="static")
-        assert graph.decode_path == "static+graph"
+        assert graph.decode_path.startswith("static+graph")
         assert graph.tokens.tolist() == eager.tokens.tolist(), schedule
         print(f"{schedule.method}: decode per step eager {1e3 * eager.decode_s_per_token:.3f} ms, "
               f"graph {1e3 * graph.decode_s_per_token:.3f} ms (tiny random-weights model)")

@@ -404,14 +404,16 @@ def layer_masks(state: PrefillState, valid_by_segment: list[torch.Tensor]) -> li
     return masks
 
 
-def decode_step(model, cache, tokens: torch.Tensor, position: torch.Tensor, masks) -> torch.Tensor:
-    """One token per sample through every layer: tokens ``[B]``, position ``[B]`` -> logits ``[B, V]``."""
+def decode_step(model, cache, tokens: torch.Tensor, position: torch.Tensor, masks, layer_fn=None) -> torch.Tensor:
+    """One token per sample through every layer: tokens ``[B]``, position ``[B]`` -> logits ``[B, V]``.
+    ``layer_fn(layer, h, mask, cos, sin, cache)`` runs a layer (default :func:`run_layer`)."""
     lm = _lm(model)
+    layer_fn = layer_fn or run_layer
     h = lm.embed_tokens(tokens[:, None])
     pos3 = position.view(1, -1, 1).expand(3, -1, -1)
     cos, sin = lm.rotary_emb(h, pos3)
     for i, layer in enumerate(lm.layers):
-        h = run_layer(layer, h, masks[i], cos, sin, cache)
+        h = layer_fn(layer, h, masks[i], cos, sin, cache)
     return model.lm_head(lm.norm(h))[:, -1]
 
 
@@ -486,13 +488,14 @@ def eager_decode(model, state: PrefillState, first: torch.Tensor, steps: int, eo
 @torch.no_grad()
 def generate(model, inputs: dict | LMInputs, schedule: DropSchedule = NO_DROP, max_new_tokens: int = 32,
              decode: str = "eager", cuda_graph: bool | None = None, eos_token_id=None, pad_token_id=None,
-             stop_at_eos: bool = True, keep_state: bool = False) -> GenerationResult:
+             stop_at_eos: bool = True, keep_state: bool = False, fused: bool | None = None) -> GenerationResult:
     """Greedy generation with in-LM visual-token dropping.
 
     ``inputs``: a processor output (dict with ``input_ids``, ``attention_mask``, ``pixel_values``,
     ``image_grid_thw``) or ready ``LMInputs`` (the vision tower is then not run). ``decode``: ``"eager"``
     (growing cache, one Python pass per token) or ``"static"`` (preallocated cache; on CUDA a captured CUDA
-    graph per step unless ``cuda_graph=False``: see :mod:`evalsuite.vlm.static_decode`). ``stop_at_eos=False``
+    graph per step unless ``cuda_graph=False``, fused layers unless ``fused=False``: see
+    :mod:`evalsuite.vlm.static_decode`). ``stop_at_eos=False``
     always decodes ``max_new_tokens`` (latency measurements).
     """
     params = next(model.parameters())
@@ -516,7 +519,7 @@ def generate(model, inputs: dict | LMInputs, schedule: DropSchedule = NO_DROP, m
     elif decode == "static":
         from .static_decode import StaticDecoder
 
-        decoder = StaticDecoder(model, state, steps, eos, pad, cuda_graph=cuda_graph)
+        decoder = StaticDecoder(model, state, steps, eos, pad, cuda_graph=cuda_graph, fused=fused)
         decoder.prepare(first)
         _sync(device)
         setup_s = time.perf_counter() - t2  # buffers and capture: a serving engine keeps them across requests

@@ -14,13 +14,19 @@ One step (embed, all layers, norm, head, argmax, eos bookkeeping, counter update
 of kernels on fixed addresses: on CUDA it is captured once and replayed per token (``path ==
 "static+graph"``); on CPU, or with ``cuda_graph=False``, the same step runs eagerly (``"static"``). Attention
 reads the whole buffer with the not-yet-written slots masked, as transformers' own static cache does.
+
+A graph removes the host from the step but not the kernel count, which bounds a small model's step: where
+:mod:`evalsuite.vlm.decode_kernels` works (CUDA, a Qwen2-family layer, a check of its bits against
+transformers' layer), each layer runs with its RMSNorm tails, rotary embedding and SiLU product fused
+(``path`` gains ``+fused``); ``fused=False`` keeps transformers' layers.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .lm_drop import PrefillState, decode_step, is_eos
+from . import decode_kernels
+from .lm_drop import PrefillState, decode_step, is_eos, run_layer
 
 
 class _StaticKV:
@@ -56,13 +62,21 @@ class StaticDecoder:
     """
 
     def __init__(self, model, state: PrefillState, steps: int, eos: list[int], pad: int,
-                 cuda_graph: bool | None = None):
+                 cuda_graph: bool | None = None, fused: bool | None = None):
         self.model, self.steps = model, steps
         device = state.logits.device
         self.graph_wanted = device.type == "cuda" if cuda_graph is None else cuda_graph
         if self.graph_wanted and device.type != "cuda":
             raise ValueError("cuda_graph=True needs the model on a CUDA device")
-        self.path = "static+graph" if self.graph_wanted else "static"
+        layers = model.model.language_model.layers
+        probe = state.logits.new_empty(state.logits.shape[0], 1, model.config.get_text_config().hidden_size,
+                                       dtype=next(layers.parameters()).dtype)
+        can_fuse = all(decode_kernels.supports(layer, probe) for layer in layers)
+        if fused and not can_fuse:
+            raise ValueError("fused=True: the fused decode layer does not run here (see evalsuite.vlm.decode_kernels)")
+        self.fused = can_fuse if fused is None else fused
+        self.layer_fn = decode_kernels.decode_layer if self.fused else run_layer
+        self.path = ("static+graph" if self.graph_wanted else "static") + ("+fused" if self.fused else "")
         extra = max(steps, 1)
         self.cache = _StaticKV(state.cache.keys, state.cache.values, extra)
         self.segments = state.segments
@@ -100,7 +114,7 @@ class StaticDecoder:
             valid.index_fill_(1, idx, True)
             writes.extend([idx] * (seg.stop - seg.start))
         self.cache.write_at = writes
-        logits = decode_step(self.model, self.cache, self.token, self.position, self.masks)
+        logits = decode_step(self.model, self.cache, self.token, self.position, self.masks, self.layer_fn)
         token = logits.argmax(-1).masked_fill(self.finished, self.pad)
         self.finished |= is_eos(token, self.eos)
         self.out.index_copy_(1, self.step_idx, token[:, None])
