@@ -61,6 +61,18 @@ def test_cli_runs_given_specs_on_the_chosen_decode_path(one_thread, capsys):
     assert "dec eager: not run" in out and "dec static: static (static KV cache, no CUDA graph" in out
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rows_time_both_paths_with_the_static_one_as_a_cuda_graph(capsys):
+    rows = vlm.main(["--tiny", "--device", "cuda", "--sizes", "224", "--batches", "2", "--warmup", "1",
+                     "--methods", "random;fastv@lm;v2drop@lm:preset=qwen2_vl"])
+    assert len(rows) == 4
+    for r in rows:
+        assert r["static_path"] == r["decode_path"] == "static+graph" and r["e2e_ms"] == r["e2e_static_ms"]
+        assert r["decode_eager_ms"] > 0 and r["decode_static_ms"] > 0 and r["static_setup_ms"] > 0
+    assert "dec static: static+graph" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("text,specs", [
     ("random,tome,avit@vision", ["random", "tome", "avit@vision"]),
     ("v2drop@vision:layers=[3],random@vision:layers=[1],v2drop@lm:preset=llava",
@@ -103,7 +115,10 @@ def test_bad_spec_or_schedule_fails_naming_the_method_before_any_model_is_built(
     monkeypatch.setattr(qwen2_vl, "create", lambda *a, **k: pytest.fail("a model was built"))
     with pytest.raises(VLMUsageError, match=message):
         vlm.main(["--tiny", "--methods", f"random;{spec}"])
-    with pytest.raises(VLMUsageError, match=r"--methods .*k=2.* follows no NAME:KEY=VALUE"):
+
+
+def test_a_parameter_without_a_method_is_refused():
+    with pytest.raises(VLMUsageError, match=r"--methods .*'k=2' follows no NAME:KEY=VALUE"):
         vlm.main(["--tiny", "--methods", "random,k=2"])
 
 

@@ -35,7 +35,10 @@ host-bound on a GPU: its per-token time hides what fewer cached tokens save) and
 GPU: ``static+graph``; on a CPU the same step eagerly: ``static``). ``dec eager`` / ``dec static``
 are the two per-token figures; ``e2e`` is tower + compression + inputs + prefill + decode on the
 path in ``e2e_path`` (the static one where it ran; its one-off buffer and graph setup, which a
-server pays once per shape, is left out and reported as ``static_setup_ms``).
+server pays once per shape, is left out and reported as ``static_setup_ms``). ``prefill`` is the
+median over the runs of every path (the prefill does not depend on the decode path). In the JSON
+rows: ``decode_eager_ms``, ``decode_static_ms`` (None where not run), ``static_path``, and
+``decode_ms`` / ``e2e_ms`` / ``decode_speedup`` / ``e2e_speedup`` on ``decode_path``.
 
     python -m evalsuite.bench.vlm --tiny                       # CPU smoke test, seconds
     python -m evalsuite.bench.vlm --device cuda --dtype bfloat16   # 2B config, 1036/1456 px, batch 1 and 8
