@@ -217,7 +217,7 @@ def measure(adapter, images, spec: VLMMethod, decode_tokens: int, repeats: int, 
     stages: dict[str, list[float]] = {k: [] for k in ("vision", "compression", "prefill")}
     for path in decoders:
         stages.update({f"decode_{path}": [], f"e2e_{path}": [], f"setup_{path}": []})
-    visual_after, result = 0.0, None
+    visual_after, result, static_path = 0.0, None, None
     for rep in range(warmup + repeats):
         start = time.perf_counter()
         slots = None
@@ -246,14 +246,13 @@ def measure(adapter, images, spec: VLMMethod, decode_tokens: int, repeats: int, 
                 stages[f"decode_{path}"].append(result.decode_s_per_token)
                 stages[f"e2e_{path}"].append(front + result.generation_s)
                 stages[f"setup_{path}"].append(result.decode_setup_s)
-                if path == "static":
-                    stages["static_path"] = result.decode_path
+                static_path = result.decode_path if path == "static" else static_path
         if timed:
             stages["vision"].append(t_vis)
             stages["compression"].append(t_comp)
         visual_after = sum(len(v) for v in visual) / len(visual)
-    out = {k: statistics.median(v) if v else 0.0 for k, v in stages.items() if isinstance(v, list)}
-    out["static_path"] = stages.get("static_path")
+    out = {k: statistics.median(v) if v else 0.0 for k, v in stages.items()}
+    out["static_path"] = static_path
     text_tokens = sum(len(x) - e.num_tokens for x, e in zip(ids, encoded)) / len(ids)
     patches = sum(int(e.grid_thw.prod()) for e in encoded) // len(encoded)
     out["patches"] = _tower_schedule(adapter, spec, patches)  # patches entering each block (FLOP model)
