@@ -23,11 +23,11 @@ import argparse
 import json
 import math
 import statistics
-import tomllib
 
 import torch
 
 from ..vlm import lm_drop
+from .methodspec import SpecError, format_spec, parse_spec
 
 PAPER_V2DROP_SAVING_PCT = 31.5  # arXiv 2509.01552: generation latency saved on images (LLaVA-1.5-7B)
 
@@ -119,7 +119,7 @@ def run(spec: dict, device: str, dtype: torch.dtype, batches, visual_tokens: int
             eager = _time(model, inputs, schedule, new_tokens, "eager", repeats, warmup)
             static = _time(model, inputs, schedule, new_tokens, "static", repeats, warmup)
             row = dict(
-                method=name + (":" + ",".join(f"{k}={v}".replace(" ", "") for k, v in params.items()) if params else ""),
+                method=format_spec(name, params),
                 batch=batch, visual_tokens=eager[0].visual_tokens_per_layer[0],
                 layer_avg=eager[0].visual_tokens_layer_avg, kv_mib=eager[0].kv_cache_bytes / 2**20,
                 prefill_ms=1e3 * _median(eager + static, "prefill_s"),
@@ -166,28 +166,15 @@ def savings(rows: list[dict]) -> list[str]:
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """``NAME[:KEY=VALUE,...]`` with TOML values (``layers=[3,17]`` is one value) -> ``(name, params)``."""
-    name, _, rest = spec.partition(":")
     try:
-        params = tomllib.loads("\n".join(_split(rest)))
-    except tomllib.TOMLDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--method {spec}: {exc}") from None
+        name, params = parse_spec(spec)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(f"--method {exc}") from None
     try:
-        lm_drop.parse_schedule(name.strip(), params, 10**6)  # depth is checked once the model is known
+        lm_drop.parse_schedule(name, params, 10**6)  # depth is checked once the model is known
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--method {spec}: {exc}") from None
-    return name.strip(), params
-
-
-def _split(rest: str) -> list[str]:
-    items, depth, cur = [], 0, ""
-    for ch in rest:
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
-            items.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return [i.strip() for i in items + [cur] if i.strip()]
+    return name, params
 
 
 def main(argv=None) -> list[dict]:
