@@ -55,6 +55,13 @@ def check_against_loop(device: str) -> None:
     distance, start = select.divprune_distances(tokens)
     for k in (1, 5, 8, 9, 23):
         assert torch.equal(select_kernels.max_min_greedy(distance, start, k), torch.arange(k, device=device))
+    tokens = torch.randn(40, 8, device=device)  # NaN distances: kept by minimum, first for argmax
+    tokens[[5, 17]] = float("nan")
+    tokens[23, 0] = float("inf")
+    distance, start = select.divprune_distances(tokens)
+    for k in (3, 20):
+        want = select.max_min_greedy(distance, start, k)
+        assert torch.equal(select_kernels.max_min_greedy(distance, start, k), want), (k, want)
     for dtype in (torch.float32, torch.bfloat16):  # the whole selection, both paths
         tokens = torch.randn(300, 48, generator=torch.Generator().manual_seed(7)).to(device, dtype)
         fast = select.divprune_select(tokens, 120)

@@ -87,11 +87,12 @@ def max_min_greedy(distance: torch.Tensor, start: torch.Tensor, k: int) -> torch
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["k"])  # k changes with every keep ratio; n and the stride, with the page
     def _max_min_kernel(distance, start, chosen, n, k, stride_row, BLOCK: tl.constexpr):
         """The greedy loop of one image: ``nearest`` [BLOCK] in registers, one distance row read per
         step. Slots past ``n`` hold -inf, below every real distance and below the -1 of chosen
-        tokens, so they are never picked."""
+        tokens, so they are never picked. NaN distances (from a token with NaN or inf values) behave
+        as in torch: ``minimum`` keeps them and ``argmax`` takes them as the largest."""
         cols = tl.arange(0, BLOCK)
         valid = cols < n
         pick = tl.load(start).to(tl.int64)
@@ -99,7 +100,8 @@ if triton is not None:
         nearest = tl.load(distance + pick * stride_row + cols, mask=valid, other=float("-inf"))
         nearest = tl.where(cols == pick, -1.0, nearest)
         for step in range(1, k):
-            pick = tl.argmax(nearest, axis=0, tie_break_left=True).to(tl.int64)  # torch.argmax: first maximum
+            ranked = tl.where(nearest != nearest, float("inf"), nearest)  # NaN first, as torch.argmax
+            pick = tl.argmax(ranked, axis=0, tie_break_left=True).to(tl.int64)  # the first of equal maxima
             tl.store(chosen + step, pick)
             row = tl.load(distance + pick * stride_row + cols, mask=valid, other=float("-inf"))
-            nearest = tl.where(cols == pick, -1.0, tl.minimum(nearest, row))
+            nearest = tl.where(cols == pick, -1.0, tl.minimum(nearest, row, propagate_nan=tl.PropagateNan.ALL))
