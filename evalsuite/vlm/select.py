@@ -1,6 +1,8 @@
 """Visual-token selection and merging between the vision tower and the language model.
 
-Pure torch, one image at a time (images of a batch have different token counts).
+Pure torch, one image at a time (images of a batch have different token counts); DivPrune's
+greedy loop also has a Triton kernel for CUDA (:mod:`evalsuite.vlm.select_kernels`). Nothing here
+waits for the device (no ``.item()``, no ``nonzero()``), so a selection is queued, not waited on.
 Every function takes the image's visual tokens as the language model would
 receive them, ``tokens`` [N, D] (merge units of the PatchMerger, row-major over
 the ``grid`` (h, w) of units), and the number to keep ``k`` (1 <= k <= N), and
@@ -19,6 +21,8 @@ With ``k == N`` each function returns its input unchanged (the parity setting).
 from __future__ import annotations
 
 import torch
+
+from . import select_kernels
 
 
 def _identity(tokens: torch.Tensor):
@@ -99,14 +103,17 @@ def visionzip_select(tokens: torch.Tensor, k: int, contextual_ratio: float = 0.2
     dominant = attention.topk(k - k_ctx).indices
     if k_ctx == 0:
         return _selected(tokens, dominant)
-    rest = torch.ones(n, dtype=torch.bool, device=tokens.device)
-    rest[dominant] = False
-    rest_index = rest.nonzero().squeeze(1)
-    centres = rest_index[torch.linspace(0, len(rest_index) - 1, k_ctx, device=tokens.device).round().long()]
-    unit = torch.nn.functional.normalize(x, dim=-1)
-    group = (unit[rest_index] @ unit[centres].T).argmax(dim=-1)  # [N_rest] centre of each remaining token
-    sums = torch.zeros(k_ctx, x.shape[1], device=x.device).index_add(0, group, x[rest_index])
-    counts = torch.zeros(k_ctx, device=x.device).index_add(0, group, torch.ones_like(group, dtype=torch.float32))
+    # the remaining tokens, ascending, without asking the device how many there are (nonzero() would
+    # wait for it): the n - (k - k_ctx) zeros come first in a stable sort, in index order
+    dominated = torch.zeros(n, dtype=torch.uint8, device=tokens.device).index_fill_(0, dominant, 1)
+    rest_index = dominated.sort(stable=True).indices[: n - len(dominant)]
+    centre_at = torch.linspace(0, len(rest_index) - 1, k_ctx, device=tokens.device).round().long()
+    centres = rest_index[centre_at]
+    x_rest = x[rest_index]
+    unit_rest = torch.nn.functional.normalize(x, dim=-1)[rest_index]
+    group = (unit_rest @ unit_rest[centre_at].T).argmax(dim=-1)  # [N_rest] centre of each remaining token
+    sums = torch.zeros(k_ctx, x.shape[1], device=x.device).index_add_(0, group, x_rest)
+    counts = torch.zeros(k_ctx, device=x.device).index_add_(0, group, torch.ones(len(group), device=x.device))
     merged = sums / counts.clamp(min=1)[:, None]
     index = torch.cat([dominant, centres])
     kept = torch.cat([x[dominant], merged])
@@ -119,15 +126,30 @@ def divprune_select(tokens: torch.Tensor, k: int, **_) -> tuple:
     """DivPrune (arXiv 2503.02175): the ``k`` tokens of maximal minimum pairwise cosine distance.
 
     Greedy max-min: start from the token whose nearest neighbour is farthest, then repeatedly add the
-    token farthest (cosine distance ``1 - cos``) from the tokens selected so far.
+    token farthest (cosine distance ``1 - cos``) from the tokens selected so far. On CUDA the loop is
+    one kernel (:mod:`evalsuite.vlm.select_kernels`), choosing the same tokens.
     """
     n = tokens.shape[0]
     if k >= n:
         return _identity(tokens)
+    distance, start = divprune_distances(tokens)
+    if select_kernels.supports(distance):
+        return _selected(tokens, select_kernels.max_min_greedy(distance, start, k))
+    return _selected(tokens, max_min_greedy(distance, start, k))
+
+
+def divprune_distances(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DivPrune's inputs for ``tokens`` [N, D]: the cosine distances ``1 - cos`` [N, N] float32 and
+    the start token, the one whose nearest other token is farthest (0-d int64, on the tokens' device)."""
     unit = torch.nn.functional.normalize(tokens.float(), dim=-1)
     distance = 1.0 - unit @ unit.T  # [N, N]
-    first = distance.masked_fill(torch.eye(n, dtype=torch.bool, device=tokens.device), float("inf"))
-    start = first.min(dim=1).values.argmax()
+    first = distance.masked_fill(torch.eye(len(tokens), dtype=torch.bool, device=tokens.device), float("inf"))
+    return distance, first.min(dim=1).values.argmax()
+
+
+def max_min_greedy(distance: torch.Tensor, start: torch.Tensor, k: int) -> torch.Tensor:
+    """From ``start``, ``k - 1`` times the token farthest from those chosen (the first of equal
+    maxima): the ``k`` chosen [k] int64, in the order chosen. ``distance`` [N, N], ``1 <= k < N``."""
     chosen = [start]  # device tensors: no host round trip per step
     nearest = distance[start].clone()  # [N] distance of every token to the selected set
     nearest[start] = -1.0
@@ -136,7 +158,7 @@ def divprune_select(tokens: torch.Tensor, k: int, **_) -> tuple:
         chosen.append(nxt)
         nearest = torch.minimum(nearest, distance[nxt])
         nearest[nxt] = -1.0
-    return _selected(tokens, torch.stack(chosen))
+    return torch.stack(chosen)
 
 
 def kept_count(n: int, keep: float) -> int:
