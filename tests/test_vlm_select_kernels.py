@@ -225,3 +225,36 @@ def test_visionzip_on_cuda_equals_its_previous_code():
             got, want = select.visionzip_select(tokens, k), visionzip_before(tokens, k)
             assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2]), (n, keep)
             torch.testing.assert_close(got[1], want[1], atol=1e-2, rtol=1e-2)
+
+
+def test_graphed_selection_runs_eagerly_off_cuda():
+    from evalsuite.vlm.graphed import Graphed
+
+    graphed = Graphed(select.tome_merge)
+    tokens = torch.randn(40, 16, generator=torch.Generator().manual_seed(2))
+    for _ in range(3):
+        got = graphed(tokens, 15)
+        for a, b in zip(got, select.tome_merge(tokens, 15)):
+            assert torch.equal(a, b)
+    assert graphed.replays == 0 and not graphed.graphs
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fn", [select.tome_merge, select.visionzip_select, select.divprune_select],
+                         ids=lambda f: f.__name__)
+def test_graphed_selection_replays_the_eager_result_on_cuda(fn):
+    """First sight eager, second a capture, then replays: every call gives what the function gives, for
+    new inputs of the same shape too, and another shape is a graph of its own."""
+    from evalsuite.vlm.graphed import Graphed
+
+    graphed = Graphed(fn)
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((1369, 684), (1369, 684), (1369, 684), (2704, 811), (2704, 811), (1369, 684)):
+        tokens = torch.randn(n, 1536, generator=g).to("cuda", torch.bfloat16)
+        want = fn(tokens, k)
+        got = graphed(tokens, k)
+        assert torch.equal(got[0], want[0]), (fn.__name__, n)
+        torch.testing.assert_close(got[1], want[1], atol=1e-2, rtol=0)  # index_add's atomics round alike only mostly
+        torch.testing.assert_close(got[2], want[2])
+    assert len(graphed.graphs) == 2 and graphed.replays == 4  # the calls after a first sight

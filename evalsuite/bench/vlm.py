@@ -218,6 +218,8 @@ def measure(adapter, images, spec: VLMMethod, decode_tokens: int, repeats: int, 
     for path in decoders:
         stages.update({f"decode_{path}": [], f"e2e_{path}": [], f"setup_{path}": []})
     visual_after, result, static_path = 0.0, None, None
+    if getattr(spec.select, "fn", None) is not None and spec.point == "pre_llm":
+        warmup = max(warmup, 2)  # a Graphed selection runs eagerly at first sight and captures at the second
     for rep in range(warmup + repeats):
         start = time.perf_counter()
         slots = None
@@ -225,6 +227,7 @@ def measure(adapter, images, spec: VLMMethod, decode_tokens: int, repeats: int, 
             t_vis, (visual, slots, _) = _timed(device, lambda: adapter.vision_with_unit_drop(encoded, spec, generator))
         else:
             t_vis, visual = _timed(device, lambda: adapter.vision(encoded))
+        front_visual = visual
         t_comp = 0.0
         if spec.point == "pre_llm" and spec.select is not None and spec.keep < 1.0:
             t_comp, picks = _timed(device, lambda: [spec.select(v, kept_count(len(v), spec.keep), generator=generator,
@@ -253,6 +256,12 @@ def measure(adapter, images, spec: VLMMethod, decode_tokens: int, repeats: int, 
         visual_after = sum(len(v) for v in visual) / len(visual)
     out = {k: statistics.median(v) if v else 0.0 for k, v in stages.items()}
     out["static_path"] = static_path
+    out["compression_eager"] = out["compression"]
+    fn = getattr(spec.select, "fn", None)  # a Graphed selection: its eager time beside the replay's
+    if fn is not None and spec.point == "pre_llm" and spec.keep < 1.0:
+        eager = [_timed(device, lambda: [fn(v, kept_count(len(v), spec.keep), generator=generator, **spec.options)
+                                         for v in front_visual])[0] for _ in range(max(repeats, 1))]
+        out["compression_eager"] = statistics.median(eager)
     text_tokens = sum(len(x) - e.num_tokens for x, e in zip(ids, encoded)) / len(ids)
     patches = sum(int(e.grid_thw.prod()) for e in encoded) // len(encoded)
     out["patches"] = _tower_schedule(adapter, spec, patches)  # patches entering each block (FLOP model)
@@ -319,7 +328,7 @@ def _ratio(a, b) -> float:
 
 
 def _row(size, batch, method, keep, m, base, text, vision, label, decoders) -> dict:
-    ms = {k: 1e3 * m[k] for k in ("vision", "compression", "prefill")}
+    ms = {k: 1e3 * m[k] for k in ("vision", "compression", "compression_eager", "prefill")}
     paths = {p: (1e3 * m[f"decode_{p}"], 1e3 * m[f"e2e_{p}"]) if p in decoders else (None, None)
              for p in DECODE_PATHS}
     main_path = "static" if "static" in decoders else "eager"  # the GPU figure (issue 24): static+graph
@@ -361,10 +370,13 @@ def _format(r: dict) -> str:
 
 
 def header_note(device: str, decoders: tuple[str, ...]) -> str:
-    static = ("static+graph (static KV cache, one step replayed as a CUDA graph)" if device.startswith("cuda")
+    static = ("static+graph (static KV cache, one step replayed as a CUDA graph; +fused: Triton-fused layer "
+              "kernels, evalsuite.vlm.decode_kernels)" if device.startswith("cuda")
               else "static (static KV cache, no CUDA graph on a CPU)")
     parts = [f"dec eager: {'eager (growing cache, one Python pass per token)' if 'eager' in decoders else 'not run'}",
              f"dec static: {static if 'static' in decoders else 'not run'}",
+             "comp: the pre-LLM selection (on CUDA replayed from a CUDA graph once a shape recurs, "
+             "evalsuite.vlm.graphed; JSON compression_eager_ms: the same selection run eagerly)",
              "e2e: tower + compression + inputs + prefill + decode on the e2e_path column's path"]
     return "# ms; " + "; ".join(parts) + "; in-LM rows: vis_tok layer-averaged"
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import select
+from .graphed import Graphed
 
 INSERTION_POINTS = ("image", "vision", "pre_llm", "lm")
 # points a method runs at whatever the model's insertion point: before the model, inside the LM's prefill
@@ -60,7 +61,9 @@ def _tome_keep(params: dict[str, Any]) -> float:
 class Entry:
     points: frozenset[str]
     keep: Callable[[dict[str, Any]], float] = _keep  # matrix parameters -> fraction of visual tokens kept
-    select: Callable | None = None  # pre_llm: a function of evalsuite.vlm.select
+    # pre_llm: a function of evalsuite.vlm.select; wrapped in Graphed (replayed from a CUDA graph once
+    # a shape recurs) unless it draws from a CPU generator
+    select: Callable | None = None
     params: frozenset[str] = frozenset({"keep"})  # parameters the VLM path reads; others are refused
     # a method that acts inside the language model: (params, adapter) -> a prefill callable of
     # evalsuite.vlm.generate (its PrefillResult carries the cut cache); None: the unpatched prefill
@@ -73,11 +76,11 @@ TABLE: dict[str, Entry] = {
     "none": Entry(frozenset(INSERTION_POINTS), lambda p: 1.0, params=frozenset()),
     "random": Entry(frozenset({"pre_llm", "vision"}), select=select.random_select,
                     params=frozenset({"keep", "layers"}), tower="random"),
-    "tome": Entry(frozenset({"pre_llm", "vision"}), _tome_keep, select.tome_merge,
+    "tome": Entry(frozenset({"pre_llm", "vision"}), _tome_keep, Graphed(select.tome_merge),
                   frozenset({"merge_factor", "layers"}), tower="tome"),
-    "visionzip": Entry(frozenset({"pre_llm"}), select=select.visionzip_select,
+    "visionzip": Entry(frozenset({"pre_llm"}), select=Graphed(select.visionzip_select),
                        params=frozenset({"keep", "contextual_ratio"})),
-    "divprune": Entry(frozenset({"pre_llm"}), select=select.divprune_select),
+    "divprune": Entry(frozenset({"pre_llm"}), select=Graphed(select.divprune_select)),
     "downscale": Entry(frozenset({"image"})),
     "avit": Entry(frozenset({"vision"}), lambda p: 1.0 - float(p.get("sparsity", 0.0)),
                   params=frozenset({"sparsity", "layers"}), tower="avit"),

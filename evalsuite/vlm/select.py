@@ -99,7 +99,12 @@ def visionzip_select(tokens: torch.Tensor, k: int, contextual_ratio: float = 0.2
     if k >= n:
         return _identity(tokens)
     x = tokens.float()
-    attention = torch.softmax(x @ x.T / x.shape[-1] ** 0.5, dim=-1).mean(dim=0)  # [N] attention received
+    if tokens.is_cuda:  # bf16 scores on a GPU, as the encoder's own attention kernels compute them
+        half = tokens.to(torch.bfloat16)
+        scores = (half @ half.T).float()
+    else:
+        scores = x @ x.T
+    attention = torch.softmax(scores / x.shape[-1] ** 0.5, dim=-1).mean(dim=0)  # [N] attention received
     k_ctx = min(k - 1, max(0, round(contextual_ratio * k))) if k > 1 else 0
     dominant = attention.topk(k - k_ctx).indices
     if k_ctx == 0:
@@ -141,9 +146,13 @@ def divprune_select(tokens: torch.Tensor, k: int, **_) -> tuple:
 
 def divprune_distances(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """DivPrune's inputs for ``tokens`` [N, D]: the cosine distances ``1 - cos`` [N, N] float32 and
-    the start token, the one whose nearest other token is farthest (0-d int64, on the tokens' device)."""
+    the start token, the one whose nearest other token is farthest (0-d int64, on the tokens' device).
+    On a GPU the cosines are float16 products of unit vectors, as in DivPrune's own code (fp16
+    features); on a CPU float32."""
     unit = torch.nn.functional.normalize(tokens.float(), dim=-1)
-    distance = 1.0 - unit @ unit.T  # [N, N]
+    if tokens.is_cuda:
+        unit = unit.half()
+    distance = 1.0 - (unit @ unit.T).float()  # [N, N]
     first = distance.masked_fill(torch.eye(len(tokens), dtype=torch.bool, device=tokens.device), float("inf"))
     return distance, first.min(dim=1).values.argmax()
 

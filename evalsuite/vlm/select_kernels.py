@@ -67,9 +67,14 @@ def _works_on(device: torch.device) -> bool:
 
 
 def num_warps(block: int) -> int:
-    """Warps of the one program: enough that a thread holds at most 32 of ``block`` tokens, few
-    enough that the argmax's exchange between warps stays short."""
+    """Warps of the one program under the interpreter: enough that a thread holds at most 32 of
+    ``block`` tokens. On CUDA the count is timed once per block size among :data:`WARPS`: a step's
+    time is set by the tokens each thread walks on one side and the argmax's exchange between warps
+    on the other, and where they balance depends on the device (docs/performance.md)."""
     return 4 if block <= 1024 else 8 if block <= 4096 else 16
+
+
+WARPS = (4, 8, 16)
 
 
 def max_min_greedy(distance: torch.Tensor, start: torch.Tensor, k: int) -> torch.Tensor:
@@ -80,9 +85,15 @@ def max_min_greedy(distance: torch.Tensor, start: torch.Tensor, k: int) -> torch
         raise ValueError("select_kernels.max_min_greedy: distance needs unit stride along its rows")
     chosen = torch.empty(k, dtype=torch.int64, device=distance.device)
     block = triton.next_power_of_2(n)
-    _max_min_kernel[(1,)](distance, start.reshape(1), chosen, n, k, distance.stride(0), BLOCK=block,
-                          num_warps=num_warps(block))
+    if _INTERPRET or _tuned is None:
+        _max_min_kernel[(1,)](distance, start.reshape(1), chosen, n, k, distance.stride(0), BLOCK=block,
+                              num_warps=num_warps(block))
+    else:
+        _tuned[(1,)](distance, start.reshape(1), chosen, n, k, distance.stride(0), BLOCK=block)
     return chosen
+
+
+_tuned = None  # the kernel with its warps timed per block size (CUDA), set below
 
 
 if triton is not None:
@@ -105,3 +116,6 @@ if triton is not None:
             tl.store(chosen + step, pick)
             row = tl.load(distance + pick * stride_row + cols, mask=valid, other=float("-inf"))
             nearest = tl.where(cols == pick, -1.0, tl.minimum(nearest, row, propagate_nan=tl.PropagateNan.ALL))
+
+    if not _INTERPRET:  # rerunning the kernel while timing it only rewrites the same choices
+        _tuned = triton.autotune([triton.Config({}, num_warps=w) for w in WARPS], key=["BLOCK"])(_max_min_kernel)
