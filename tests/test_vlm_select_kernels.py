@@ -230,10 +230,13 @@ def test_visionzip_on_cuda_equals_its_previous_code():
 def test_graphed_selection_runs_eagerly_off_cuda():
     from evalsuite.vlm.graphed import Graphed
 
+    from evalsuite.vlm.graphed import replaying
+
     graphed = Graphed(select.tome_merge)
     tokens = torch.randn(40, 16, generator=torch.Generator().manual_seed(2))
     for _ in range(3):
-        got = graphed(tokens, 15)
+        with replaying():
+            got = graphed(tokens, 15)
         for a, b in zip(got, select.tome_merge(tokens, 15)):
             assert torch.equal(a, b)
     assert graphed.replays == 0 and not graphed.graphs
@@ -246,14 +249,19 @@ def test_graphed_selection_runs_eagerly_off_cuda():
 def test_graphed_selection_replays_the_eager_result_on_cuda(fn):
     """First sight eager, second a capture, then replays: every call gives what the function gives, for
     new inputs of the same shape too, and another shape is a graph of its own."""
-    from evalsuite.vlm.graphed import Graphed
+    from evalsuite.vlm.graphed import Graphed, replaying
 
     graphed = Graphed(fn)
     g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(1369, 1536, generator=g).to("cuda", torch.bfloat16)
+    for _ in range(3):  # outside replaying(): always eager
+        graphed(tokens, 684)
+    assert not graphed.graphs and graphed.replays == 0
     for n, k in ((1369, 684), (1369, 684), (1369, 684), (2704, 811), (2704, 811), (1369, 684)):
         tokens = torch.randn(n, 1536, generator=g).to("cuda", torch.bfloat16)
         want = fn(tokens, k)
-        got = graphed(tokens, k)
+        with replaying():
+            got = graphed(tokens, k)
         assert torch.equal(got[0], want[0]), (fn.__name__, n)
         torch.testing.assert_close(got[1], want[1], atol=1e-2, rtol=0)  # index_add's atomics round alike only mostly
         torch.testing.assert_close(got[2], want[2])

@@ -12,19 +12,38 @@ did, so it gives the same result (tests/test_vlm_select_kernels.py).
 
 Functions that draw from a CPU generator (``random_select``) cannot be captured and run eagerly
 always. Graphs are kept per shape, the ``limit`` most recently used.
+
+Replaying is on only inside :func:`replaying` (the VLM benchmark's steady state, where a page's shape
+recurs). A gate case times each batch's selections once, as it meets them: a capture there would land
+in the case's compression latency, so cases run the selections eagerly, as a first sight does.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
+_REPLAYING = False
+
+
+@contextmanager
+def replaying() -> Iterator[None]:
+    """Within this block, :class:`Graphed` selections capture and replay CUDA graphs."""
+    global _REPLAYING
+    before, _REPLAYING = _REPLAYING, True
+    try:
+        yield
+    finally:
+        _REPLAYING = before
+
 
 class Graphed:
-    """``Graphed(fn)(tokens, k, **options)``: ``fn``'s result, from a captured CUDA graph for shapes
-    seen before (see the module docstring). ``graphs``: the captures held; ``replays``: their count."""
+    """``Graphed(fn)(tokens, k, **options)``: ``fn``'s result, inside :func:`replaying` from a captured
+    CUDA graph for shapes seen before (see the module docstring). ``graphs``: the captures held;
+    ``replays``: their count."""
 
     def __init__(self, fn: Callable, limit: int = 16):
         self.fn, self.limit = fn, limit
@@ -35,7 +54,8 @@ class Graphed:
         self.replays = 0
 
     def __call__(self, tokens: torch.Tensor, k: int, generator=None, **options):
-        if not tokens.is_cuda or k >= tokens.shape[0] or torch.cuda.is_current_stream_capturing():
+        if (not _REPLAYING or not tokens.is_cuda or k >= tokens.shape[0]
+                or torch.cuda.is_current_stream_capturing()):
             return self.fn(tokens, k, generator=generator, **options)
         key = (tuple(tokens.shape), tokens.dtype, tokens.device, k, tuple(sorted(options.items())))
         entry = self.graphs.get(key)

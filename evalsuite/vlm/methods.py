@@ -61,8 +61,8 @@ def _tome_keep(params: dict[str, Any]) -> float:
 class Entry:
     points: frozenset[str]
     keep: Callable[[dict[str, Any]], float] = _keep  # matrix parameters -> fraction of visual tokens kept
-    # pre_llm: a function of evalsuite.vlm.select; wrapped in Graphed (replayed from a CUDA graph once
-    # a shape recurs) unless it draws from a CPU generator
+    # pre_llm: a function of evalsuite.vlm.select; wrapped in Graphed (inside graphed.replaying(), replayed
+    # from a CUDA graph once a shape recurs) unless it draws from a CPU generator
     select: Callable | None = None
     params: frozenset[str] = frozenset({"keep"})  # parameters the VLM path reads; others are refused
     # a method that acts inside the language model: (params, adapter) -> a prefill callable of
