@@ -6,11 +6,6 @@ marked ``gpu``. Whole forwards check the three ways the size bias can run: an
 ``attn_mask``, padded heads, and this kernel.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -19,6 +14,7 @@ from evalsuite.patch import attention_kernels
 from evalsuite.patch.runner import CompressedForward
 
 from .conftest import FAMILIES, tome_merging_once
+from .interpreter import interpreted, needs_interpreter
 
 triton = pytest.importorskip("triton")
 
@@ -80,27 +76,15 @@ def check_size_bias_ways(device: str, dtype=torch.float32, atol=1e-5) -> None:
             assert all((a.group_ids == b.group_ids).all() for a, b in zip(outs[way].plans, outs["mask"].plans))
 
 
-def _interpreted(code: str) -> None:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-
-
-needs_interpreter = pytest.mark.skipif(
-    tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 8),
-    reason="Triton's interpreter before 3.8 cannot loop to a run-time bound under NumPy 2")
-
-
 @needs_interpreter
 def test_kernel_equals_sdpa_with_a_mask_interpreted_on_cpu():
-    _interpreted("from tests.test_attention_kernels import check_against_reference; check_against_reference('cpu')")
+    interpreted("from tests.test_attention_kernels import check_against_reference; check_against_reference('cpu')")
 
 
 @pytest.mark.slow
 @needs_interpreter
 def test_size_bias_in_the_kernel_equals_mask_and_padded_heads_interpreted_on_cpu():
-    _interpreted("from tests.test_attention_kernels import check_size_bias_ways; check_size_bias_ways('cpu')")
+    interpreted("from tests.test_attention_kernels import check_size_bias_ways; check_size_bias_ways('cpu')")
 
 
 def test_kernel_is_used_only_where_it_runs(monkeypatch):

@@ -5,19 +5,13 @@ module, hence a subprocess) in float32: the interpreter rounds bfloat16 by trunc
 claim in half precision is the GPU test's. On a GPU they run compiled, marked ``gpu``.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from evalsuite.vlm import decode_kernels, lm_drop
 
+from .interpreter import interpreted, needs_interpreter
 from .lm_drop_helpers import make_batch, tiny_qwen2_vl
-
-triton = pytest.importorskip("triton")
 
 
 def check_kernels(device: str, dtypes=(torch.float32,)) -> None:
@@ -68,26 +62,14 @@ def check_static_decode(device: str) -> None:
         assert not plain.decode_path.endswith("+fused")
 
 
-def _interpreted(code: str) -> None:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-
-
-needs_interpreter = pytest.mark.skipif(
-    tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 8),
-    reason="Triton's interpreter before 3.8 cannot loop to a run-time bound under NumPy 2")
-
-
 @needs_interpreter
 def test_kernels_equal_the_torch_ops_interpreted_on_cpu():
-    _interpreted("from tests.test_decode_kernels import check_kernels; check_kernels('cpu')")
+    interpreted("from tests.test_decode_kernels import check_kernels; check_kernels('cpu')")
 
 
 @needs_interpreter
 def test_fused_static_decode_gives_the_eager_tokens_interpreted_on_cpu():
-    _interpreted("from tests.test_decode_kernels import check_static_decode; check_static_decode('cpu')")
+    interpreted("from tests.test_decode_kernels import check_static_decode; check_static_decode('cpu')")
 
 
 def test_fused_layer_is_used_only_where_it_runs(monkeypatch):

@@ -5,16 +5,13 @@ read when Triton compiles the module, hence a subprocess); on a GPU they run
 compiled, marked ``gpu``.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from evalsuite.methods import build
 from evalsuite.methods.tome import kernels as tome_kernels, merge as tome
+
+from .interpreter import interpreted, needs_interpreter
 
 triton = pytest.importorskip("triton")
 
@@ -73,14 +70,9 @@ def check_against_reference(device: str) -> None:
     assert rounded_once[0] / rounded_once[1] > 0.999, "float16 merged tokens rounded more than once"
 
 
-@pytest.mark.skipif(tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 8),
-                    reason="Triton's interpreter before 3.8 cannot loop to a run-time bound under NumPy 2")
+@needs_interpreter
 def test_fused_step_equals_the_reference_interpreted_on_cpu():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    code = "from tests.test_tome_kernels import check_against_reference; check_against_reference('cpu')"
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    interpreted("from tests.test_tome_kernels import check_against_reference; check_against_reference('cpu')")
 
 
 def test_fused_step_is_used_only_where_it_runs(monkeypatch):

@@ -6,15 +6,12 @@ On CPU the kernel runs under Triton's interpreter (``TRITON_INTERPRET=1``, read 
 the module, hence a subprocess); on a GPU it runs compiled, marked ``gpu``.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from evalsuite.vlm import select, select_kernels
+
+from .interpreter import needs_interpreter, run_interpreted
 
 triton = pytest.importorskip("triton")
 
@@ -73,14 +70,7 @@ def check_against_loop(device: str) -> None:
         assert all(torch.equal(a, b) for a, b in zip(fast, slow)), dtype
 
 
-def run_interpreted(code: str, **env) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore", **env)
-    return subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.skipif(tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 8),
-                    reason="Triton's interpreter before 3.8 cannot loop to a run-time bound under NumPy 2")
+@needs_interpreter
 def test_kernel_equals_the_torch_loop_interpreted_on_cpu():
     done = run_interpreted("from tests.test_vlm_select_kernels import check_against_loop; check_against_loop('cpu')")
     assert done.returncode == 0, done.stderr[-4000:]
