@@ -60,9 +60,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from ..methods.spec import V2DROP_PRESETS
 from ..metrics.latency import synchronize
 from ..vlm import graphed, lm_drop
-from ..vlm.methods import VLMMethod, VLMUsageError, resolve
+from ..vlm.methods import VLMMethod, VLMUsageError, resolve, tower_layers
 from ..vlm.select import kept_count
 from .methodspec import SpecError, format_spec, parse_spec, split_specs
 
@@ -71,7 +72,7 @@ METHODS = ("random", "tome", "visionzip", "divprune", "downscale", "random@visio
            "v2drop@lm:preset=qwen2_vl", "v2drop@lm:preset=llava")
 # parameters that fix how much a method keeps: such a spec runs once, not once per --keeps value
 AMOUNT_KEYS = frozenset({"keep", "merge_factor", "sparsity", "preset"})
-V2DROP_LAYERS = (3, 16, 22)  # the published Qwen2-VL drop layers (evalsuite.methods.spec.V2DROP_PRESETS)
+V2DROP_LAYERS = V2DROP_PRESETS["qwen2_vl"][0]  # the published Qwen2-VL drop layers
 DECODE_PATHS = ("eager", "static")
 # The CPU smoke configuration: TINY's widths at the 2B model's depths (tower 32 blocks, language model
 # 28 layers), so that the published in-LM layers and an early tower stage mean what they mean on the 2B.
@@ -147,21 +148,12 @@ def plan(specs: list[str], keeps: list[float], config: str | dict) -> list[list[
                 resolved = resolve(name, params if fixed else _params_at(name, point, params, keep), point,
                                    lm_depth if point == "lm" else None)
                 if resolved.point == "vision":
-                    _check_tower_layers(resolved.params.get("layers"), tower_depth)
+                    tower_layers(resolved, tower_depth)
                 rows.append(Planned(format_spec(method, params), resolved.keep if fixed else keep, resolved))
         except (SpecError, ValueError) as exc:  # VLMUsageError and ScheduleError are ValueErrors
             raise VLMUsageError(f"--methods {spec}: {exc}") from None
         out.append(rows)
     return out
-
-
-def _check_tower_layers(layers, depth: int) -> None:
-    if layers is None:
-        return
-    if not isinstance(layers, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
-        raise VLMUsageError(f"layers {layers!r}: expected a list of block indices")
-    if any(not 0 <= x < depth for x in layers) or sorted(set(layers)) != layers:
-        raise VLMUsageError(f"layers {layers}: must be increasing block indices below the tower's depth {depth}")
 
 
 def page(size: int) -> Image.Image:
@@ -281,12 +273,12 @@ def measure(adapter, images, spec: VLMMethod, decode_tokens: int, repeats: int, 
 
 
 def _tower_schedule(adapter, spec, patches: int) -> list[int]:
-    from ..methods.state import default_layers, stage_counts
+    from ..methods.state import stage_counts
 
     depth = len(adapter.model.model.visual.blocks)
     if spec.point != "vision":
         return [patches] * depth
-    layers = list(spec.params.get("layers") or sorted(set(default_layers(depth))))
+    layers = tower_layers(spec, depth)
     counts = dict(zip(layers, stage_counts(patches // 4, spec.keep, len(layers))))
     out, rows = [], patches
     for block in range(depth):

@@ -154,16 +154,13 @@ class Qwen2VLAdapter:
         """The tower dropping (or merging) whole merge units (``method``: a resolved ``vision``-point
         method) -> per image the kept visual tokens [K_b, D], their unit indices [K_b] (the slots they
         fill) and the original units each stands for [K_b]."""
-        from ..methods.state import default_layers, stage_counts
+        from ..methods.state import stage_counts
         from ..patch import qwen2_vl as tower_patch
+        from .methods import tower_layers
 
         visual = self.model.model.visual
         tower_patch.check_supported(visual)
-        depth = len(visual.blocks)
-        # default: three stages spread over the depth (fewer in a tower too shallow for three)
-        layers = list(method.params.get("layers") or sorted(set(default_layers(depth))))
-        if any(not 0 <= layer < depth for layer in layers) or sorted(set(layers)) != layers:
-            raise ValueError(f"method {method.name!r}: layers {layers} must be increasing block indices < {depth}")
+        layers = tower_layers(method, len(visual.blocks))
         counts = [stage_counts(im.num_tokens, method.keep, len(layers)) for im in images]
         targets = {layer: [c[i] for c in counts] for i, layer in enumerate(layers)}
         scores = {"random": lambda: tower_patch.random_scores(generator), "v2drop": lambda: tower_patch.v2drop_scores,

@@ -109,6 +109,23 @@ class VLMMethod:
         return self.keep >= 1.0
 
 
+def tower_layers(method: VLMMethod, depth: int) -> list[int]:
+    """The tower blocks after which a ``vision``-point ``method`` drops units: its ``layers`` parameter, or
+    three stages spread over the ``depth`` (fewer in a tower too shallow for three); a list that is not
+    increasing block indices below ``depth`` is a :class:`VLMUsageError`."""
+    from ..methods.state import default_layers
+
+    layers = method.params.get("layers")
+    if layers is None:
+        return sorted(set(default_layers(depth)))
+    if not isinstance(layers, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+        raise VLMUsageError(f"method {method.name!r}: layers {layers!r}: expected a list of block indices")
+    if any(not 0 <= x < depth for x in layers) or sorted(set(layers)) != layers:
+        raise VLMUsageError(f"method {method.name!r}: layers {layers}: must be increasing block indices below "
+                            f"the tower's depth {depth}")
+    return list(layers)
+
+
 def resolve(name: str, params: dict[str, Any], insertion: str = "pre_llm", num_layers: int | None = None) -> VLMMethod:
     """Method ``name`` with matrix ``params`` at the model's ``insertion`` point, or :class:`VLMUsageError`.
 
