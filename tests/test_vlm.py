@@ -250,3 +250,42 @@ def test_a_method_inside_the_language_model_brings_its_own_prefill(monkeypatch):
         torch.set_num_threads(threads)
     assert calls == [[8, 4]]  # one batch, every visual token of each page
     assert probe.env["insertion"] == "lm" and probe.kpis["answer_exact_match"] == 1.0
+
+
+def test_the_compression_step_is_timed_warm_and_repeated(monkeypatch):
+    """A selection whose first call is slow (a kernel build, autotuning) does not set the case's
+    compression latency: like the encoder cases, the step is timed `timing_repeats` times after
+    `timing_warmup` untimed runs, and the pass's picks are still the seed's."""
+    import time
+
+    from evalsuite.engine import Engine, EngineSettings
+    from evalsuite.matrix import CaseSpec, DatasetSpec, ModelSpec
+    from evalsuite.vlm.methods import TABLE, Entry
+
+    calls = []
+
+    def slow_first(tokens, k, generator=None):
+        calls.append(len(tokens))
+        if len(calls) == 1:
+            time.sleep(0.5)
+        return select.random_select(tokens, k, generator=generator)
+
+    monkeypatch.setitem(TABLE, "slow_first", Entry(frozenset({"pre_llm"}), select=slow_first))
+    model = ModelSpec("tiny_timed", "qwen2_vl", 224, "cpu", "float32",
+                      {"config": "tiny", "min_pixels": 3136, "max_pixels": 50176, "max_new_tokens": 2})
+    dataset = DatasetSpec("pages", "samples")
+    engine = Engine(EngineSettings(ocr_engine=None, batch_size=2, timing_warmup=1, timing_repeats=3))
+    engine._datasets[dataset.id] = [Sample(f"pages/{i}", "pages", "document", load=lambda: _page((112, 56)))
+                                    for i in range(3)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine.evaluate(CaseSpec(model, "none", {}, "none", dataset, {}, "test"))
+        slow = engine.evaluate(CaseSpec(model, "slow_first", {"keep": 0.5}, "slow_first_k0.5", dataset, {}, "test"))
+        plain = engine.evaluate(CaseSpec(model, "random", {"keep": 0.5}, "random_k0.5", dataset, {}, "test"))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 2 * (1 + 3) + 3  # first batch (2 pages): warm-up + repeats; then each page once
+    assert slow.kpis["compression_latency_ms_p95"] < 250
+    assert [r.kpis["answer_exact_match"] for r in slow.samples] == [r.kpis["answer_exact_match"] for r in plain.samples]
+    assert [r.kpis["tokens_after"] for r in slow.samples] == [4, 4, 4]

@@ -256,3 +256,9 @@ def test_graphed_selection_replays_the_eager_result_on_cuda(fn):
         torch.testing.assert_close(got[1], want[1], atol=1e-2, rtol=0)  # index_add's atomics round alike only mostly
         torch.testing.assert_close(got[2], want[2])
     assert len(graphed.seen) == 2 and graphed.replays == 4  # the calls after a first sight
+    from evalsuite.methods import graphs
+
+    mine = [entry for key, entry in graphs._GRAPHS.items() if key[0] is fn]
+    # one graph per shape, reading copies: tokens that come back at an earlier call's address (as the
+    # tower's do) must not be captured again in place, inside what the benchmark times
+    assert len(mine) == 2 and not any(entry.in_place or entry.seen for entry in mine)

@@ -61,14 +61,17 @@ class _Captured:
 _GRAPHS: OrderedDict[tuple, _Captured] = OrderedDict()
 
 
-def replay_or_run(fn: Callable[..., tuple[torch.Tensor, ...]], tensors: tuple[torch.Tensor, ...],
-                  **static) -> tuple[torch.Tensor, ...]:
+def replay_or_run(fn: Callable[..., tuple[torch.Tensor, ...]], tensors: tuple[torch.Tensor, ...], *,
+                  in_place: bool = True, **static) -> tuple[torch.Tensor, ...]:
     """``fn(*tensors, **static)``, from a CUDA graph when the inputs are small CUDA tensors.
 
     ``fn`` must be a pure function of its tensors (no host synchronisation, no
     data-dependent shapes, no randomness); ``static`` values are part of the
     graph's key. Runs eagerly on CPU, for inputs above ``GRAPH_MAX_ELEMENTS``
-    and while an enclosing graph is being captured.
+    and while an enclosing graph is being captured. ``in_place=False``: always
+    copy into the graph's buffers, for callers whose inputs are new tensors each
+    call (an in-place capture, paid where an address recurs, would then rarely
+    be replayed).
     """
     first = tensors[0]
     if (not first.is_cuda or max(t.numel() for t in tensors) > GRAPH_MAX_ELEMENTS
@@ -84,14 +87,14 @@ def replay_or_run(fn: Callable[..., tuple[torch.Tensor, ...]], tensors: tuple[to
             _evict()
         else:
             _GRAPHS.move_to_end(key)
-        in_place = entry.in_place.get(where)
-        if in_place is None and where in entry.seen and len(entry.in_place) < MAX_IN_PLACE:
-            in_place = entry.in_place[where] = _capture(fn, tensors, static, copy_inputs=False)
+        reader = entry.in_place.get(where) if in_place else None
+        if reader is None and in_place and where in entry.seen and len(entry.in_place) < MAX_IN_PLACE:
+            reader = entry.in_place[where] = _capture(fn, tensors, static, copy_inputs=False)
             _evict()
-        if in_place is not None:
-            in_place.graph.replay()
-            return in_place.outputs
-        if len(entry.in_place) < MAX_IN_PLACE and len(entry.seen) < 4 * MAX_IN_PLACE:
+        if reader is not None:
+            reader.graph.replay()
+            return reader.outputs
+        if in_place and len(entry.in_place) < MAX_IN_PLACE and len(entry.seen) < 4 * MAX_IN_PLACE:
             entry.seen.add(where)
         for buffer, value in zip(entry.inputs, tensors):
             buffer.copy_(value)

@@ -490,7 +490,8 @@ register("answer_wer_original", None, "", "word error rate of the hosted VLM's a
 register("answer_fields_found", True, "", "fraction of SROIE key fields found in the hosted VLM's answer (image sent)",
          applies=MEASURED)
 # VLM cases (evalsuite.vlm.case computes them): tokens_* and compression_latency_* above count the visual
-# tokens into the language model and the pre-LLM selection step; the answers below gate (not from random
+# tokens into the language model and the pre-LLM selection step (one batch's selections, repeated after a
+# warm-up as the encoder cases repeat their forward); the answers below gate (not from random
 # weights). answer_wer/answer_cer are also the hosted VLM's (evalsuite.api.case) in API cases.
 register("lm_tokens", None, "tokens", "VLM: tokens into the language model per sample (text + visual), mean",
          applies=MEASURED)

@@ -63,5 +63,7 @@ class Graphed:
             self.seen.add(key)
             return self.fn(tokens, k, generator=generator, **options)
         self.replays += 1
-        # the graph's outputs are overwritten by its next replay: the caller gets copies
-        return tuple(o.clone() for o in graphs.replay_or_run(self.fn, (tokens,), k=k, **options))
+        # the graph's outputs are overwritten by its next replay: the caller gets copies. The tokens are
+        # the tower's new output each call, at addresses that wander among a few: graphs reading them in
+        # place would be captured again and again inside timed calls, so the tokens are copied in.
+        return tuple(o.clone() for o in graphs.replay_or_run(self.fn, (tokens,), in_place=False, k=k, **options))
