@@ -127,7 +127,8 @@ def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
     if key not in engine.vlm_references:
         samples = engine.samples(case.dataset)
         with engine._stage("uncompressed_pass"):
-            engine.vlm_references[key] = _reference(adapter, samples, engine.settings.batch_size)
+            engine.vlm_references[key] = _reference(adapter, samples, engine.settings.batch_size,
+                                                    engine.settings.timing_warmup)
             engine.vlm_references[key].batch_size = engine.settings.batch_size
     ref = engine.vlm_references[key]
     result = CaseResult(case.id, case.model.id, case.method, dict(case.params), case.dataset.id,
@@ -171,7 +172,7 @@ def evaluate_vlm_case(engine, case, adapter: Qwen2VLAdapter) -> CaseResult:
 
 
 # -- passes ----------------------------------------------------------------------------------
-def _reference(adapter: Qwen2VLAdapter, samples: list[Sample], batch_size: int) -> VLMReference:
+def _reference(adapter: Qwen2VLAdapter, samples: list[Sample], batch_size: int, warmup: int) -> VLMReference:
     kept, errors, images, encoded, ids = [], [], [], [], []
     for sample, image in zip(samples, thread_map(_load_or_error, samples)):
         try:
@@ -186,20 +187,26 @@ def _reference(adapter: Qwen2VLAdapter, samples: list[Sample], batch_size: int) 
         images.append(image)
         encoded.append(enc)
         ids.append(prompt)
+    for _ in range(warmup if encoded else 0):  # untimed: first-call costs stay out of the times every case divides by
+        _reference_batch(adapter, _Pass(encoded, ids, [], [], [], [], []), slice(0, batch_size))
     run = _Pass(encoded, ids, [], [], [], [], [])
     for start in range(0, len(encoded), batch_size):
-        batch = slice(start, start + batch_size)
-        t0 = _now(adapter.device)
-        visual = _timed(adapter.device, run.vision_seconds, lambda: adapter.vision(encoded[batch]))
-        run.compression_seconds.append(0.0)
-        inputs = adapter.prefill_inputs(ids[batch], encoded[batch], visual)
-        gen = _generate(adapter, inputs, run)
-        run.generation_seconds.append(_now(adapter.device) - t0)
-        run.visual += visual
-        run.sizes += [torch.ones(len(v), device=v.device) for v in visual]
-        run.planned += [len(x) for x in ids[batch]]
-        run.answers += [gen.answer_ids(b, adapter.end_ids) for b in range(len(visual))]
+        _reference_batch(adapter, run, slice(start, start + batch_size))
     return VLMReference(kept, errors, images, run)
+
+
+def _reference_batch(adapter: Qwen2VLAdapter, run: _Pass, batch: slice) -> None:
+    encoded, ids = run.encoded, run.prompt_ids
+    t0 = _now(adapter.device)
+    visual = _timed(adapter.device, run.vision_seconds, lambda: adapter.vision(encoded[batch]))
+    run.compression_seconds.append(0.0)
+    inputs = adapter.prefill_inputs(ids[batch], encoded[batch], visual)
+    gen = _generate(adapter, inputs, run)
+    run.generation_seconds.append(_now(adapter.device) - t0)
+    run.visual += visual
+    run.sizes += [torch.ones(len(v), device=v.device) for v in visual]
+    run.planned += [len(x) for x in ids[batch]]
+    run.answers += [gen.answer_ids(b, adapter.end_ids) for b in range(len(visual))]
 
 
 def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod,
@@ -222,59 +229,70 @@ def _compressed(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod,
                 ids.append(full.prompt_ids[i])
     else:
         encoded, ids = full.encoded, full.prompt_ids
+    for _ in range(settings.timing_warmup if encoded else 0):  # untimed, as the reference's: first-call costs
+        _compressed_batch(adapter, ref, method, _Pass(encoded, ids, [], [], [], [], []), 0, batch_size,
+                          torch.Generator().manual_seed(seed))
     run = _Pass(encoded, ids, [], [], [], [], [])
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, len(encoded), batch_size):
-        batch = slice(start, start + batch_size)
-        t0 = _now(adapter.device)
-        if method.point == "image":
-            visual = _timed(adapter.device, run.vision_seconds, lambda: adapter.vision(encoded[batch]))
-            run.compression_seconds.append(0.0)  # the resize is part of the processor's work
-            slots, sizes = None, [torch.ones(len(v), device=v.device) for v in visual]
-            planned = [len(x) - e.num_tokens + (e.planned_tokens or e.num_tokens)
-                       for x, e in zip(ids[batch], encoded[batch])]
-        elif method.point == "vision":
-            visual, slots, sizes = _timed(adapter.device, run.vision_seconds,
-                                          lambda: adapter.vision_with_unit_drop(encoded[batch], method, generator))
-            run.compression_seconds.append(0.0)  # inside the tower: its cost is in the tower's time
-            planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
-        elif method.point == "lm":  # all visual tokens enter; the method's prefill drops inside the LM
-            visual = full.visual[batch]
-            run.vision_seconds.append(full.vision_seconds[start // batch_size])
-            t0 -= run.vision_seconds[-1]
-            run.compression_seconds.append(0.0)  # inside the prefill: its cost is in the prefill's time
-            slots, sizes = None, full.sizes[batch]
-            planned = [len(x) for x in ids[batch]]
-        else:
-            # the tower computes what the reference's did: its tokens and time are reused
-            visual = full.visual[batch]
-            run.vision_seconds.append(full.vision_seconds[start // batch_size])
-            t0 -= run.vision_seconds[-1]
-            with similarity.one_thread_on_cpu(adapter.device):
-                if start == 0:
-                    run.compression_timing = _selection_timing(method, visual, settings, seed)
-                picks = _timed(adapter.device, run.compression_seconds,
-                               lambda: [method.select(v, kept_count(len(v), method.keep), generator=generator,
-                                                      **method.options) for v in visual])
-            slots = [index for index, _, _ in picks]
-            visual = [kept for _, kept, _ in picks]
-            sizes = [s for _, _, s in picks]
-            planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
-        inputs = adapter.prefill_inputs(ids[batch], encoded[batch], visual, slots)
-        if method.schedule is not None:  # V2Drop, FastV: lm_drop's prefill and decode
-            gen = _lm_generate(adapter, inputs, method.schedule, run)
-        else:
-            gen = _generate(adapter, inputs, run, method)
-            if _timing(adapter) != "eager":  # the same inputs timed on the static path
-                run.lm_results.append(_lm_run(adapter, inputs, lm_drop.NO_DROP, _timing(adapter)))
-        if run.lm_results:
-            run.lm_baselines.append(_lm_baseline(adapter, ref, start // batch_size, _timing(adapter)))
-        run.generation_seconds.append(_now(adapter.device) - t0)
-        run.visual += visual
-        run.sizes += sizes
-        run.planned += planned
-        run.answers += [gen.answer_ids(b, adapter.end_ids) for b in range(len(visual))]
+        _compressed_batch(adapter, ref, method, run, start, batch_size, generator, settings if start == 0 else None)
     return run, errors
+
+
+def _compressed_batch(adapter: Qwen2VLAdapter, ref: VLMReference, method: VLMMethod, run: _Pass, start: int,
+                      batch_size: int, generator: torch.Generator, timing=None) -> None:
+    """One batch of the method's pass into ``run``; ``timing`` (the engine's settings): also time the
+    selection apart (:func:`_selection_timing`)."""
+    full, encoded, ids = ref.full, run.encoded, run.prompt_ids
+    batch = slice(start, start + batch_size)
+    t0 = _now(adapter.device)
+    if method.point == "image":
+        visual = _timed(adapter.device, run.vision_seconds, lambda: adapter.vision(encoded[batch]))
+        run.compression_seconds.append(0.0)  # the resize is part of the processor's work
+        slots, sizes = None, [torch.ones(len(v), device=v.device) for v in visual]
+        planned = [len(x) - e.num_tokens + (e.planned_tokens or e.num_tokens)
+                   for x, e in zip(ids[batch], encoded[batch])]
+    elif method.point == "vision":
+        visual, slots, sizes = _timed(adapter.device, run.vision_seconds,
+                                      lambda: adapter.vision_with_unit_drop(encoded[batch], method, generator))
+        run.compression_seconds.append(0.0)  # inside the tower: its cost is in the tower's time
+        planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
+    elif method.point == "lm":  # all visual tokens enter; the method's prefill drops inside the LM
+        visual = full.visual[batch]
+        run.vision_seconds.append(full.vision_seconds[start // batch_size])
+        t0 -= run.vision_seconds[-1]
+        run.compression_seconds.append(0.0)  # inside the prefill: its cost is in the prefill's time
+        slots, sizes = None, full.sizes[batch]
+        planned = [len(x) for x in ids[batch]]
+    else:
+        # the tower computes what the reference's did: its tokens and time are reused
+        visual = full.visual[batch]
+        run.vision_seconds.append(full.vision_seconds[start // batch_size])
+        t0 -= run.vision_seconds[-1]
+        with similarity.one_thread_on_cpu(adapter.device):
+            if timing is not None:
+                run.compression_timing = _selection_timing(method, visual, timing, timing.seed)
+            picks = _timed(adapter.device, run.compression_seconds,
+                           lambda: [method.select(v, kept_count(len(v), method.keep), generator=generator,
+                                                  **method.options) for v in visual])
+        slots = [index for index, _, _ in picks]
+        visual = [kept for _, kept, _ in picks]
+        sizes = [s for _, _, s in picks]
+        planned = [len(x) - e.num_tokens + len(v) for x, e, v in zip(ids[batch], encoded[batch], visual)]
+    inputs = adapter.prefill_inputs(ids[batch], encoded[batch], visual, slots)
+    if method.schedule is not None:  # V2Drop, FastV: lm_drop's prefill and decode
+        gen = _lm_generate(adapter, inputs, method.schedule, run)
+    else:
+        gen = _generate(adapter, inputs, run, method)
+        if _timing(adapter) != "eager":  # the same inputs timed on the static path
+            run.lm_results.append(_lm_run(adapter, inputs, lm_drop.NO_DROP, _timing(adapter)))
+    if run.lm_results:
+        run.lm_baselines.append(_lm_baseline(adapter, ref, start // batch_size, _timing(adapter)))
+    run.generation_seconds.append(_now(adapter.device) - t0)
+    run.visual += visual
+    run.sizes += sizes
+    run.planned += planned
+    run.answers += [gen.answer_ids(b, adapter.end_ids) for b in range(len(visual))]
 
 
 def _generate(adapter: Qwen2VLAdapter, inputs: PrefillInputs, run: _Pass,
