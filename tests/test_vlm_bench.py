@@ -139,3 +139,32 @@ def test_flop_model_grows_with_tokens():
         vlm.lm_prefill_flops([1400] * 27, text)
     assert vlm.tower_flops(5476, config.vision_config) > 2 * vlm.tower_flops(2738, config.vision_config)
     assert vlm.tower_flops([5476] * 32, config.vision_config) == vlm.tower_flops(5476, config.vision_config)
+
+
+def _bench_row(method, size, batch, keep, **figures):
+    row = {"method": method, "size": size, "batch": batch, "keep": keep, "compression_ms": 0.0, "vision_ms": 100.0,
+           "prefill_speedup": 1.0, "ideal_prefill_speedup": 1.0}
+    return {**row, **figures}
+
+
+def test_targets_say_which_rows_meet_each_and_which_miss():
+    rows = [
+        _bench_row("none", 1036, 1, 1.0), _bench_row("none", 1036, 8, 1.0, vision_ms=340.0),
+        _bench_row("tome", 1036, 1, 0.5, compression_ms=0.4),
+        _bench_row("divprune", 1456, 1, 0.7, compression_ms=2.46),
+        _bench_row("fastv@lm", 1036, 1, 0.5),  # inside the LM: no compression step of its own
+        _bench_row("random", 1036, 8, 0.5, prefill_speedup=1.86, ideal_prefill_speedup=2.04),
+        _bench_row("downscale", 1036, 8, 0.5, prefill_speedup=1.50, ideal_prefill_speedup=2.07),
+        _bench_row("random@vision:layers=[3]", 1036, 8, 0.5, vision_ms=200.0),
+        _bench_row("v2drop@vision", 1036, 8, 0.5, vision_ms=250.0),
+        _bench_row("v2drop@vision", 1036, 8, 0.3, vision_ms=150.0),  # not keep 0.5: not this target's row
+    ]
+    lines = vlm.targets(rows)
+    assert len(lines) == 3
+    step, prefill, tower = lines
+    assert "compression step <= 1 ms" in step and "met by 1 of 2 rows" in step
+    assert "missed: divprune keep 0.7 at 1456 px, batch 1 (2.46 ms)" in step
+    assert "met by 1 of 2 rows" in prefill and "downscale keep 0.5 at 1036 px, batch 8 (0.72 of ideal)" in prefill
+    assert "met by 1 of 2 rows" in tower and "v2drop@vision keep 0.5 at 1036 px, batch 8 (1.36 x)" in tower
+    assert "met: random@vision:layers=[3] keep 0.5 at 1036 px, batch 8 (1.70 x)" in tower
+    assert vlm.targets([_bench_row("none", 1036, 1, 1.0)]) == []

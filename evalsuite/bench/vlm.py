@@ -320,6 +320,52 @@ def run(config: str | dict, sizes: list[int], batches: list[int], keeps: list[fl
     return rows
 
 
+# The targets the benchmark's figures are read against on one H200 (see targets)
+STEP_MS, PREFILL_SHARE, TOWER_X = 1.0, 0.90, 1.6
+
+
+def _point(method: str) -> str:
+    name, _, rest = method.partition("@")
+    return rest.split(":")[0] or ("image" if name.split(":")[0] == "downscale" else "pre_llm")
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """One line per target that some rows measure: how many rows meet it and which miss, with figures.
+    Compression step <= 1 ms at batch 1 (pre-LLM selections); prefill speed-up >= 90% of the FLOP
+    model's ideal at keep 0.5, batch 8 (pre-LLM and image-side rows); tower >= 1.6x faster at keep
+    0.5, batch 8, 1036 px (rows compressing inside the tower, against the same size's ``none``)."""
+    none = {(r["size"], r["batch"]): r for r in rows if r["method"] == "none"}
+    checks = []
+    for r in rows:
+        where = f"{r['method']} keep {r['keep']:g} at {r['size']} px, batch {r['batch']}"
+        point = _point(r["method"])
+        if r["method"] == "none":
+            continue
+        if r["batch"] == 1 and point == "pre_llm":
+            checks.append((f"compression step <= {STEP_MS:g} ms at batch 1", where, r["compression_ms"],
+                           r["compression_ms"] <= STEP_MS, "ms"))
+        if r["batch"] == 8 and r["keep"] == 0.5 and point in ("pre_llm", "image"):
+            share = r["prefill_speedup"] / r["ideal_prefill_speedup"]
+            checks.append((f"prefill speed-up >= {PREFILL_SHARE:.0%} of ideal at keep 0.5, batch 8", where, share,
+                           share >= PREFILL_SHARE, "of ideal"))
+        base = none.get((r["size"], r["batch"]))
+        if r["batch"] == 8 and r["keep"] == 0.5 and r["size"] == 1036 and point == "vision" and base:
+            speedup = base["vision_ms"] / r["vision_ms"]
+            checks.append((f"tower >= {TOWER_X:g}x at keep 0.5, batch 8, 1036 px", where, speedup,
+                           speedup >= TOWER_X, "x"))
+    lines = []
+    for target in dict.fromkeys(c[0] for c in checks):
+        mine = [c for c in checks if c[0] == target]
+        missed = [f"{where} ({value:.2f} {unit})" for _, where, value, ok, unit in mine if not ok]
+        met = [f"{where} ({value:.2f} {unit})" for _, where, value, ok, unit in mine if ok]
+        verdict = f"met by {len(met)} of {len(mine)} rows"
+        detail = f"; missed: {', '.join(missed)}" if missed else ""
+        if target.startswith("tower") and met:
+            detail += f"; met: {', '.join(met)}"
+        lines.append(f"# target: {target}: {verdict}{detail}")
+    return lines
+
+
 def _ratio(a, b) -> float:
     return a / b if a is not None and b else float("nan")
 
@@ -420,6 +466,8 @@ def main(argv=None) -> list[dict]:
     print(HEADER, flush=True)
     rows = run(args.config, [int(s) for s in args.sizes.split(",")], [int(b) for b in args.batches.split(",")],
                keeps, methods, args.device, dtype, args.decode_tokens, args.repeats, args.warmup, decoders)
+    for line in targets(rows):  # figures against the issue's targets on one H200; read them on a GPU only
+        print(line, flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
