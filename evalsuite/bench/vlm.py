@@ -320,7 +320,7 @@ def run(config: str | dict, sizes: list[int], batches: list[int], keeps: list[fl
     return rows
 
 
-# The targets the benchmark's figures are read against on one H200 (see targets)
+# The targets the benchmark's figures are read against, set for one data-centre GPU (see targets)
 STEP_MS, PREFILL_SHARE, TOWER_X = 1.0, 0.90, 1.6
 
 
@@ -466,7 +466,7 @@ def main(argv=None) -> list[dict]:
     print(HEADER, flush=True)
     rows = run(args.config, [int(s) for s in args.sizes.split(",")], [int(b) for b in args.batches.split(",")],
                keeps, methods, args.device, dtype, args.decode_tokens, args.repeats, args.warmup, decoders)
-    for line in targets(rows):  # figures against the targets on one H200; read them on a GPU only
+    for line in targets(rows):  # GPU targets: on a CPU they only show what the lines look like
         print(line, flush=True)
     if args.json:
         with open(args.json, "w") as fh:
