@@ -325,8 +325,9 @@ STEP_MS, PREFILL_SHARE, TOWER_X = 1.0, 0.90, 1.6
 
 
 def _point(method: str) -> str:
-    name, _, rest = method.partition("@")
-    return rest.split(":")[0] or ("image" if name.split(":")[0] == "downscale" else "pre_llm")
+    """Where a row's method spec ran (``downscale``, a bare name, works on the image)."""
+    name, point = split_point(parse_spec(method)[0])
+    return "image" if name == "downscale" else point
 
 
 def targets(rows: list[dict]) -> list[str]:
@@ -336,11 +337,9 @@ def targets(rows: list[dict]) -> list[str]:
     0.5, batch 8, 1036 px (rows compressing inside the tower, against the same size's ``none``)."""
     none = {(r["size"], r["batch"]): r for r in rows if r["method"] == "none"}
     checks = []
-    for r in rows:
+    for r in (r for r in rows if r["method"] != "none"):
         where = f"{r['method']} keep {r['keep']:g} at {r['size']} px, batch {r['batch']}"
         point = _point(r["method"])
-        if r["method"] == "none":
-            continue
         if r["batch"] == 1 and point == "pre_llm":
             checks.append((f"compression step <= {STEP_MS:g} ms at batch 1", where, r["compression_ms"],
                            r["compression_ms"] <= STEP_MS, "ms"))
